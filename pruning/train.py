@@ -1,0 +1,214 @@
+"""Training and evaluation: SGD with momentum, weight decay, an L1 term (LOMP), LR schedules.
+
+The loop is deliberately plain (the shape of a minimal PyTorch loop) so that its throughput stays
+within a few percent of one (`bench/train_throughput.py`). Things that cost a device sync — checking
+the loss for NaN/inf, evaluating — happen once per epoch, not per batch.
+
+Schedules are pure functions of the step (`lr_at`), with the stepping unit explicit: with
+`step_unit="epoch"` milestones, warm-up and the cosine horizon count epochs; with "iteration" they
+count optimizer steps. Accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from pruning import masks as masks_lib
+from pruning.data import Split
+
+SCHEDULES = ("constant", "multistep", "cosine")
+STEP_UNITS = ("epoch", "iteration")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (with the seed and the initial weights)."""
+
+    epochs: int = 10                  # passes over the training split (ignored if `iterations` is set)
+    iterations: int | None = None     # exact number of optimizer steps instead of epochs
+    batch_size: int = 128
+    lr: float = 0.1                   # peak SGD learning rate
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4        # PyTorch decay; Keras l2(λ) equals weight_decay = 2λ
+    l1: float = 0.0                   # λ of λ·Σ|w| over prunable weights (LOMP); 0 disables it
+    schedule: str = "cosine"          # constant | multistep | cosine
+    milestones: tuple[int, ...] = ()  # multistep: steps (in step_unit) where lr *= gamma
+    gamma: float = 0.1
+    warmup: int = 0                   # linear warm-up length in step_unit; 0 disables it
+    step_unit: str = "epoch"          # epoch | iteration: the unit of milestones, warmup, horizon
+    bf16: bool = False                # bf16 autocast (CUDA only; ignored on CPU)
+    augment: bool | None = None       # crop+flip; None = the data set's default
+    eval_every: int = 1               # evaluate on the test split every k epochs (0: only at the end)
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.schedule not in SCHEDULES:
+            problems.append(f"train.schedule {self.schedule!r}: choose from {', '.join(SCHEDULES)}")
+        if self.step_unit not in STEP_UNITS:
+            problems.append(f"train.step_unit {self.step_unit!r}: choose from {', '.join(STEP_UNITS)}")
+        if self.iterations is None and self.epochs < 0:
+            problems.append(f"train.epochs {self.epochs}: must be ≥ 0")
+        if self.iterations is not None and self.iterations < 0:
+            problems.append(f"train.iterations {self.iterations}: must be ≥ 0")
+        if self.batch_size < 1:
+            problems.append(f"train.batch_size {self.batch_size}: must be ≥ 1")
+        for name in ("lr", "weight_decay", "l1", "momentum", "warmup"):
+            if getattr(self, name) < 0:
+                problems.append(f"train.{name} {getattr(self, name)}: must be ≥ 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+@dataclass
+class TrainResult:
+    status: str                       # "ok" | "diverged"
+    epochs: list[dict] = field(default_factory=list)   # per-epoch metrics
+    iterations: int = 0
+    seconds: float = 0.0
+    train_loss: float = math.nan      # mean training loss of the last epoch
+    train_acc: float = math.nan       # training accuracy of the last epoch (on augmented batches)
+    test_loss: float = math.nan
+    test_acc: float = math.nan
+    batch_losses: list[float] = field(default_factory=list)  # last epoch, per batch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Learning rate at `step` (in cfg.step_unit) of a run of `total` steps."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "multistep":
+        return cfg.lr * cfg.gamma ** sum(step >= m for m in cfg.milestones)
+    span = max(total - cfg.warmup, 1)  # cosine
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step - cfg.warmup, span) / span))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, *, device: str | torch.device = "cpu",
+             batch_size: int = 1024) -> tuple[float, float]:
+    """(mean cross-entropy loss, top-1 accuracy) on `split` in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for xb, yb in split.batches(batch_size, device=device):
+        out = model(xb)
+        loss_sum += nn.functional.cross_entropy(out.float(), yb, reduction="sum").double()
+        correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    n = max(len(split), 1)
+    return float(loss_sum) / n, float(correct) / n
+
+
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    """Σ|w| over the prunable weights (masked entries contribute 0 and get no gradient)."""
+    return sum(m.weight.abs().sum() for _, m in masks_lib.prunable_layers(model))  # type: ignore[return-value]
+
+
+def train(
+    model: nn.Module,
+    train_split: Split,
+    test_split: Split | None,
+    cfg: TrainConfig,
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place with SGD; stop early with status "diverged" on a NaN/inf loss."""
+    device = torch.device(device)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
+    total_iters = cfg.iterations if cfg.iterations is not None else cfg.epochs * steps_per_epoch
+    n_epochs = math.ceil(total_iters / steps_per_epoch) if steps_per_epoch else 0
+    per_iter = cfg.step_unit == "iteration"
+    total_steps = total_iters if per_iter else n_epochs
+    augment = train_split.augmentable if cfg.augment is None else cfg.augment
+    autocast = cfg.bf16 and device.type == "cuda"
+    result = TrainResult(status="ok")
+    start = time.perf_counter()
+    it = 0
+    for epoch in range(n_epochs):
+        t0 = time.perf_counter()
+        if not per_iter:
+            _set_lr(opt, lr_at(epoch, total_steps, cfg))
+        losses, correct, seen = [], torch.zeros((), dtype=torch.int64, device=device), 0
+        for xb, yb in train_split.batches(cfg.batch_size, shuffle=True, generator=g,
+                                          device=device, augment=augment):
+            if it >= total_iters:
+                break
+            if per_iter:
+                _set_lr(opt, lr_at(it, total_steps, cfg))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = model(xb)
+                loss = nn.functional.cross_entropy(out.float(), yb)
+            objective = loss + cfg.l1 * l1_penalty(model) if cfg.l1 else loss
+            opt.zero_grad(set_to_none=True)
+            objective.backward()
+            opt.step()
+            losses.append(loss.detach())
+            correct += (out.detach().argmax(1) == yb).sum()
+            seen += yb.shape[0]
+            it += 1
+        batch_losses = torch.stack(losses).double().cpu() if losses else torch.zeros(0)
+        result.iterations = it
+        if not torch.isfinite(batch_losses).all():
+            result.status = "diverged"
+            result.epochs.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": math.nan,
+                                  "diverged": True})
+            break
+        result.batch_losses = batch_losses.tolist()
+        result.train_loss = float(batch_losses.mean()) if losses else math.nan
+        result.train_acc = float(correct) / max(seen, 1)
+        record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": result.train_loss,
+                  "train_acc": result.train_acc, "test_loss": math.nan, "test_acc": math.nan}
+        last = epoch == n_epochs - 1
+        if test_split is not None and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
+            record["test_loss"], record["test_acc"] = evaluate(
+                model, test_split, device=device, batch_size=cfg.eval_batch_size)
+            model.train()
+        record["seconds"] = time.perf_counter() - t0
+        result.epochs.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    if result.status == "ok" and test_split is not None:
+        if result.epochs and not math.isnan(result.epochs[-1].get("test_acc", math.nan)):
+            result.test_loss, result.test_acc = result.epochs[-1]["test_loss"], result.epochs[-1]["test_acc"]
+        else:
+            result.test_loss, result.test_acc = evaluate(model, test_split, device=device,
+                                                         batch_size=cfg.eval_batch_size)
+    result.seconds = time.perf_counter() - start
+    model.eval()
+    return result
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,170 @@
+"""The central Parquet schemas: one per table, used by every writer and reader.
+
+Why here and torch/Ray-free: the sweep engine writes these tables and `analysis` reads them; both
+import this one module so a column is spelled the same in the store, the tables and the plots.
+
+Layout of a sweep in a storage root (local path or pyarrow.fs URI):
+
+    <storage>/<sweep>/spec.yaml                    the resolved spec, written at start
+    <storage>/<sweep>/<table>/<cell_id>.parquet    one file per cell and table, written atomically
+    <storage>/_cache/...                           dense checkpoints and their SLQ, shared by sweeps
+
+Hidden names (a leading '.' or '_') are temp files or caches and are never results.
+New columns may be added (always nullable, never renamed); readers fill missing ones with nulls.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+TABLES = ("trials", "layers", "spectra", "curves", "epochs")
+
+_TS = pa.timestamp("us", tz="UTC")
+
+TRIALS = pa.schema(
+    [
+        # identity and the cell's axes
+        ("cell_id", pa.string()),            # hash of the resolved cell config
+        ("sweep", pa.string()),              # sweep name
+        ("kind", pa.string()),               # "point" (one sparsity) | "limit" (a curve over a grid)
+        ("model", pa.string()),
+        ("dataset", pa.string()),
+        ("pruner", pa.string()),             # registry name, e.g. "random/igq", "magnitude/global"
+        ("target", pa.string()),             # "direct" | "effective": which sparsity `sparsity` targets
+        ("sparsity", pa.float64()),          # the requested (target) sparsity of this cell
+        ("seed", pa.int64()),
+        ("config", pa.string()),             # the full resolved cell config as JSON
+        # outcome
+        ("status", pa.string()),             # "ok" | "diverged" | "failed"
+        ("error", pa.string()),              # one-line error for failed cells, else null
+        # sparsity (ALGORITHMS.md §1); compression is inf for a disconnected net
+        ("n_prunable", pa.int64()),
+        ("n_params", pa.int64()),
+        ("direct_sparsity", pa.float64()),
+        ("effective_sparsity", pa.float64()),
+        ("direct_compression", pa.float64()),
+        ("effective_compression", pa.float64()),
+        # accuracy and loss of the final (pruned, trained) model
+        ("test_acc", pa.float64()),
+        ("test_loss", pa.float64()),
+        ("train_acc", pa.float64()),
+        ("train_loss", pa.float64()),
+        ("dense_test_acc", pa.float64()),    # the dense reference model of the same cell, if any
+        # timings in seconds
+        ("train_seconds", pa.float64()),
+        ("prune_seconds", pa.float64()),
+        ("hessian_seconds", pa.float64()),
+        ("total_seconds", pa.float64()),
+        # SLQ summary (of the model named in hessian_model), null when no SLQ ran
+        ("hessian_model", pa.string()),      # "dense" | "pruned"
+        ("slq_probes", pa.int64()),
+        ("slq_iterations", pa.int64()),
+        ("slq_dim", pa.int64()),
+        ("hessian_trace", pa.float64()),     # estimate of tr(H)
+        ("hessian_lambda_max", pa.float64()),
+        ("hessian_lambda_min", pa.float64()),
+        ("zero_mass", pa.float64()),         # fraction q of deflated zero-curvature directions
+        # pruning limit (kind == "limit"); removed_frac and kept_frac are always both stored
+        ("lomp_l1", pa.float64()),
+        ("epsilon", pa.float64()),
+        ("epsilon_source", pa.string()),     # "batch_loss_std" | "given"
+        ("eigen_policy", pa.string()),       # "abs" | "drop" | "flat"
+        ("predicted_removed_frac", pa.float64()),
+        ("predicted_kept_frac", pa.float64()),
+        ("band_kept_frac_low", pa.float64()),    # kinematic band (our derivation), kept fraction
+        ("band_kept_frac_high", pa.float64()),
+        ("trace_bound_removed_frac", pa.float64()),  # Jensen bound (our derivation)
+        ("actual_removed_frac_strict", pa.float64()),
+        ("actual_kept_frac_strict", pa.float64()),
+        ("actual_removed_frac_tol", pa.float64()),
+        ("actual_kept_frac_tol", pa.float64()),
+        ("limit_tolerance_pp", pa.float64()),    # tolerance of the "tol" rule, percentage points
+        # provenance
+        ("prunetune_version", pa.string()),
+        ("git_commit", pa.string()),
+        ("torch_version", pa.string()),
+        ("ray_version", pa.string()),
+        ("device", pa.string()),
+        ("host", pa.string()),
+        ("backend", pa.string()),            # "serial" | "ray"
+        ("started_at", _TS),
+        ("finished_at", _TS),
+        ("schema_version", pa.int32()),
+    ]
+)
+
+LAYERS = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("sweep", pa.string()),
+        ("layer_index", pa.int32()),         # model order
+        ("layer", pa.string()),              # module name, e.g. "features.0"
+        ("n_weights", pa.int64()),
+        ("direct_sparsity", pa.float64()),
+        ("effective_sparsity", pa.float64()),
+        ("schema_version", pa.int32()),
+    ]
+)
+
+SPECTRA = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("sweep", pa.string()),
+        ("hessian_model", pa.string()),      # "dense" | "pruned"
+        ("probe", pa.int32()),
+        ("node_index", pa.int32()),
+        ("node", pa.float64()),              # Ritz value theta_j
+        ("weight", pa.float64()),            # tau_j, sums to 1 per probe
+        ("zero_mass", pa.float64()),         # q of this SLQ run (same on every row)
+        ("dim", pa.int64()),                 # operator dimension D (after deflation)
+        ("schema_version", pa.int32()),
+    ]
+)
+
+CURVES = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("sweep", pa.string()),
+        ("removed_frac", pa.float64()),
+        ("kept_frac", pa.float64()),
+        ("test_acc", pa.float64()),
+        ("test_loss", pa.float64()),
+        ("train_loss", pa.float64()),
+        ("r", pa.float64()),                 # R(s): distance to the best sparse approximation
+        ("g_of_r", pa.float64()),            # G(R(s)) from the SLQ quadrature
+        ("schema_version", pa.int32()),
+    ]
+)
+
+EPOCHS = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("sweep", pa.string()),
+        ("phase", pa.string()),              # "dense" | "sparse" | "finetune" | "lomp"
+        ("epoch", pa.int32()),
+        ("lr", pa.float64()),
+        ("train_loss", pa.float64()),
+        ("train_acc", pa.float64()),
+        ("test_loss", pa.float64()),
+        ("test_acc", pa.float64()),
+        ("seconds", pa.float64()),
+        ("schema_version", pa.int32()),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "trials": TRIALS,
+    "layers": LAYERS,
+    "spectra": SPECTRA,
+    "curves": CURVES,
+    "epochs": EPOCHS,
+}
+
+
+def schema(table: str) -> pa.Schema:
+    """The schema of `table`; an unknown name lists the known ones."""
+    if table not in SCHEMAS:
+        raise ValueError(f"table {table!r}: choose from {sorted(SCHEMAS)}")
+    return SCHEMAS[table]

@@ -1,0 +1,13 @@
+"""Shared test set-up: repo root importable, few threads (2-core CI), deterministic torch."""
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test clusters only; set consistently
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
