@@ -1,0 +1,339 @@
+"""Direct and effective sparsity (ALGORITHMS.md §1–§2, *Connectivity Matters*).
+
+A prunable weight is *effective* iff it lies on a path from an input unit to an output unit through
+unpruned weights, at the resolution of single pixels. We find all such weights with one forward and
+one backward pass of a *linearized copy* of the model:
+
+1. copy the model; BatchNorm, activations and dropout become `Identity`, biases are dropped and
+   max-pooling becomes average pooling with the same window (max-pool would route the gradient to one
+   element only and make a dense VGG look 6.5% sparse); residual additions, average pools, flatten,
+   option-A shortcuts and any other parameter-free module stay as they are;
+2. every prunable weight := its 0/1 mask;
+3. feed one all-ones input, R = Σ outputs;
+4. effective = mask ∧ (∂R/∂w > 0).
+
+Every value is ≥ 0, so ∂R/∂w is a sum of positive path products: non-zero exactly on path members.
+
+Overflow guard. Path counts grow exponentially with depth (1e29 in float32 on deep nets, and
+`inf · 0 = NaN` would count pruned weights as alive); dividing by a layer-wide scalar (the spec's
+minimum) prevents overflow but can still *underflow* a unit fed by one path next to a unit fed by
+1e200. So we compute in float64 and, at every prunable layer's output, divide each element by its
+own (detached, positive) value in the forward pass and each gradient element by its own value in the
+backward pass: activations and output-gradients become exact 0/1 reachability indicators. That is a
+positive rescaling, so every zero pattern (and thus the result) is that of the plain ∂R/∂w, while all
+intermediate values stay small integers: no overflow and no underflow at any depth.
+
+`EffectiveMaskEvaluator` builds the copy once and re-evaluates it for any candidate masks: the
+effective-target bisection of the pruners (§3) calls it ~20 times per search.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from pruning import masks as masks_lib
+
+__all__ = [
+    "EffectiveMaskEvaluator",
+    "LayerSparsity",
+    "SparsityReport",
+    "effective_masks",
+    "effective_masks_from",
+    "report_from_masks",
+    "sparsity_report",
+]
+
+# --- the linearized copy -----------------------------------------------------------------------
+
+# Modules that become the identity: on non-negative inputs they either are the identity (ReLU) or
+# only rescale units positively (normalization, monotone activations, dropout at eval).
+IDENTITY_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus,
+    nn.Softmax, nn.LogSoftmax,
+)
+
+
+def _check_max_pool(name: str, m: nn.Module) -> None:
+    if m.return_indices:
+        raise ValueError(f"layer {name!r}: max-pool with return_indices=True is not supported")
+    dilation = m.dilation if isinstance(m.dilation, tuple) else (m.dilation,)
+    if any(d != 1 for d in dilation):
+        raise ValueError(f"layer {name!r}: max-pool dilation {m.dilation}: only 1 is supported")
+
+
+def _avg_like(avg: type[nn.Module]) -> Callable[[str, nn.Module], nn.Module]:
+    def swap(name: str, m: nn.Module) -> nn.Module:
+        _check_max_pool(name, m)
+        return avg(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode)
+
+    return swap
+
+
+def _adaptive_avg_like(avg: type[nn.Module]) -> Callable[[str, nn.Module], nn.Module]:
+    def swap(name: str, m: nn.Module) -> nn.Module:
+        if m.return_indices:
+            raise ValueError(f"layer {name!r}: max-pool with return_indices=True is not supported")
+        return avg(m.output_size)
+
+    return swap
+
+
+# Max-pool -> average pool over the *same* windows, so that every element of a window is on a path.
+POOL_SWAPS: dict[type[nn.Module], Callable[[str, nn.Module], nn.Module]] = {
+    nn.MaxPool1d: _avg_like(nn.AvgPool1d),
+    nn.MaxPool2d: _avg_like(nn.AvgPool2d),
+    nn.MaxPool3d: _avg_like(nn.AvgPool3d),
+    nn.AdaptiveMaxPool1d: _adaptive_avg_like(nn.AdaptiveAvgPool1d),
+    nn.AdaptiveMaxPool2d: _adaptive_avg_like(nn.AdaptiveAvgPool2d),
+    nn.AdaptiveMaxPool3d: _adaptive_avg_like(nn.AdaptiveAvgPool3d),
+}
+
+
+def _replacement(name: str, module: nn.Module) -> nn.Module | None:
+    """The module that stands for `module` in the linearized copy (None: keep it)."""
+    if isinstance(module, IDENTITY_TYPES):
+        return nn.Identity()
+    swap = POOL_SWAPS.get(type(module))
+    return swap(name, module) if swap is not None else None
+
+
+class _Reachability(torch.autograd.Function):
+    """Forward x -> 1[x > 0]; backward g -> 1[g > 0]: the per-element positive rescaling guard.
+
+    Both are divisions of a non-negative tensor by its own detached positive entries, so zero
+    patterns are kept and values stay exact small integers however deep the network.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return (grad > 0).to(grad.dtype)
+
+
+def _guard_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    return _Reachability.apply(output)
+
+
+def _linearize(model: nn.Module, dtype: torch.dtype) -> tuple[nn.Module, list[nn.Parameter]]:
+    """A linearized deep copy of `model` and its prunable weights (model order), all in `dtype`."""
+    net = copy.deepcopy(model)
+    # replace every reference (remove_duplicate=False: torchvision reuses one `relu` module, and a
+    # module shared under two names must be replaced under both)
+    for name, module in list(net.named_modules(remove_duplicate=False)):
+        if not name:
+            continue
+        new = _replacement(name, module)
+        if new is not None:
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent), child, new)
+    layers = masks_lib.prunable_layers(net)
+    prunable_ids = {id(m) for _, m in layers}
+    for name, module in net.named_modules():
+        if id(module) in prunable_ids:
+            continue
+        own = [p for p, _ in module.named_parameters(recurse=False)]
+        if own:
+            raise ValueError(
+                f"layer {name!r} ({type(module).__name__}) has parameters {own}: effective sparsity "
+                f"supports Conv*d/Linear plus parameter-free or normalization/activation layers"
+            )
+    weights = []
+    for _, module in layers:
+        for tensor_name in [h._tensor_name for h in list(module._forward_pre_hooks.values())
+                            if isinstance(h, prune.BasePruningMethod)]:
+            prune.remove(module, tensor_name)  # drop torch's mask hook; the mask is set below
+        module.bias = None
+        module.weight = nn.Parameter(torch.zeros_like(module.weight, dtype=dtype))
+        module.register_forward_hook(_guard_hook)
+        weights.append(module.weight)
+    net.to(dtype).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for w in weights:
+        w.requires_grad_(True)
+    return net, weights
+
+
+def _input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    if shape is None:
+        raise ValueError(
+            "input_shape: required (C, H, W) or (features,) when the model has no `input_shape` "
+            "attribute (pruning.models.build sets it)"
+        )
+    shape = tuple(int(d) for d in shape)
+    if not shape or any(d < 1 for d in shape):
+        raise ValueError(f"input_shape {shape}: must be positive sizes, e.g. (3, 32, 32)")
+    return shape
+
+
+def _device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
+class EffectiveMaskEvaluator:
+    """Effective masks of `model`'s architecture for any candidate masks, reusing one linearized copy.
+
+    Why a class: building the copy (a deepcopy plus module surgery) costs more than a pass, and the
+    effective-target bisection (§3) evaluates ~⌈log2 N⌉ candidate masks of the same model. Weight
+    values of `model` are irrelevant (each weight is replaced by its mask); `model` is not modified.
+    The passes run on the device of `model`'s parameters.
+    """
+
+    def __init__(self, model: nn.Module, *, input_shape: Sequence[int] | None = None,
+                 dtype: torch.dtype = torch.float64):
+        if dtype not in (torch.float64, torch.float32):
+            raise ValueError(f"dtype {dtype}: choose from torch.float64, torch.float32")
+        device = _device(model)
+        self.names: list[str] = [n for n, _ in masks_lib.prunable_layers(model)]
+        if not self.names:
+            raise ValueError("model: has no prunable (Conv*d / Linear) layers")
+        self.input_shape = _input_shape(model, input_shape)
+        self._net, self._weights = _linearize(model, dtype)
+        self._ones = torch.ones((1, *self.input_shape), dtype=dtype, device=device)
+
+    def _check(self, masks: Mapping[str, torch.Tensor]) -> None:
+        missing = [n for n in self.names if n not in masks]
+        unknown = sorted(set(masks) - set(self.names))
+        if missing or unknown:
+            raise ValueError(
+                f"masks: keys must be the prunable layers {self.names}; missing {missing}, "
+                f"unknown {unknown}"
+            )
+        for name, w in zip(self.names, self._weights):
+            if tuple(masks[name].shape) != tuple(w.shape):
+                raise ValueError(f"masks[{name!r}]: shape {tuple(masks[name].shape)} != weight "
+                                 f"{tuple(w.shape)}")
+
+    def __call__(self, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Boolean effective mask per layer (same keys, shapes and devices as `masks`)."""
+        self._check(masks)
+        with torch.no_grad():
+            for name, w in zip(self.names, self._weights):
+                w.copy_(masks[name] != 0)
+        with torch.enable_grad():
+            out = self._net(self._ones)
+            if not isinstance(out, torch.Tensor):
+                raise ValueError(f"model output: expected a tensor, got {type(out).__name__}")
+            r = out.sum()
+            alive = bool(r > 0) and r.requires_grad
+            grads = (torch.autograd.grad(r, self._weights, allow_unused=True) if alive
+                     else [None] * len(self._weights))
+        result = {}
+        for name, g in zip(self.names, grads):
+            kept = masks[name] != 0
+            result[name] = kept & (g > 0).to(kept.device) if g is not None else torch.zeros_like(kept)
+        return result
+
+    def effective_sparsity(self, masks: Mapping[str, torch.Tensor]) -> float:
+        """Count-weighted effective sparsity of `masks`: the quantity the bisection compares."""
+        return masks_lib.direct_sparsity(self(masks))
+
+
+def effective_masks_from(model: nn.Module, masks: Mapping[str, torch.Tensor], *,
+                         input_shape: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+    """Effective masks for candidate `masks` on `model`'s architecture, without applying them.
+
+    One-shot convenience; for repeated calls build an `EffectiveMaskEvaluator` once.
+    """
+    return EffectiveMaskEvaluator(model, input_shape=input_shape)(masks)
+
+
+def effective_masks(model: nn.Module, *,
+                    input_shape: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+    """Effective masks of `model` under its current masks (`pruning.masks.get_masks`)."""
+    return effective_masks_from(model, masks_lib.get_masks(model), input_shape=input_shape)
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """One row of the `layers` table (sweeps/schema.py LAYERS)."""
+
+    layer_index: int          # model order
+    layer: str                # module name, e.g. "features.0"
+    n_weights: int
+    direct_sparsity: float
+    effective_sparsity: float
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Count-weighted sparsities over all prunable weights (names as in the `trials` table)."""
+
+    n_prunable: int
+    direct_sparsity: float
+    effective_sparsity: float
+    direct_compression: float     # 1 / (1 − s); inf when s == 1
+    effective_compression: float
+    layers: tuple[LayerSparsity, ...]
+
+    def trial_columns(self) -> dict[str, float | int]:
+        """The `trials` columns this report fills."""
+        return {"n_prunable": self.n_prunable, "direct_sparsity": self.direct_sparsity,
+                "effective_sparsity": self.effective_sparsity,
+                "direct_compression": self.direct_compression,
+                "effective_compression": self.effective_compression}
+
+    def layer_rows(self) -> list[dict[str, float | int | str]]:
+        """The `layers` columns, one dict per prunable layer in model order."""
+        return [vars(layer).copy() for layer in self.layers]
+
+
+def report_from_masks(masks: Mapping[str, torch.Tensor],
+                      effective: Mapping[str, torch.Tensor]) -> SparsityReport:
+    """Direct and effective sparsity from a mask dict and its effective masks (model order)."""
+    if not masks:
+        raise ValueError("masks: empty; expected one mask per prunable layer")
+    if list(masks) != list(effective):
+        raise ValueError(f"effective: keys {list(effective)} must equal the masks' keys {list(masks)}")
+    layers = []
+    for i, (name, m) in enumerate(masks.items()):
+        e = effective[name]
+        if e.shape != m.shape:
+            raise ValueError(f"effective[{name!r}]: shape {tuple(e.shape)} != mask {tuple(m.shape)}")
+        if bool(((e != 0) & (m == 0)).any()):
+            raise ValueError(f"effective[{name!r}]: marks pruned weights as effective; it must be "
+                             f"a subset of the mask")
+        n = m.numel()
+        layers.append(LayerSparsity(
+            layer_index=i, layer=name, n_weights=n,
+            direct_sparsity=(n - int(m.count_nonzero())) / n,
+            effective_sparsity=(n - int(e.count_nonzero())) / n,
+        ))
+    direct = masks_lib.direct_sparsity(masks)
+    eff = masks_lib.direct_sparsity(effective)
+    return SparsityReport(
+        n_prunable=sum(layer.n_weights for layer in layers),
+        direct_sparsity=direct,
+        effective_sparsity=eff,
+        direct_compression=masks_lib.compression(direct),
+        effective_compression=masks_lib.compression(eff),
+        layers=tuple(layers),
+    )
+
+
+def sparsity_report(model: nn.Module, *, input_shape: Sequence[int] | None = None) -> SparsityReport:
+    """Direct and effective sparsity of `model` under its current masks."""
+    masks = masks_lib.get_masks(model)
+    return report_from_masks(masks, effective_masks_from(model, masks, input_shape=input_shape))
+
