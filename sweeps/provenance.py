@@ -1,0 +1,81 @@
+"""Provenance columns of a trials row: which code, which libraries, which machine, when.
+
+Why a module of its own: every backend writes the same columns, and a result that cannot be traced
+to a commit and a library version cannot be compared later. Versions come from
+`importlib.metadata`, never from importing the library, so the serial path never imports Ray.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import importlib.metadata as metadata
+import socket
+import subprocess
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def utc_now() -> dt.datetime:
+    """The current time, timezone-aware UTC (the store's timestamps are UTC)."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of distribution `name`, or None when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def git_commit(repo: Path = _REPO) -> str | None:
+    """The commit of the checkout the code runs from (with '+dirty' if modified), or None."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{out}+dirty" if dirty else out or None
+
+
+def device_name(device: str) -> str:
+    """A human name for `device`: the GPU model for CUDA devices, else 'cpu'."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return device
+
+
+def prunetune_version() -> str | None:
+    """The installed version, else the checkout's pyproject.toml version (running from a clone)."""
+    if (v := package_version("prunetune")) is not None:
+        return v
+    try:
+        import tomllib
+
+        return tomllib.loads((_REPO / "pyproject.toml").read_text())["project"]["version"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def provenance(device: str, backend: str) -> dict[str, object]:
+    """The static provenance columns of a trials row (timestamps are added by the trial)."""
+    return {
+        "prunetune_version": prunetune_version(),
+        "git_commit": git_commit(),
+        "torch_version": package_version("torch"),
+        "ray_version": package_version("ray"),
+        "device": device_name(device),
+        "host": socket.gethostname(),
+        "backend": backend,
+    }

@@ -1,0 +1,641 @@
+"""Sweep specs: YAML → frozen dataclasses, validated completely before anything starts.
+
+Why collect every problem instead of raising at the first: a sweep that dies after an hour on a
+typo in its last axis wastes a cluster; a spec that lists all its problems at once is fixed in one
+edit. Each problem is one line naming the field and the allowed values.
+
+A spec names a sweep and its axes; each axis is a scalar or a list and the grid is their product:
+
+    name: demo
+    kind: point                      # point (one sparsity per cell) | limit (LOMP curve per cell)
+    model: [lenet300100]
+    dataset: digits
+    pruner: [dense, magnitude/global, snip]
+    sparsity: [0.5, 0.9]             # or compression: [2, 10], or {compression_logspace: [1, 5, 21]}
+    seed: [0, 1]
+    target: direct                   # direct | effective
+    train: {epochs: 5, lr: 0.1}      # fields of pruning.train.TrainConfig
+    prune: {protocol: finetune, finetune_epochs: 2}
+    hessian: {enabled: true, probes: 2, iterations: 20}
+    resources: {cpus: 1, gpus: 0.5}
+    data: {root: ./data, options: {}}
+
+`model_dataset: [[lenet5, cifar10], [vgg16, cifar10]]` replaces the `model` × `dataset` product by
+explicit pairs (the papers' grids pair each model with one data set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PROTOCOLS = ("none", "finetune", "rewind", "train")
+TARGETS = ("direct", "effective")
+KINDS = ("point", "limit")
+HESSIAN_MODELS = ("dense", "pruned", "both")
+EIGEN_POLICIES = ("abs", "drop", "flat")
+STORAGE_ENV = "PRUNETUNE_STORAGE"
+DEFAULT_STORAGE = "./results"
+
+# λ of the LOMP L1 penalty used by the limit paper's authors (ALGORITHMS.md §7), per model.
+AUTHORS_LOMP_L1: dict[str, float] = {
+    "fc5": 5e-5, "fc12": 5e-5, "alexnet": 3e-5, "alexnet224": 3e-5,
+    "vgg16": 1e-4, "resnet18": 5e-5, "resnet50": 2e-5,
+}
+
+
+class SpecError(ValueError):
+    """A spec with problems; `problems` holds one line per problem, all of them."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class PruneSection:
+    """How pruning runs, beyond the pruner's name and the sparsity."""
+
+    protocol: Literal["none", "finetune", "rewind", "train"] | None = None  # None: the pruner's default
+    finetune_epochs: int = 1           # epochs of the `finetune` protocol (same optimizer settings)
+    rounds: int | None = None          # iterative pruners (imp, synflow, snip/iterative); None: theirs
+    lomp_l1: float | None = None       # λ of LOMP training; None: the authors' value for the model
+    limit_grid: tuple[float, ...] | None = None  # removed fractions of a limit curve; None: default
+    epsilon: float | None = None       # loss tolerance of the limit; None: per-batch loss std
+    eigen_policy: Literal["abs", "drop", "flat"] = "abs"  # negative Hessian eigenvalues in G(R)
+    limit_tolerance_pp: float = 0.1    # tolerance (percentage points) of the "tol" actual limit
+    options: dict[str, Any] = field(default_factory=dict)  # extra keyword options of the pruner
+
+
+@dataclass(frozen=True)
+class HessianSection:
+    """Stochastic Lanczos quadrature of the training-loss Hessian (ALGORITHMS.md §6)."""
+
+    enabled: bool = False
+    probes: int = 4                    # Rademacher probes
+    iterations: int = 30               # Lanczos steps per probe
+    workers: int = 1                   # data-parallel HVP workers (Ray backend); never changes results
+    models: Literal["dense", "pruned", "both"] = "pruned"
+    max_samples: int | None = None     # first N training samples; None: the whole training set
+
+
+@dataclass(frozen=True)
+class ResourcesSection:
+    """What one cell asks of a machine; fractional GPUs let several cells share one."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Where data sets live (never part of a cell id) and options of the loader (part of it)."""
+
+    root: str | None = None            # None: $PRUNETUNE_DATA or ./data
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated sweep: the axes as tuples, sections as dataclasses; `source` is the YAML path."""
+
+    name: str
+    storage: str
+    kind: str
+    backend: str
+    pairs: tuple[tuple[str, str], ...]  # (model, dataset) pairs: the product or `model_dataset`
+    pruner: tuple[str, ...]
+    sparsity: tuple[float, ...]
+    seed: tuple[int, ...]
+    target: tuple[str, ...]
+    train: Any                          # pruning.train.TrainConfig
+    prune: PruneSection
+    hessian: HessianSection
+    resources: ResourcesSection
+    data: DataSection
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain YAML-able data (what `spec.yaml` in the store holds).
+
+        Why resolved: generators (`compression_logspace`) and defaults are expanded, so the stored
+        file re-creates exactly these cells even if defaults or generators change later.
+        """
+        out: dict[str, Any] = {
+            "name": self.name, "kind": self.kind, "backend": self.backend,
+            "model_dataset": [list(p) for p in self.pairs], "pruner": list(self.pruner),
+            "seed": list(self.seed), "target": list(self.target),
+        }
+        if self.sparsity:
+            out["sparsity"] = list(self.sparsity)
+        for name in ("train", "prune", "hessian", "resources", "data"):
+            out[name] = _plain(dataclasses.asdict(getattr(self, name)))
+        return out
+
+
+def _plain(value: Any) -> Any:
+    """Tuples → lists, recursively (YAML and JSON want lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------- registries
+
+
+def train_config_class() -> type:
+    """`pruning.train.TrainConfig` (imported lazily: torch is slow to import)."""
+    from pruning.train import TrainConfig
+
+    return TrainConfig
+
+
+def model_names() -> list[str]:
+    from pruning.models import MODELS
+
+    return sorted(MODELS)
+
+
+def dataset_names() -> list[str]:
+    from pruning.data import DATASETS
+
+    return sorted(DATASETS)
+
+
+def pruner_names() -> list[str]:
+    """Registered pruners; only `dense` until `pruning.pruners` is importable."""
+    try:
+        from pruning.pruners import PRUNERS
+    except ImportError:
+        return ["dense"]
+    return sorted(set(PRUNERS) | {"dense"})
+
+
+def pruner_info(name: str) -> Any | None:
+    """The registry entry of pruner `name` (None for `dense` or when pruners are unavailable)."""
+    if name == "dense":
+        return None
+    try:
+        from pruning.pruners import PRUNERS
+    except ImportError:
+        return None
+    return PRUNERS.get(name)
+
+
+def lomp_l1_defaults() -> dict[str, float]:
+    """The authors' λ per model: `pruning.lomp`'s table when it has one, else ours (same values)."""
+    try:
+        from pruning import lomp
+    except ImportError:
+        return dict(AUTHORS_LOMP_L1)
+    table = getattr(lomp, "AUTHORS_L1", None) or getattr(lomp, "LOMP_L1", None)
+    return dict(table) if isinstance(table, Mapping) else dict(AUTHORS_LOMP_L1)
+
+
+def check_pair(model: str, dataset: str, options: Mapping[str, Any]) -> str | None:
+    """Why `model` cannot run on `dataset` (one line), or None when it can."""
+    from pruning import data, models
+
+    try:
+        shape, _ = data.info(dataset, **options)
+        models.check(model, shape)
+    except (ValueError, TypeError) as e:
+        return f"model/dataset: {model!r} on {dataset!r}: {e}"
+    return None
+
+
+# ----------------------------------------------------------------------------- type checks
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict or tp is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+_NO = object()
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """`value` converted to type `tp`, or `_NO` when it does not fit.
+
+    Floats also accept ints and numeric strings because YAML reads `1e-4` (no dot) as a string.
+    """
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        return value if value in typing.get_args(tp) else _NO
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            out = _coerce(value, arg)
+            if out is not _NO:
+                return out
+        return _NO
+    if tp is type(None):
+        return None if value is None else _NO
+    if tp is bool:
+        return value if isinstance(value, bool) else _NO
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if tp is float:
+        if isinstance(value, bool):
+            return _NO
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return _NO
+        return _NO
+    if tp is str:
+        return value if isinstance(value, str) else _NO
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return _NO
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        items = [_coerce(v, args[0]) if args else v for v in value]
+        return _NO if any(i is _NO for i in items) else tuple(items)
+    if origin is dict or tp is dict:
+        return dict(value) if isinstance(value, Mapping) else _NO
+    if isinstance(tp, type):
+        return value if isinstance(value, tp) else _NO
+    return value
+
+
+def parse_section(cls: type, raw: Any, section: str, problems: list[str]) -> Any:
+    """Dataclass `cls` from mapping `raw`; unknown keys and bad types go to `problems`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{section}: expected a mapping of {sorted(f.name for f in fields(cls))}, "
+                        f"got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls) if f.init]
+    for key in raw:
+        if key not in names:
+            problems.append(f"{section}: unknown key {key!r}; allowed: {', '.join(names)}")
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        out = _coerce(raw[name], hints[name])
+        if out is _NO:
+            problems.append(f"{section}.{name}: expected {_type_name(hints[name])}, got {raw[name]!r}")
+        else:
+            values[name] = out
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:  # TrainConfig checks its own value ranges
+        problems.append(f"{section}: {e}")
+        return cls()
+
+
+# ----------------------------------------------------------------------------- axes
+
+
+def _axis(raw: Mapping[str, Any], key: str, tp: Any, problems: list[str], default: Any = _NO) -> tuple:
+    """Axis `key` as a tuple (a scalar is a one-value axis); bad types and duplicates reported."""
+    if key not in raw or raw[key] is None:
+        if default is _NO:
+            problems.append(f"{key}: required (a value or a list of values)")
+            return ()
+        return default
+    values = raw[key] if isinstance(raw[key], (list, tuple)) else [raw[key]]
+    if not values:
+        problems.append(f"{key}: empty list; give at least one value")
+        return ()
+    out = []
+    for v in values:
+        c = _coerce(v, tp)
+        if c is _NO:
+            problems.append(f"{key}: expected {_type_name(tp)}, got {v!r}")
+        else:
+            out.append(c)
+    dups = sorted({repr(v) for v in out if out.count(v) > 1})
+    if dups:
+        problems.append(f"{key}: duplicate value(s) {', '.join(dups)}; each value must appear once")
+    return tuple(out)
+
+
+def _logspace(gen: Any, key: str, problems: list[str]) -> list[float] | None:
+    """10**linspace(lo, hi, n) from `[lo, hi, n]`."""
+    ok = (isinstance(gen, (list, tuple)) and len(gen) == 3
+          and all(isinstance(g, (int, float)) and not isinstance(g, bool) for g in gen)
+          and float(gen[2]).is_integer() and gen[2] >= 1)
+    if not ok:
+        problems.append(f"{key}: expected [low_exponent, high_exponent, count], got {gen!r}")
+        return None
+    lo, hi, n = float(gen[0]), float(gen[1]), int(gen[2])
+    step = (hi - lo) / (n - 1) if n > 1 else 0.0
+    return [10 ** (lo + i * step) for i in range(n)]
+
+
+def _tidy(s: float) -> float:
+    """Round to 12 significant digits so 1 − 1/c prints (and hashes) the same everywhere."""
+    return float(f"{s:.12g}")
+
+
+def _sparsities(raw: Mapping[str, Any], problems: list[str]) -> tuple[float, ...]:
+    """The sparsity axis from `sparsity:` or `compression:` (s = 1 − 1/c), generators expanded."""
+    if "sparsity" in raw and "compression" in raw:
+        problems.append("sparsity/compression: give one of them, not both")
+        return ()
+    key = "compression" if "compression" in raw else "sparsity"
+    value = raw.get(key)
+    if value is None:
+        return ()
+    if isinstance(value, Mapping):
+        gens = {"compression_logspace"} if key == "sparsity" else {"logspace"}
+        unknown = set(value) - gens
+        if unknown or len(value) != 1:
+            problems.append(f"{key}: unknown generator {sorted(map(str, unknown)) or value!r}; "
+                            f"allowed: {', '.join(sorted(gens))}")
+            return ()
+        comps = _logspace(next(iter(value.values())), f"{key}.{next(iter(value))}", problems)
+        if comps is None:
+            return ()
+        values: list[Any] = [1 - 1 / c for c in comps]
+        key_for_range = "compression"
+    else:
+        values = list(_axis(raw, key, float, problems))
+        key_for_range = key
+        if key == "compression":
+            bad = [c for c in values if not (c >= 1 and math.isfinite(c))]
+            if bad:
+                problems.append(f"compression: {bad} outside [1, inf); compression = 1/(1 − sparsity)")
+                return ()
+            values = [1 - 1 / c for c in values]
+    bad = [s for s in values if not 0 <= s < 1]
+    if bad:
+        problems.append(f"{key_for_range}: {', '.join(map(repr, bad))} outside [0, 1) (sparsity); "
+                        "a fully pruned network cannot be trained")
+    tidy = tuple(_tidy(s) for s in values)
+    if len(set(tidy)) != len(tidy) and key_for_range == "compression":
+        problems.append(f"{key}: duplicate value(s) after conversion to sparsity")
+    return tidy
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+def is_uri(path: str) -> bool:
+    """A pyarrow.fs URI such as s3://bucket/prefix or gs://... (file:// counts as local)."""
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path)) and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    """An absolute local path for a storage root (file:// stripped)."""
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def storage_problem(storage: str) -> str | None:
+    """Why results cannot be written under `storage` (one line), or None."""
+    if is_uri(storage):
+        import pyarrow.fs as pafs
+
+        try:
+            pafs.FileSystem.from_uri(storage)
+        except Exception as e:  # pyarrow raises several types for bad URIs
+            return f"storage: {storage!r} is not a usable pyarrow.fs URI: {str(e).splitlines()[0]}"
+        return None
+    path = Path(local_path(storage))
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"storage: {str(probe)!r} is a file, not a directory; give a writable directory"
+    if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.R_OK)):
+        return f"storage: {str(probe)!r} is not readable/writable by this user; give a writable directory"
+    return None
+
+
+def default_storage() -> str:
+    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+# ----------------------------------------------------------------------------- the spec
+
+_TOP_KEYS = ("name", "storage", "kind", "backend", "model", "dataset", "model_dataset", "pruner",
+             "sparsity", "compression", "seed", "target", "train", "prune", "hessian", "resources",
+             "data")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_BACKENDS = ("serial", "ray")
+
+
+def _pairs(raw: Mapping[str, Any], problems: list[str]) -> tuple[tuple[str, str], ...]:
+    """(model, dataset) pairs: `model_dataset` or the product of `model` and `dataset`."""
+    if "model_dataset" in raw:
+        if "model" in raw or "dataset" in raw:
+            problems.append("model_dataset: give either model_dataset or model + dataset, not both")
+        items = raw["model_dataset"]
+        ok = isinstance(items, list) and items and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p)
+            for p in items)
+        if not ok:
+            problems.append(f"model_dataset: expected a list of [model, dataset] pairs, got {items!r}")
+            return ()
+        pairs = tuple((m, d) for m, d in items)
+        dups = sorted({repr(list(p)) for p in pairs if pairs.count(p) > 1})
+        if dups:
+            problems.append(f"model_dataset: duplicate pair(s) {', '.join(dups)}")
+        return pairs
+    models = _axis(raw, "model", str, problems)
+    datasets = _axis(raw, "dataset", str, problems, default=("digits",))
+    return tuple((m, d) for m in models for d in datasets)
+
+
+def build_spec(raw: Any, *, source: str | None = None, storage: str | None = None,
+               backend: str | None = None, check_local_resources: bool = False) -> Spec:
+    """Validate `raw` (parsed YAML) completely and return the Spec, or raise SpecError with all problems.
+
+    `storage`/`backend` override the spec's (CLI flags). `check_local_resources` adds the checks
+    that only matter when this machine runs the cells itself (GPUs for the serial backend).
+    """
+    problems: list[str] = []
+    if not isinstance(raw, Mapping):
+        raise SpecError([f"spec: expected a mapping with keys {', '.join(_TOP_KEYS)}, "
+                         f"got {type(raw).__name__}"])
+    for key in raw:
+        if key not in _TOP_KEYS:
+            problems.append(f"spec: unknown key {key!r}; allowed: {', '.join(_TOP_KEYS)}")
+
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        problems.append(f"name: expected a name of letters, digits, '_', '.', '-' (not starting "
+                        f"with '.' or '_'), got {name!r}")
+        name = "invalid"
+    kind = raw.get("kind", "point")
+    if kind not in KINDS:
+        problems.append(f"kind: {kind!r}; choose from {', '.join(KINDS)}")
+        kind = "point"
+    backend = backend or raw.get("backend", "serial")
+    if backend not in _BACKENDS:
+        problems.append(f"backend: {backend!r}; choose from {', '.join(_BACKENDS)}")
+    storage = storage or raw.get("storage") or default_storage()
+    if not isinstance(storage, str):
+        problems.append(f"storage: expected a path or pyarrow.fs URI, got {storage!r}")
+        storage = default_storage()
+    if (sp := storage_problem(storage)) is not None:
+        problems.append(sp)
+    storage = storage if is_uri(storage) else local_path(storage)
+
+    train = parse_section(train_config_class(), raw.get("train"), "train", problems)
+    prune = _parse_prune(raw.get("prune"), problems)
+    hessian = parse_section(HessianSection, raw.get("hessian"), "hessian", problems)
+    resources = parse_section(ResourcesSection, raw.get("resources"), "resources", problems)
+    data = parse_section(DataSection, raw.get("data"), "data", problems)
+    _check_ranges(hessian, resources, prune, problems)
+
+    pairs = _pairs(raw, problems)
+    known_models, known_data = model_names(), dataset_names()
+    for m in sorted({m for m, _ in pairs} - set(known_models)):
+        problems.append(f"model: unknown {m!r}; choose from {', '.join(known_models)}")
+    for d in sorted({d for _, d in pairs} - set(known_data)):
+        problems.append(f"dataset: unknown {d!r}; choose from {', '.join(known_data)}")
+    for m, d in pairs:
+        if m in known_models and d in known_data and (why := check_pair(m, d, data.options)):
+            problems.append(why)
+
+    default_pruner = ("lomp",) if kind == "limit" else _NO
+    pruners = _axis(raw, "pruner", str, problems, default=default_pruner)
+    known_pruners = pruner_names()
+    for p in pruners:
+        if p not in known_pruners:
+            problems.append(f"pruner: unknown {p!r}; choose from {', '.join(known_pruners)}")
+    sparsity = _sparsities(raw, problems)
+    seeds = _axis(raw, "seed", int, problems, default=(0,))
+    for s in seeds:
+        if s < 0:
+            problems.append(f"seed: {s} is negative; seeds are integers ≥ 0")
+    targets = _axis(raw, "target", str, problems, default=("direct",))
+    for t in targets:
+        if t not in TARGETS:
+            problems.append(f"target: {t!r}; choose from {', '.join(TARGETS)}")
+
+    if kind == "limit":
+        if sparsity:
+            problems.append("sparsity: not used by kind 'limit' (its grid is prune.limit_grid); remove it")
+        if tuple(pruners) != ("lomp",):
+            problems.append(f"pruner: kind 'limit' runs 'lomp' only, got {list(pruners)}")
+        if prune.lomp_l1 is None:
+            table = lomp_l1_defaults()
+            for m in sorted({m for m, _ in pairs if m not in table and m in known_models}):
+                problems.append(f"prune.lomp_l1: required for model {m!r} (authors' values known for "
+                                f"{', '.join(sorted(table))})")
+    elif any(p != "dense" for p in pruners) and not sparsity:
+        problems.append("sparsity: required for pruners other than 'dense' (or give compression:)")
+
+    if check_local_resources and backend == "serial" and resources.gpus > 0 and not _cuda_available():
+        problems.append(f"resources.gpus: {resources.gpus} requested but this machine has no GPU "
+                        "(the serial backend runs here); set gpus: 0 or use --backend ray")
+    if problems:
+        raise SpecError(problems)
+    return Spec(name=name, storage=storage, kind=kind, backend=backend, pairs=pairs,
+                pruner=tuple(pruners), sparsity=sparsity, seed=tuple(seeds), target=tuple(targets),
+                train=train, prune=prune, hessian=hessian, resources=resources, data=data,
+                source=source)
+
+
+def _parse_prune(raw: Any, problems: list[str]) -> PruneSection:
+    """The prune section; `limit_grid` may also be `{linspace: [start, stop, num]}`."""
+    if isinstance(raw, Mapping) and isinstance(raw.get("limit_grid"), Mapping):
+        gen = raw["limit_grid"]
+        raw = dict(raw)
+        g = gen.get("linspace")
+        if set(gen) != {"linspace"} or not (isinstance(g, list) and len(g) == 3 and float(g[2]).is_integer()
+                                            and g[2] >= 2):
+            problems.append(f"prune.limit_grid: expected a list of removed fractions or "
+                            f"{{linspace: [start, stop, num]}}, got {gen!r}")
+            raw.pop("limit_grid")
+        else:
+            a, b, n = float(g[0]), float(g[1]), int(g[2])
+            raw["limit_grid"] = [_tidy(a + i * (b - a) / (n - 1)) for i in range(n)]
+    section = parse_section(PruneSection, raw, "prune", problems)
+    return section
+
+
+def _check_ranges(h: HessianSection, r: ResourcesSection, p: PruneSection, problems: list[str]) -> None:
+    """Value ranges the types cannot express."""
+    checks: list[tuple[bool, str]] = [
+        (h.probes >= 1, f"hessian.probes: {h.probes}; must be ≥ 1"),
+        (h.iterations >= 2, f"hessian.iterations: {h.iterations}; must be ≥ 2"),
+        (h.workers >= 1, f"hessian.workers: {h.workers}; must be ≥ 1"),
+        (h.max_samples is None or h.max_samples >= 1, f"hessian.max_samples: {h.max_samples}; must be ≥ 1 or null"),
+        (r.cpus > 0, f"resources.cpus: {r.cpus}; must be > 0"),
+        (r.gpus >= 0, f"resources.gpus: {r.gpus}; must be ≥ 0 (fractions allowed)"),
+        (p.finetune_epochs >= 0, f"prune.finetune_epochs: {p.finetune_epochs}; must be ≥ 0"),
+        (p.rounds is None or p.rounds >= 1, f"prune.rounds: {p.rounds}; must be ≥ 1 or null"),
+        (p.lomp_l1 is None or p.lomp_l1 >= 0, f"prune.lomp_l1: {p.lomp_l1}; must be ≥ 0 or null"),
+        (p.epsilon is None or p.epsilon > 0, f"prune.epsilon: {p.epsilon}; must be > 0 or null"),
+        (p.limit_tolerance_pp >= 0, f"prune.limit_tolerance_pp: {p.limit_tolerance_pp}; must be ≥ 0"),
+        (p.limit_grid is None or all(0 <= s < 1 for s in p.limit_grid),
+         f"prune.limit_grid: removed fractions must lie in [0, 1), got {p.limit_grid}"),
+    ]
+    problems.extend(msg for ok, msg in checks if not ok)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parsed YAML of `path`; unreadable files and YAML syntax errors become one-line SpecErrors."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise SpecError([f"spec: cannot read {str(path)!r}: {e.strerror}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise SpecError([f"spec: invalid YAML in {str(path)!r}{line}: "
+                         f"{getattr(e, 'problem', None) or e}"]) from None
+
+
+def load_spec(path: str | os.PathLike, **overrides: Any) -> Spec:
+    """Read and validate the spec at `path` (see `build_spec` for the overrides)."""
+    return build_spec(read_yaml(path), source=str(path), **overrides)
+
+
+def dump_yaml(spec: Spec) -> str:
+    """The resolved spec as YAML text (stored beside the results as spec.yaml)."""
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False)
+
+
+def lomp_l1_for(spec_l1: float | None, model: str) -> float | None:
+    """λ of a LOMP cell: the spec's, else the authors' value for `model`."""
+    return spec_l1 if spec_l1 is not None else lomp_l1_defaults().get(model)
+

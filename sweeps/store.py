@@ -1,0 +1,214 @@
+"""The Parquet store: one file per cell and table, written atomically, `trials` last.
+
+Layout (see `sweeps.schema`): `<storage>/<sweep>/<table>/<cell_id>.parquet` and
+`<storage>/<sweep>/spec.yaml`. Why one file per cell: backends on many machines write without
+coordination, a crashed cell can never corrupt another, and re-running a cell replaces exactly its
+own files. Why `trials` last: its presence is the commit record — a cell is done iff its trials file
+reads back with a finished status, so a crash between tables leaves a cell that is simply redone.
+
+Local files are written under a hidden temp name `.<cell_id>.<random>.tmp` in the target directory
+and moved into place with `os.replace` (atomic on POSIX); readers (pandas, `pyarrow.dataset`, DuckDB
+globs of `*.parquet`) never see them. On object stores (pyarrow.fs URIs) a single object PUT is
+already atomic, so the object is written directly. No Hive partitioning: the cell's axes are columns.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from sweeps import schema as schemas
+from sweeps.spec import is_uri, local_path
+
+DONE_STATUSES = ("ok", "diverged")  # "failed" cells are retried
+
+
+@dataclass(frozen=True)
+class Location:
+    """A storage root resolved to a pyarrow filesystem and a base path in it."""
+
+    fs: pafs.FileSystem
+    base: str
+    local: bool
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.base.rstrip("/"), *parts])
+
+
+def locate(storage: str) -> Location:
+    """The filesystem of a storage root: local path (or file://) or any pyarrow.fs URI."""
+    if is_uri(storage):
+        fs, base = pafs.FileSystem.from_uri(storage)
+        return Location(fs, base, local=False)
+    return Location(pafs.LocalFileSystem(), local_path(storage), local=True)
+
+
+def table_path(storage: str, sweep: str, table: str, cell_id: str) -> str:
+    """Where a cell's table lives (a path inside the storage's filesystem)."""
+    schemas.schema(table)  # validates the name
+    return locate(storage).join(sweep, table, f"{cell_id}.parquet")
+
+
+def to_table(table: str, rows: list[Mapping[str, object]]) -> pa.Table:
+    """`rows` cast to the central schema of `table`; missing columns become nulls.
+
+    A key that is not a column raises: a misspelt column would otherwise vanish silently.
+    """
+    schema = schemas.schema(table)
+    names = set(schema.names)
+    for row in rows:
+        extra = set(row) - names
+        if extra:
+            raise ValueError(f"{table}: unknown column(s) {sorted(extra)}; see sweeps/schema.py")
+    rows = [{"schema_version": schemas.SCHEMA_VERSION, **row} for row in rows]
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def write_bytes(storage: str, path: str, data: bytes) -> None:
+    """Write `data` to `path` atomically: temp file + os.replace locally, one PUT on object stores."""
+    loc = locate(storage)
+    if not loc.local:
+        loc.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with loc.fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    directory, name = os.path.split(path)
+    os.makedirs(directory, exist_ok=True)
+    stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
+    tmp = os.path.join(directory, f".{stem}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_table(storage: str, sweep: str, table: str, cell_id: str,
+                rows: list[Mapping[str, object]]) -> str:
+    """Write one cell's rows of `table` (cast to the schema) atomically; returns the path."""
+    buf = io.BytesIO()
+    pq.write_table(to_table(table, rows), buf)
+    path = table_path(storage, sweep, table, cell_id)
+    write_bytes(storage, path, buf.getvalue())
+    return path
+
+
+def write_cell(storage: str, sweep: str, cell_id: str,
+               tables: Mapping[str, list[Mapping[str, object]]]) -> None:
+    """Write every table of a cell; `trials` (required, one row) strictly last.
+
+    Empty tables are skipped, but a stale file from an earlier attempt of the same cell is removed
+    first, so a retried cell never mixes its rows with an earlier run's.
+    """
+    if len(tables.get("trials", [])) != 1:
+        raise ValueError("trials: a cell writes exactly one trials row")
+    for table in schemas.TABLES:
+        if table == "trials":
+            continue
+        rows = tables.get(table) or []
+        if rows:
+            write_table(storage, sweep, table, cell_id, rows)
+        else:
+            _remove(storage, table_path(storage, sweep, table, cell_id))
+    write_table(storage, sweep, "trials", cell_id, tables["trials"])
+
+
+def _remove(storage: str, path: str) -> None:
+    loc = locate(storage)
+    try:
+        loc.fs.delete_file(path)
+    except (FileNotFoundError, OSError):
+        pass
+
+
+def read_cell_table(storage: str, sweep: str, table: str, cell_id: str) -> pa.Table | None:
+    """One cell's table, or None when absent or unreadable (a truncated file counts as absent)."""
+    loc = locate(storage)
+    path = table_path(storage, sweep, table, cell_id)
+    try:
+        with loc.fs.open_input_file(path) as f:
+            return pq.read_table(f)
+    except (FileNotFoundError, OSError, pa.ArrowException):
+        return None
+
+
+def trial_row(storage: str, sweep: str, cell_id: str) -> dict[str, object] | None:
+    """The cell's trials row, or None when the cell has not finished (or its file is damaged)."""
+    t = read_cell_table(storage, sweep, "trials", cell_id)
+    if t is None or t.num_rows != 1:
+        return None
+    return t.to_pylist()[0]
+
+
+def is_done(storage: str, sweep: str, cell_id: str) -> bool:
+    """Finished cells are skipped: the trials file reads back and its status is not `failed`."""
+    row = trial_row(storage, sweep, cell_id)
+    return row is not None and row.get("status") in DONE_STATUSES
+
+
+def stored_ids(storage: str, sweep: str, table: str = "trials") -> list[str]:
+    """Cell ids with a (visible) file of `table`, temp files excluded."""
+    loc = locate(storage)
+    selector = pafs.FileSelector(loc.join(sweep, table), allow_not_found=True)
+    ids = []
+    for info in loc.fs.get_file_info(selector):
+        name = info.base_name
+        if info.type == pafs.FileType.File and name.endswith(".parquet") and name[0] not in "._":
+            ids.append(name[: -len(".parquet")])
+    return sorted(ids)
+
+
+def read_table(storage: str, sweep: str, table: str, cell_ids: Iterable[str] | None = None) -> pa.Table:
+    """All readable files of `table` in a sweep as one table with the central schema.
+
+    Damaged files (a crash on an object store, a truncated copy) are skipped, not fatal: reading
+    results must never fail because one cell is broken; that cell is simply redone by `run`.
+    """
+    ids = stored_ids(storage, sweep, table) if cell_ids is None else list(cell_ids)
+    parts = []
+    for cid in ids:
+        t = read_cell_table(storage, sweep, table, cid)
+        if t is not None:
+            parts.append(t.cast(schemas.schema(table)) if t.schema != schemas.schema(table)
+                         else t)
+    if not parts:
+        return schemas.schema(table).empty_table()
+    return pa.concat_tables(parts, promote_options="default")
+
+
+def dataset(storage: str, sweep: str, table: str) -> pads.Dataset:
+    """A `pyarrow.dataset` over a table directory (hidden temp files are ignored by default)."""
+    loc = locate(storage)
+    return pads.dataset(loc.join(sweep, table), filesystem=loc.fs, format="parquet",
+                        schema=schemas.schema(table))
+
+
+def spec_path(storage: str, sweep: str) -> str:
+    return locate(storage).join(sweep, "spec.yaml")
+
+
+def write_spec(storage: str, sweep: str, text: str) -> None:
+    """Store the resolved spec beside the results (atomically), for `status` and provenance."""
+    write_bytes(storage, spec_path(storage, sweep), text.encode())
+
+
+def read_spec_text(storage: str, sweep: str) -> str | None:
+    loc = locate(storage)
+    try:
+        with loc.fs.open_input_stream(spec_path(storage, sweep)) as f:
+            return f.read().decode()
+    except (FileNotFoundError, OSError):
+        return None

@@ -1,0 +1,458 @@
+"""The trial pipeline: one cell in, one finished set of Parquet files out — the same under every backend.
+
+    seed → data → model → obtain (prune at init + train, or dense from the cache + prune + protocol)
+         → evaluate → sparsity report → SLQ (optional) → write layers/spectra/epochs/curves → trials
+
+Why a list of named steps looked up in `STEPS` at call time: the pruning library grows in parallel
+(pruners, SLQ, LOMP land as separate modules), and a step that needs a missing module fails only the
+cells that use it, with a one-line error in their trials row. Tests replace single steps the same way.
+
+Outcomes: a NaN/inf loss ends training with status "diverged" (the row is still written, and it is a
+result: not retried); any exception gives status "failed" with a one-line `error` (written, so the
+error is visible; failed cells are retried by the next run). `Where` (storage and data roots) is
+never part of a cell's identity.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweeps import provenance, store
+from sweeps.cache import DENSE_ITEM, DenseCache, dense_fields, key_of
+from sweeps.cells import Cell
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, Any]], None]
+ERROR_MAX = 500  # characters of a failed cell's error line
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where results and data live; the same cell gives the same result wherever this points."""
+
+    storage: str
+    data_root: str | None = None
+
+
+class Diverged(Exception):
+    """A training phase produced a NaN/inf loss: stop the pipeline, keep the row."""
+
+
+@dataclass
+class TrialState:
+    """What the steps share while one cell runs (the only mutable object of a trial)."""
+
+    cell: Cell
+    where: Where
+    device: str
+    report: Report | None
+    hvp_backend_factory: Callable[..., Any] | None
+    row: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {"layers": [], "spectra": [], "epochs": [], "curves": []})
+    train_split: Any = None
+    test_split: Any = None
+    model: Any = None
+    init_state: dict[str, Any] | None = None
+    dense_key: str | None = None
+    trained_dense_here: bool = False
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"train_seconds": 0.0, "prune_seconds": 0.0, "hessian_seconds": 0.0})
+
+    def train_config(self, **changes: Any) -> Any:
+        from pruning.train import TrainConfig
+
+        return dataclasses.replace(TrainConfig(**_train_kwargs(self.cell.train)), **changes)
+
+
+def _train_kwargs(d: dict[str, Any]) -> dict[str, Any]:
+    out = dict(d)
+    if isinstance(out.get("milestones"), list):
+        out["milestones"] = tuple(out["milestones"])
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _epoch_rows(phase: str, epochs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keep = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+    return [{"phase": phase, **{k: e.get(k) for k in keep}} for e in epochs]
+
+
+def _train(st: TrialState, model: Any, cfg: Any, phase: str) -> Any:
+    """Train with per-epoch reporting; records epochs rows and time; raises Diverged on NaN/inf."""
+    from pruning.train import train
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        if st.report is not None:
+            st.report({"cell_id": st.cell.cell_id, "phase": phase,
+                       **{k: v for k, v in record.items() if isinstance(v, (int, float, str))}})
+
+    result = train(model, st.train_split, st.test_split, cfg, device=st.device, seed=st.cell.seed,
+                   on_epoch=on_epoch)
+    st.tables["epochs"] += _epoch_rows(phase, result.epochs)
+    st.seconds["train_seconds"] += result.seconds
+    _set_metrics(st.row, result)
+    if result.status == "diverged":
+        raise Diverged(f"{phase} training diverged (NaN/inf loss)")
+    return result
+
+
+def _set_metrics(row: dict[str, Any], r: Any) -> None:
+    for k in ("test_acc", "test_loss", "train_acc", "train_loss"):
+        v = getattr(r, k, None) if not isinstance(r, dict) else r.get(k)
+        row[k] = None if v is None else float(v)
+
+
+def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
+    """The trained dense model of this cell's model/data/seed/train config, from the cache.
+
+    Trains it (once per key across all processes sharing the storage) on a miss. The returned
+    entry holds `state` (state_dict), `metrics` (of the dense model) and `epochs`.
+    """
+    from pruning.train import train
+
+    cfg = st.train_config(**({"l1": l1} if l1 else {}))
+    fields_ = dense_fields(model=st.cell.model, dataset=st.cell.dataset, data_options=st.cell.data,
+                           seed=st.cell.seed, train=cfg.to_dict())
+    st.dense_key = key_of(fields_)
+    init = copy.deepcopy(st.model)
+
+    def compute() -> dict[str, Any]:
+        r = train(init, st.train_split, st.test_split, cfg, device=st.device, seed=st.cell.seed)
+        metrics = {"status": r.status, "seconds": float(r.seconds), "batch_losses": list(r.batch_losses)}
+        for k in ("test_acc", "test_loss", "train_acc", "train_loss"):
+            metrics[k] = float(getattr(r, k))
+        return {"state": {k: v.detach().cpu() for k, v in init.state_dict().items()},
+                "metrics": metrics, "epochs": _epoch_rows("dense", r.epochs)}
+
+    entry, st.trained_dense_here = DenseCache(st.where.storage).get_or_compute(
+        st.dense_key, DENSE_ITEM, compute, describe=fields_)
+    st.tables["epochs"] += entry["epochs"]
+    st.seconds["train_seconds"] += entry["metrics"]["seconds"]
+    st.row["dense_test_acc"] = entry["metrics"]["test_acc"]
+    _set_metrics(st.row, entry["metrics"])
+    if entry["metrics"]["status"] == "diverged":
+        raise Diverged("dense training diverged (NaN/inf loss)")
+    return entry
+
+
+def pruner_registry() -> dict[str, Any]:
+    from pruning.pruners import PRUNERS
+
+    return PRUNERS
+
+
+def _prune(st: TrialState, **extra: Any) -> Any:
+    """Apply the cell's pruner through `pruning.pruners.prune` (masks land on the model)."""
+    from pruning.pruners import prune
+
+    cell = st.cell
+    info = pruner_registry()[cell.pruner]
+    options = dict(cell.prune.get("options") or {})
+    if cell.prune.get("rounds") is not None:
+        options["rounds"] = cell.prune["rounds"]
+    data = st.train_split if getattr(info, "needs_data", False) else None
+    t0 = time.perf_counter()
+    result = prune(st.model, cell.pruner, cell.sparsity, target=cell.target, data=data,
+                   seed=cell.seed, **options, **extra)
+    st.seconds["prune_seconds"] += time.perf_counter() - t0
+    return result
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def step_seed(st: TrialState) -> None:
+    """Seed every RNG from the cell (first thing, never from the driver)."""
+    from pruning.train import seed_everything
+
+    seed_everything(st.cell.seed)
+
+
+def step_data(st: TrialState) -> None:
+    """Load the splits; the split itself is fixed by `data.options.seed` (default 0), not the cell seed."""
+    from pruning import data
+
+    options = dict(st.cell.data)
+    data_seed = int(options.pop("seed", 0))
+    st.train_split, st.test_split = data.load(st.cell.dataset, root=st.where.data_root,
+                                              seed=data_seed, **options)
+
+
+def step_model(st: TrialState) -> None:
+    """Build the model at its seeded initialization and remember that state (for rewinding)."""
+    from pruning import models
+    from pruning.train import seed_everything
+
+    seed_everything(st.cell.seed)
+    st.model = models.build(st.cell.model, input_shape=st.train_split.input_shape,
+                            num_classes=st.train_split.num_classes)
+    st.init_state = copy.deepcopy(st.model.state_dict())
+    st.row["n_params"] = models.count_parameters(st.model)
+
+
+def _after_prune(st: TrialState) -> None:
+    """The protocol after a post-training pruner: none | finetune | rewind | train."""
+    from pruning import masks
+
+    protocol = st.cell.protocol
+    if protocol == "none":
+        from pruning.train import evaluate
+
+        st.row["test_loss"], st.row["test_acc"] = evaluate(st.model, st.test_split, device=st.device)
+        st.row["train_loss"], st.row["train_acc"] = evaluate(st.model, st.train_split, device=st.device)
+        return
+    if protocol == "finetune":
+        epochs = int(st.cell.prune.get("finetune_epochs", 1))
+        _train(st, st.model, st.train_config(epochs=epochs, iterations=None), "finetune")
+        return
+    if protocol == "rewind":
+        masks.copy_weights(st.model, st.init_state)
+    _train(st, st.model, st.train_config(), "sparse")
+
+
+def step_obtain(st: TrialState) -> None:
+    """Produce the final model of a point cell, as the pruner's `when` and the protocol say."""
+    from pruning import masks
+
+    cell = st.cell
+    if cell.pruner == "dense":
+        entry = _dense(st)
+        masks.load_state_dict(st.model, entry["state"])
+        st.model.to(st.device)
+        return
+    info = pruner_registry()[cell.pruner]
+    if info.when == "init":
+        st.model.to(st.device)
+        _prune(st)
+        if cell.protocol != "none":
+            _train(st, st.model, st.train_config(), "sparse")
+        else:
+            _after_prune(st)
+        return
+    l1 = cell.prune.get("lomp_l1") if getattr(info, "needs_l1_training", False) else None
+    entry = _dense(st, l1=l1)
+    masks.load_state_dict(st.model, entry["state"])
+    st.model.to(st.device)
+    extra = _imp_options(st) if cell.pruner == "imp" else {}
+    _prune(st, **extra)
+    _after_prune(st)
+
+
+def _imp_options(st: TrialState) -> dict[str, Any]:
+    """IMP trains between its rounds: it gets our training (recorded as `imp` epochs) and the init."""
+    def train_fn(model: Any) -> Any:
+        return _train(st, model, st.train_config(), "sparse")
+
+    return {"train_fn": train_fn, "rewind_state": st.init_state}
+
+
+def step_sparsity(st: TrialState) -> None:
+    """Direct and effective sparsity of the final masks, and the per-layer rows."""
+    from pruning.sparsity import sparsity_report
+
+    report = sparsity_report(st.model)
+    st.row.update(report.trial_columns())
+    st.tables["layers"] = report.layer_rows()
+
+
+def _slq_split(st: TrialState) -> Any:
+    n = st.cell.hessian.get("max_samples")
+    split = st.train_split
+    if n is None or n >= len(split):
+        return split
+    return dataclasses.replace(split, x=split.x[:n], y=split.y[:n], _device_cache={})
+
+
+def _run_slq(st: TrialState, model: Any, which: str) -> dict[str, Any]:
+    """SLQ of `model` on the training loss; returns plain data (cacheable) incl. the Ritz pairs."""
+    import torch
+    from pruning.hessian import slq
+
+    h = st.cell.hessian
+    data = _slq_split(st)
+    loss_fn = torch.nn.functional.cross_entropy
+    backend = None
+    if st.hvp_backend_factory is not None:
+        backend = st.hvp_backend_factory(model=model, loss_fn=loss_fn, data=data, device=st.device)
+    t0 = time.perf_counter()
+    r = slq(model, loss_fn, data, probes=int(h.get("probes", 4)),
+            iterations=int(h.get("iterations", 30)), seed=st.cell.seed, backend=backend)
+    return {"nodes": torch.as_tensor(r.nodes).detach().cpu().double(),
+            "weights": torch.as_tensor(r.weights).detach().cpu().double(),
+            "dim": int(r.dim), "zero_mass": float(r.zero_mass), "trace": float(r.trace()),
+            "lambda_max": float(r.lambda_max()), "lambda_min": float(r.lambda_min()),
+            "seconds": time.perf_counter() - t0, "hessian_model": which}
+
+
+def _spectrum_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
+    nodes, weights = s["nodes"], s["weights"]
+    rows = []
+    for p in range(nodes.shape[0]):
+        for j in range(nodes.shape[1]):
+            rows.append({"hessian_model": s["hessian_model"], "probe": p, "node_index": j,
+                         "node": float(nodes[p, j]), "weight": float(weights[p, j]),
+                         "zero_mass": s["zero_mass"], "dim": s["dim"]})
+    return rows
+
+
+def step_hessian(st: TrialState) -> None:
+    """SLQ of the dense model (cached with it) and/or the pruned one, as `hessian.models` says."""
+    h = st.cell.hessian
+    if not h.get("enabled"):
+        return
+    which = h.get("models", "pruned")
+    results = []
+    if which in ("dense", "both"):
+        results.append(_dense_slq(st))
+    if which in ("pruned", "both"):
+        results.append(_run_slq(st, st.model, "pruned"))
+    for s in results:
+        st.tables["spectra"] += _spectrum_rows(s)
+        st.seconds["hessian_seconds"] += s["seconds"]
+    summary = results[-1]  # the pruned model's when both ran
+    st.row.update({"hessian_model": summary["hessian_model"], "slq_probes": h.get("probes"),
+                   "slq_iterations": h.get("iterations"), "slq_dim": summary["dim"],
+                   "hessian_trace": summary["trace"], "hessian_lambda_max": summary["lambda_max"],
+                   "hessian_lambda_min": summary["lambda_min"], "zero_mass": summary["zero_mass"]})
+
+
+def _dense_slq(st: TrialState) -> dict[str, Any]:
+    """The dense model's SLQ, cached beside its checkpoint (keyed by the SLQ settings)."""
+    from pruning import masks
+
+    if st.dense_key is None:  # pruned at init: the dense model of this cell is the trained dense net
+        _dense(st)
+    entry = DenseCache(st.where.storage).load(st.dense_key, DENSE_ITEM)
+    h = {k: v for k, v in st.cell.hessian.items() if k != "models"}
+    item = f"slq-{key_of({**h, 'seed': st.cell.seed})}.pt"
+
+    def compute() -> dict[str, Any]:
+        from pruning import models
+
+        dense = models.build(st.cell.model, input_shape=st.train_split.input_shape,
+                             num_classes=st.train_split.num_classes)
+        masks.load_state_dict(dense, entry["state"])
+        return _run_slq(st, dense.to(st.device), "dense")
+
+    value, _ = DenseCache(st.where.storage).get_or_compute(st.dense_key, item, compute)
+    return value
+
+
+def step_lomp(st: TrialState) -> None:
+    """A limit cell: LOMP training, one-shot global magnitude curve, the predicted limit."""
+    from pruning import masks
+    from pruning.lomp import run_lomp
+
+    p = st.cell.prune
+    entry = _dense(st, l1=p["lomp_l1"])
+    masks.load_state_dict(st.model, entry["state"])
+    st.model.to(st.device)
+    t0 = time.perf_counter()
+    out = run_lomp(
+        st.model, st.train_split, st.test_split,
+        slq_fn=lambda model: _run_slq(st, model, "dense"), batch_losses=entry["metrics"]["batch_losses"],
+        dense_test_acc=entry["metrics"]["test_acc"], grid=p.get("limit_grid"), epsilon=p.get("epsilon"),
+        eigen_policy=p.get("eigen_policy", "abs"), tolerance_pp=p.get("limit_tolerance_pp", 0.1),
+        device=st.device,
+    )
+    st.seconds["prune_seconds"] += time.perf_counter() - t0
+    st.row.update(out.get("trials", {}))
+    st.row["lomp_l1"] = p["lomp_l1"]
+    st.tables["curves"] = list(out.get("curves", []))
+    st.tables["spectra"] += list(out.get("spectra", []))
+
+
+STEPS: dict[str, Callable[[TrialState], None]] = {
+    "seed": step_seed,
+    "data": step_data,
+    "model": step_model,
+    "obtain": step_obtain,
+    "sparsity": step_sparsity,
+    "hessian": step_hessian,
+    "lomp": step_lomp,
+}
+
+PIPELINES: dict[str, tuple[str, ...]] = {
+    "point": ("seed", "data", "model", "obtain", "sparsity", "hessian"),
+    "limit": ("seed", "data", "model", "lomp", "sparsity"),
+}
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, at most ERROR_MAX characters."""
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return line if len(line) <= ERROR_MAX else line[: ERROR_MAX - 1] + "…"
+
+
+def identity_columns(cell: Cell) -> dict[str, Any]:
+    return {"cell_id": cell.cell_id, "sweep": cell.sweep, "kind": cell.kind, "model": cell.model,
+            "dataset": cell.dataset, "pruner": cell.pruner, "target": cell.target,
+            "sparsity": cell.sparsity, "seed": cell.seed,
+            "config": json.dumps(cell.config(), sort_keys=True)}
+
+
+def run_cell(cell: Cell, where: Where, *, device: str = "cpu", report: Report | None = None,
+             hvp_backend_factory: Callable[..., Any] | None = None, backend: str = "serial") -> dict[str, Any]:
+    """Run one cell end to end and write its tables (trials last); returns the trials row.
+
+    Never raises for a problem of the cell itself (that becomes status "failed"); interrupts
+    (KeyboardInterrupt, SIGKILL) leave no trials file, so the cell is redone by the next run.
+    """
+    started = provenance.utc_now()
+    t0 = time.perf_counter()
+    st = TrialState(cell=cell, where=where, device=device, report=report,
+                    hvp_backend_factory=hvp_backend_factory)
+    st.row.update(identity_columns(cell))
+    status, error = "ok", None
+    try:
+        for name in PIPELINES[cell.kind]:
+            STEPS[name](st)
+    except Diverged as e:
+        status = "diverged"
+        log.warning("cell %s diverged: %s", cell.cell_id, e)
+        _try_sparsity(st)
+    except Exception as e:  # a cell's own failure is recorded, never fatal to the sweep
+        status, error = "failed", one_line(e)
+        log.warning("cell %s failed: %s", cell.cell_id, error)
+        log.debug("traceback of cell %s", cell.cell_id, exc_info=True)
+        _try_sparsity(st)
+    st.row.update(st.seconds)
+    st.row.update(status=status, error=error, total_seconds=time.perf_counter() - t0,
+                  started_at=started, finished_at=provenance.utc_now(),
+                  **provenance.provenance(device, backend))
+    for rows in st.tables.values():
+        for r in rows:
+            r.update(cell_id=cell.cell_id, sweep=cell.sweep)
+    row = {k: _finite_or_none(v) if k.endswith("_acc") else v for k, v in st.row.items()}
+    store.write_cell(where.storage, cell.sweep, cell.cell_id, {**st.tables, "trials": [row]})
+    return row
+
+
+def _finite_or_none(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def _try_sparsity(st: TrialState) -> None:
+    """After a divergence or failure, still record the sparsity when masks exist (best effort)."""
+    if st.model is None or "direct_sparsity" in st.row:
+        return
+    try:
+        STEPS["sparsity"](st)
+    except Exception:  # the original error is what matters; this is only extra information
+        log.debug("no sparsity report for %s", st.cell.cell_id, exc_info=True)
