@@ -263,7 +263,8 @@ def load_tinyimagenet(root=None, seed: int = 0) -> tuple[Split, Split]:
     Decoded once into a uint8 tensor cache beside the folder (`.prunetune-<split>.pt`), because
     decoding 110,000 JPEGs takes minutes.
     """
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    import numpy as np
+    from PIL import Image
 
     base = _root(root)
     top = base / "tiny-imagenet-200"
@@ -276,7 +277,11 @@ def load_tinyimagenet(root=None, seed: int = 0) -> tuple[Split, Split]:
     label = {w: i for i, w in enumerate(wnids)}
 
     def decode(paths: list[Path]) -> torch.Tensor:
-        return torch.stack([decode_image(read_file(str(p)), mode=ImageReadMode.RGB) for p in paths])
+        def one(p: Path) -> torch.Tensor:
+            with Image.open(p) as img:  # some tiny-imagenet images are grayscale
+                return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+
+        return torch.stack([one(p) for p in paths])
 
     def split(kind: str) -> Split:
         cache = top / f".prunetune-{kind}.pt"
