@@ -1,0 +1,208 @@
+"""The pruner registry (ALGORITHMS.md §5) and `prune`, the one entry point.
+
+Every pruner is a function `(model, sparsity, *, data, seed, **options) -> Plan`: a nested family
+of masks indexed by the number k of removed weights (see `plan.py`). `prune` picks k — the direct
+target k = N − round((1 − s)N), or the largest k whose *effective* sparsity stays ≤ the target
+(bisection, §3) — applies that mask through `pruning.masks.apply_masks`, and reports both
+sparsities. Keeping "score" and "choose k" apart is what lets all 20 pruners target either kind of
+sparsity with one code path.
+
+    from pruning.pruners import prune
+    result = prune(model, "random/igq", 0.99, target="effective", seed=0)
+    result.direct_sparsity, result.effective_sparsity, result.removed_count
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from pruning import masks as masks_lib
+from pruning import quotas as quotas_lib
+from pruning import sparsity as sparsity_lib
+from pruning.pruners import dense, grasp, imp, lamp, magnitude, random, snip, synflow
+from pruning.pruners.plan import Plan, removal_for
+from pruning.pruners.quota import counts_from_order
+from pruning.pruners.target import largest_removal
+
+WHEN = ("init", "after")  # prune at initialization, or after training the dense model
+PROTOCOLS = ("train", "rewind", "finetune", "none")  # what happens to the pruned net next
+TARGETS = ("direct", "effective")
+
+
+@dataclass(frozen=True)
+class PrunerInfo:
+    """A registry entry: what the pruner is, when it runs and what the trial does around it."""
+
+    name: str
+    doc: str
+    when: str  # "init" | "after"
+    needs_data: bool  # False: data-free (dense, random, synflow, magnitude, lamp, lomp, imp's own)
+    protocol: str  # default post-pruning protocol: "train" | "rewind" | "finetune" | "none"
+    needs_l1_training: bool  # the dense model is trained with the L1 term first (lomp)
+    fn: Callable[..., Plan] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.when not in WHEN:
+            raise ValueError(f"{self.name}: when {self.when!r}: choose from {', '.join(WHEN)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"{self.name}: protocol {self.protocol!r}: choose from {', '.join(PROTOCOLS)}")
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The pruner's own keyword options (beyond model, sparsity, data, seed)."""
+        params = inspect.signature(self.fn).parameters
+        return tuple(p for p in params if p not in ("model", "sparsity", "data", "seed", "options"))
+
+
+def _init(name: str, doc: str, fn: Callable[..., Plan], needs_data: bool = False) -> PrunerInfo:
+    return PrunerInfo(name, doc, "init", needs_data, "train", False, fn)
+
+
+def _after(name: str, doc: str, fn: Callable[..., Plan], protocol: str = "rewind", l1: bool = False) -> PrunerInfo:
+    return PrunerInfo(name, doc, "after", False, protocol, l1, fn)
+
+
+_QUOTA_DOCS = {
+    "uniform": "every layer at the same sparsity",
+    "uniform_plus": "uniform, first layer dense, last layer at most 80% sparse (Gale et al.)",
+    "erk": "Erdős–Rényi-Kernel densities with RigL-style redistribution (Evci et al.)",
+    "igq": "Ideal Gas Quotas d_l = 1/(1 + F n_l) (Vysogorets & Kempe)",
+    "smart_ratio": "smart-ratio keep ratios, classifier at 30% (Su et al.)",
+    "snip": "the per-layer sparsities of a SNIP mask at the same target",
+    "synflow": "the per-layer sparsities of a SynFlow mask at the same target",
+}
+
+_ENTRIES: list[PrunerInfo] = [
+    _init("dense", "no pruning (sparsity 0): the dense reference", dense.prune_dense),
+    *[
+        _init(f"random/{q}", f"random survivors per layer; quota: {_QUOTA_DOCS[q]}", random.make(q),
+              needs_data=(q == "snip"))
+        for q in quotas_lib.SCHEMES
+    ],
+    _after("magnitude/global", "smallest |w| of the trained weights, over all layers", magnitude.prune_global),
+    *[
+        _after(f"magnitude/{q}", f"smallest |w| per layer; quota: {_QUOTA_DOCS[q]}", magnitude.make(q))
+        for q in ("uniform", "uniform_plus", "erk", "igq")
+    ],
+    _after("lamp", "LAMP scores w_u² / Σ_{v≥u} w_v² per layer, pruned globally (Lee et al.)", lamp.prune_lamp),
+    _init("snip", "SNIP |ḡ ⊙ w| at initialization, ḡ averaged over batches", snip.prune_snip, needs_data=True),
+    _init("snip/iterative", "SNIP re-scored on a fresh batch for 300 rounds, exponential schedule",
+          snip.prune_snip_iterative, needs_data=True),
+    _init("grasp", "GraSP: prune the highest −w ⊙ (H g) (Wang et al.)", grasp.prune_grasp, needs_data=True),
+    _init("synflow", "SynFlow: 100 data-free rounds of ∂R/∂w ⊙ w on |w| (Tanaka et al.)", synflow.prune_synflow),
+    _after("imp", "iterative magnitude pruning, 20% per round, rewind and retrain (needs train_fn, rewind_state)",
+           imp.prune_imp),
+    _after("lomp", "global magnitude on a model trained with the L1 term; no retraining (Zhang et al.)",
+           magnitude.prune_global, protocol="none", l1=True),
+]
+PRUNERS: dict[str, PrunerInfo] = {info.name: info for info in _ENTRIES}
+
+
+def get(name: str) -> PrunerInfo:
+    if name not in PRUNERS:
+        raise ValueError(f"pruner {name!r}: choose from {', '.join(PRUNERS)}")
+    return PRUNERS[name]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What `prune` did: the target, the mask it chose, and both sparsities of the pruned model."""
+
+    pruner: str
+    target: str  # "direct" | "effective"
+    requested_sparsity: float  # the target value
+    direct_sparsity: float  # of the applied mask
+    effective_sparsity: float  # achieved
+    removed_count: int  # k: weights removed by the applied mask
+    n_prunable: int
+    evaluations: int  # effective-mask evaluations of the bisection (0 for a direct target)
+    target_met: bool  # False only when the unpruned net already exceeds an effective target
+    seconds: float
+    report: Any = field(repr=False)  # pruning.sparsity.SparsityReport of the pruned model
+
+
+def _check_options(info: PrunerInfo, options: dict) -> None:
+    params = inspect.signature(info.fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return  # passes options through to a pruner that checks them (random/snip, random/synflow)
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        allowed = ", ".join(info.options) or "none"
+        raise ValueError(f"pruner {info.name!r}: unknown option(s) {unknown}; allowed: {allowed}")
+
+
+def plan_for(model: nn.Module, pruner: str, sparsity: float, *, data=None, seed: int = 0, **options) -> Plan:
+    """Validate the request and build the pruner's nested plan (nothing is applied to the model)."""
+    info = get(pruner)
+    s = masks_lib.check_sparsity(sparsity)
+    if info.needs_data and data is None:
+        raise ValueError(f"data: pruner {pruner!r} needs data (a Split or an iterable of (x, y) batches)")
+    _check_options(info, options)
+    return info.fn(model, s, data=data, seed=seed, **options)
+
+
+def prune(
+    model: nn.Module,
+    pruner: str,
+    sparsity: float,
+    *,
+    target: str = "direct",
+    data=None,
+    seed: int = 0,
+    **options,
+) -> PruneResult:
+    """Prune `model` in place with `pruner` to `sparsity`, direct or effective (§3).
+
+    `data`: a `pruning.data.Split` or an iterable of (x, y) batches (snip, snip/iterative, grasp,
+    random/snip). `options` go to the pruner: `rounds=` (synflow, snip/iterative, imp),
+    `batches=`/`batch_size=` (snip, grasp), `train_fn=`/`rewind_state=` (imp, required).
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target {target!r}: choose from {', '.join(TARGETS)}")
+    start = time.perf_counter()
+    plan = plan_for(model, pruner, sparsity, data=data, seed=seed, **options)
+    n = plan.n
+    evaluate = sparsity_lib.EffectiveMaskEvaluator(model)
+    evaluations, met = 0, True
+    if target == "direct":
+        k = removal_for(n, sparsity)
+        if k > plan.limit:
+            raise ValueError(f"sparsity {sparsity}: pruner {pruner!r} reaches at most {plan.limit / n:.6f}")
+    else:
+        found = largest_removal(lambda k: evaluate.effective_sparsity(plan.masks_at(k)), n, float(sparsity), plan.limit)
+        k, evaluations, met = found.removed, found.evaluations, found.met
+    chosen = plan.masks_at(k)
+    masks_lib.apply_masks(model, chosen)
+    report = sparsity_lib.report_from_masks(chosen, evaluate(chosen))
+    return PruneResult(
+        pruner=pruner,
+        target=target,
+        requested_sparsity=float(sparsity),
+        direct_sparsity=float(report.direct_sparsity),
+        effective_sparsity=float(report.effective_sparsity),
+        removed_count=k,
+        n_prunable=n,
+        evaluations=evaluations,
+        target_met=met,
+        seconds=time.perf_counter() - start,
+        report=report,
+    )
+
+
+def mask_quota_counts(scheme: str, model: nn.Module, sparsity: float, *, data=None, seed: int = 0, **options):
+    """k -> per-layer kept counts of a real SNIP / SynFlow mask (the snip and synflow quotas).
+
+    SNIP is global, so its prefixes give the mask at every k; SynFlow is run to `sparsity` and its
+    removal order (§3) gives nested counts up to there and beyond.
+    """
+    order_plan = plan_for(model, scheme, sparsity, data=data, seed=seed, **options)
+    return counts_from_order(order_plan)
+
+
+__all__ = ["PRUNERS", "PrunerInfo", "PruneResult", "get", "plan_for", "prune", "mask_quota_counts"]

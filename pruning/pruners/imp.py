@@ -1,0 +1,63 @@
+"""IMP: iterative magnitude pruning with rewinding (Frankle & Carbin; Frankle et al. 2020).
+
+Round t prunes the smallest-|w| survivors globally (20% of the remaining weights by default),
+rewinds the survivors (and every other parameter and buffer) to `rewind_state` — the weights at
+initialization or an early iteration — and retrains with `train_fn`. The given model is already
+trained (IMP runs after training), so round 1 prunes it directly; after the last round the model
+keeps its trained weights and the trial's post-pruning protocol (rewind by default) takes over.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from pruning import masks as masks_lib
+from pruning.pruners.common import current_keep, iterative_order, kept_after_round
+from pruning.pruners.plan import Layout, OrderPlan, flatten
+
+
+def imp_schedule(n: int, sparsity: float, rate: float, rounds: int | None) -> list[int]:
+    """Survivors after each round: ×(1 − rate) per round until the target (the last round lands
+    exactly on round((1 − s)·N)); with `rounds` given, the exponential schedule over that many."""
+    if rounds is None:
+        if sparsity <= 0:
+            return []
+        rounds = max(1, math.ceil(math.log(1.0 - sparsity) / math.log(1.0 - rate) - 1e-9))
+        return [int(round(n * (1.0 - rate) ** t)) for t in range(1, rounds)] + [kept_after_round(rounds, rounds, n, sparsity)]
+    return [kept_after_round(t, rounds, n, sparsity) for t in range(1, rounds + 1)]
+
+
+def prune_imp(
+    model: nn.Module,
+    sparsity: float,
+    *,
+    data=None,
+    seed: int = 0,
+    train_fn: Callable[[nn.Module], object] | None = None,
+    rewind_state: Mapping[str, torch.Tensor] | None = None,
+    rounds: int | None = None,
+    rate: float = 0.2,
+) -> OrderPlan:
+    if train_fn is None or rewind_state is None:
+        raise ValueError("imp: needs train_fn=<callable training the model in place> and rewind_state=<state_dict>")
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"rate {rate}: imp's per-round pruning rate must be in (0, 1)")
+    if rounds is not None and rounds < 1:
+        raise ValueError(f"rounds {rounds}: must be ≥ 1")
+    layout = Layout.of(model)
+    started = [False]
+
+    def score(keep: torch.Tensor) -> torch.Tensor:
+        if started[0]:  # between rounds: apply the new mask, rewind the survivors, retrain
+            masks_lib.apply_masks(model, layout.split(keep))
+            masks_lib.copy_weights(model, rewind_state)
+            train_fn(model)
+        started[0] = True
+        return flatten(masks_lib.weights(model)).abs()
+
+    schedule = imp_schedule(layout.n, sparsity, rate, rounds)
+    return iterative_order(layout, current_keep(model), schedule, score, seed)

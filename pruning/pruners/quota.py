@@ -1,0 +1,81 @@
+"""Quota plans: per-layer kept counts from a quota scheme, survivors chosen inside each layer.
+
+Used by random/<scheme> (survivors at random) and magnitude/<scheme> (largest |w| survive). For
+the effective target (ALGORITHMS.md §3) the plan is bisected over the direct removal k: the layer
+counts follow the quota function at sparsity k/N and each layer's removal order is fixed once
+(per seed), so a larger k removes a superset as long as the layer counts shrink.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pruning import quotas as quotas_lib
+from pruning.pruners.common import ascending, current_keep
+from pruning.pruners.plan import Layout, OrderPlan, QuotaPlan
+
+KeptFor = Callable[[int], list[int]]
+
+
+def counts_from_order(plan: OrderPlan) -> KeptFor:
+    """Per-layer survivors of a global order after its first k removals (snip/synflow quotas)."""
+    layer = plan.layout.layer_of()[plan.order]
+    counts = plan.layout.counts
+
+    def kept_for(k: int) -> list[int]:
+        removed = torch.bincount(layer[:k], minlength=len(counts))
+        return [n - int(r) for n, r in zip(counts, removed)]
+
+    return kept_for
+
+
+def scheme_counts(scheme: str, model: nn.Module, sparsity: float, *, data, seed: int, **options) -> tuple[KeptFor, int]:
+    """(k -> kept count per layer, the largest reachable k) for quota `scheme` on `model`."""
+    layout = Layout.of(model)
+    if scheme in quotas_lib.MASK_QUOTAS:
+        from pruning.pruners import mask_quota_counts  # avoid a cycle: the registry imports us
+
+        return mask_quota_counts(scheme, model, sparsity, data=data, seed=seed, **options), layout.n
+    if options:
+        raise ValueError(f"quota {scheme!r}: unexpected option(s) {sorted(options)}")
+    shapes = [tuple(s) for s in layout.shapes]
+    vgg = quotas_lib.is_vgg_style(model)
+    n = layout.n
+
+    def kept_for(k: int) -> list[int]:
+        d = quotas_lib.densities(scheme, shapes, k / n, vgg_style=vgg)
+        return quotas_lib.kept_counts(d, layout.counts, k / n)
+
+    max_k = n - 1
+    if scheme == "smart_ratio" and len(shapes) > 1:  # the classifier keeps a fixed 30%
+        max_k = min(max_k, math.floor(n - quotas_lib.SMART_RATIO_LAST_KEEP * layout.counts[-1] + 1e-9))
+    return kept_for, max_k
+
+
+def quota_plan(
+    model: nn.Module,
+    scheme: str,
+    layer_scores: list[torch.Tensor],
+    sparsity: float,
+    *,
+    data,
+    seed: int,
+    **options,
+) -> QuotaPlan:
+    """A quota plan with each layer's survivors ranked by `layer_scores` (ascending = removed first).
+
+    Weights already pruned in the model stay pruned (they head every layer's order).
+    """
+    layout = Layout.of(model)
+    keep = layout.split(current_keep(model))
+    orders = []
+    for i, (score, k) in enumerate(zip(layer_scores, keep.values())):
+        score = score.detach().reshape(-1).to("cpu", torch.float64).clone()
+        score[~k.reshape(-1)] = -torch.inf
+        orders.append(ascending(score, seed * 1_000_003 + i))
+    kept_for, max_k = scheme_counts(scheme, model, sparsity, data=data, seed=seed, **options)
+    return QuotaPlan(layout, tuple(orders), kept_for, max_k)

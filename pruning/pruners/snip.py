@@ -1,0 +1,74 @@
+"""SNIP (Lee et al. 2019): connection sensitivity |ḡ ⊙ w| at initialization, and its iterative form.
+
+ḡ is the mean gradient of the cross-entropy loss over several batches (one batch is noisy);
+`F.cross_entropy(logits, targets)` — logits first (the authors' code swapped them). The iterative
+variant re-scores the masked network on a fresh batch every round and removes weights on the
+exponential schedule; removed weights are never revived.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pruning.pruners.common import (
+    batch_stream,
+    current_keep,
+    device_of,
+    iterative_order,
+    kept_after_round,
+    order_from_scores,
+    prunable_params,
+    scoring_copy,
+    set_keep,
+    take,
+)
+from pruning.pruners.plan import Layout, OrderPlan
+
+
+def mean_gradient(clone: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """Mean over `batches` of ∂L/∂w for each prunable weight of `clone` (an unmasked scoring copy)."""
+    params = prunable_params(clone)
+    for p in params:
+        p.requires_grad_(True)
+    total = [torch.zeros_like(p) for p in params]
+    for x, y in batches:
+        grads = torch.autograd.grad(F.cross_entropy(clone(x), y), params)
+        for acc, g in zip(total, grads):
+            acc += g
+    for p in params:
+        p.requires_grad_(False)
+    return [t / len(batches) for t in total]
+
+
+def snip_scores(clone: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Flat (N,) |ḡ ⊙ w| of the copy's current (masked) weights."""
+    grads = mean_gradient(clone, batches)
+    return torch.cat([(g * p).abs().reshape(-1) for g, p in zip(grads, prunable_params(clone))])
+
+
+def prune_snip(
+    model: nn.Module, sparsity: float, *, data=None, seed: int = 0, batches: int = 10, batch_size: int = 128
+) -> OrderPlan:
+    """One-shot SNIP with the gradient averaged over `batches` batches."""
+    stream = batch_stream(data, batch_size=batch_size, seed=seed, device=device_of(model))
+    scores = snip_scores(scoring_copy(model), take(stream, batches))
+    return order_from_scores(Layout.of(model), scores, current_keep(model), seed)
+
+
+def prune_snip_iterative(
+    model: nn.Module, sparsity: float, *, data=None, seed: int = 0, rounds: int = 300, batch_size: int = 128
+) -> OrderPlan:
+    """Iterative SNIP: `rounds` rounds, survivors N(1−s)^(t/T) after round t, a fresh batch each."""
+    layout = Layout.of(model)
+    clone = scoring_copy(model)
+    originals = [p.detach().clone() for p in prunable_params(clone)]
+    stream = batch_stream(data, batch_size=batch_size, seed=seed, device=device_of(model))
+
+    def score(keep: torch.Tensor) -> torch.Tensor:
+        set_keep(clone, originals, layout, keep)  # masked weights: removed ones score 0
+        return snip_scores(clone, take(stream, 1))
+
+    schedule = (kept_after_round(t, rounds, layout.n, sparsity) for t in range(1, rounds + 1))
+    return iterative_order(layout, current_keep(model), schedule, score, seed)

@@ -1,0 +1,310 @@
+"""Layerwise quotas: how much of each layer survives a global sparsity (ALGORITHMS.md §4).
+
+Why quotas are their own module: a quota pruner (random/<scheme>, magnitude/<scheme>) is "pick a
+density per layer, then choose the survivors inside each layer". Keeping the density rule pure
+(layer shapes and a sparsity in, densities out) makes every scheme checkable against its closed form
+and lets the pruners, the sweeps and the tables share one definition.
+
+Conventions: a *density* is d_l = 1 − s_l (kept fraction of layer l); the kept total must equal
+(1 − s)·N within one weight, and `kept_counts` turns densities into integers summing exactly to
+round((1 − s)·N). A scheme that cannot reach a target raises ValueError instead of returning an
+invalid vector (a density outside [0, 1]).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.optimize import brentq
+from torch import nn
+
+from pruning import masks as masks_lib
+
+Shape = tuple[int, ...]  # a weight shape; (n,) when only the count is known
+DensityRule = Callable[[Sequence[Shape], float, bool], list[float]]
+
+SMART_RATIO_LAST_KEEP = 0.3  # Su et al.: the classifier keeps 30% of its weights
+UNIFORM_PLUS_LAST_MAX_SPARSITY = 0.8  # Gale et al.: the last layer is at most 80% sparse
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def _counts(shapes: Sequence[Shape]) -> np.ndarray:
+    return np.array([math.prod(s) for s in shapes], dtype=np.float64)
+
+
+def n_kept(n: int, sparsity: float) -> int:
+    """The integer number of weights a target keeps: round((1 − s)·n), used everywhere."""
+    return int(round((1.0 - sparsity) * n))
+
+
+def _scale_capped(counts: np.ndarray, raw: np.ndarray, kept: float) -> np.ndarray:
+    """Densities d_l = min(1, c·raw_l) with Σ n_l d_l = kept (RigL-style redistribution).
+
+    Why a loop and not a solver: this is the rule as stated by Evci et al. — solve the scale on the
+    free layers, make every layer whose density would exceed 1 dense, re-solve on the rest — and
+    each step is a closed form, so the result is exact. It terminates after at most L steps.
+    """
+    dense = np.zeros(len(counts), dtype=bool)
+    while True:
+        free = ~dense
+        budget = kept - counts[dense].sum()
+        weight = (counts[free] * raw[free]).sum()
+        if weight <= 0:
+            return np.where(dense, 1.0, 0.0)
+        c = budget / weight
+        d = np.where(dense, 1.0, c * raw)
+        over = free & (d > 1.0)
+        if not over.any():
+            return d
+        dense |= over
+
+
+def _solve_increasing(f: Callable[[float], float], lo: float, hi: float) -> float:
+    """Root of an increasing continuous f on [lo, hi] with f(lo) ≤ 0 ≤ f(hi), to float precision."""
+    if f(lo) >= 0:
+        return lo
+    if f(hi) <= 0:
+        return hi
+    return brentq(f, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=1000)
+
+
+# ---------------------------------------------------------------------------------------------
+# the schemes: (shapes, sparsity, vgg_style) -> densities
+# ---------------------------------------------------------------------------------------------
+
+def _uniform(shapes: Sequence[Shape], s: float, vgg_style: bool) -> list[float]:
+    return [1.0 - s] * len(shapes)
+
+
+def _uniform_plus(shapes: Sequence[Shape], s: float, vgg_style: bool) -> list[float]:
+    """Gale et al.: first layer dense, last layer at most 80% sparse, the others uniform.
+
+    The layer sparsities are non-decreasing functions of one level c, solved so that the removed
+    total is s·N. Middle layers follow c up to 1; the last follows min(c, 0.8). When the middle
+    layers are full (c > 1) the constraints are relaxed in order — the last layer goes from 0.8 to 1
+    (c in [1, 2]), then the first layer from 0 to 1 (c in [2, 3]) — so extreme targets are met by
+    redistribution instead of failing.
+    """
+    counts = _counts(shapes)
+    if len(shapes) == 1:
+        return [1.0 - s]
+    cap = UNIFORM_PLUS_LAST_MAX_SPARSITY
+
+    def sparsities(c: float) -> np.ndarray:
+        out = np.full(len(shapes), min(c, 1.0))
+        out[-1] = min(c, cap) + (1.0 - cap) * min(max(c - 1.0, 0.0), 1.0)
+        out[0] = min(max(c - 2.0, 0.0), 1.0)
+        return out
+
+    removed = s * counts.sum()
+    c = _solve_increasing(lambda c: float(counts @ sparsities(c)) - removed, 0.0, 3.0)
+    return list(1.0 - sparsities(c))
+
+
+def _erk_raw(shape: Shape) -> float:
+    """Erdős–Rényi-Kernel: (sum of the kernel's dimensions) / (their product)."""
+    if len(shape) < 2:
+        raise ValueError(f"quota 'erk' needs layer weight shapes, got a bare count {shape}")
+    return sum(shape) / math.prod(shape)
+
+
+def _erk(shapes: Sequence[Shape], s: float, vgg_style: bool) -> list[float]:
+    counts = _counts(shapes)
+    raw = np.array([_erk_raw(sh) for sh in shapes])
+    return list(_scale_capped(counts, raw, (1.0 - s) * counts.sum()))
+
+
+def igq_densities(counts: Sequence[float], force: float) -> np.ndarray:
+    """Ideal Gas Quotas for a given force F: d_l = 1 / (1 + F·n_l)."""
+    return 1.0 / (1.0 + force * np.asarray(counts, dtype=np.float64))
+
+
+def igq_force(counts: Sequence[float], sparsity: float) -> float:
+    """The common force F ≥ 0 with Σ n_l / (1 + F n_l) = (1 − s)·N, by bisection in log F.
+
+    Why log F: F spans many decades (≈ s/n at low sparsity, ≈ L/kept near 1); a bracket from the
+    two bounds N − F·Σn² ≤ kept(F) ≤ L/F always contains the root.
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    kept = (1.0 - sparsity) * n.sum()
+    if sparsity <= 0.0:
+        return 0.0
+    if kept <= 0.0:
+        return math.inf
+    lo = math.log(0.5 * sparsity * n.sum() / float((n * n).sum()))
+    hi = math.log(2.0 * len(n) / kept)
+    return math.exp(_solve_increasing(lambda lf: kept - float(igq_densities(n, math.exp(lf)) @ n), lo, hi))
+
+
+def _igq(shapes: Sequence[Shape], s: float, vgg_style: bool) -> list[float]:
+    counts = _counts(shapes)
+    force = igq_force(counts, s)
+    if math.isinf(force):
+        return [0.0] * len(shapes)
+    return list(igq_densities(counts, force))
+
+
+def smart_ratio_raw(num_layers: int, vgg_style: bool) -> np.ndarray:
+    """Su et al.'s unnormalized keep ratios: (L−l+1)² + (L−l+1) for l = 1..L, / l² for VGG."""
+    ell = np.arange(1, num_layers + 1, dtype=np.float64)
+    back = num_layers - ell + 1
+    raw = back**2 + back
+    return raw / ell**2 if vgg_style else raw
+
+
+def _smart_ratio(shapes: Sequence[Shape], s: float, vgg_style: bool) -> list[float]:
+    """Smart ratio: the classifier keeps 30%, the rest follow the raw ratios, capped at 1.
+
+    Why the last layer is special-cased both ways: at low sparsity the others are dense and still
+    short of the target, so the classifier takes the surplus (redistribution); at high sparsity the
+    fixed 30% alone exceeds the budget and no valid vector exists (a clear error).
+    """
+    counts = _counts(shapes)
+    kept = (1.0 - s) * counts.sum()
+    if len(shapes) == 1:
+        return [1.0 - s]
+    last_fixed = SMART_RATIO_LAST_KEEP * counts[-1]
+    rest_budget = kept - last_fixed
+    if rest_budget < 0:
+        max_s = 1.0 - last_fixed / counts.sum()
+        raise ValueError(
+            f"quota 'smart_ratio': sparsity {s} is unreachable, the last layer alone keeps "
+            f"{SMART_RATIO_LAST_KEEP:.0%} of its weights; allowed sparsity ≤ {max_s:.6f}"
+        )
+    rest = counts[:-1]
+    if rest_budget >= rest.sum():
+        return [1.0] * (len(shapes) - 1) + [float((kept - rest.sum()) / counts[-1])]
+    raw = smart_ratio_raw(len(shapes), vgg_style)[:-1]
+    return list(_scale_capped(rest, raw, rest_budget)) + [SMART_RATIO_LAST_KEEP]
+
+
+QUOTAS: dict[str, DensityRule] = {
+    "uniform": _uniform,
+    "uniform_plus": _uniform_plus,
+    "erk": _erk,
+    "igq": _igq,
+    "smart_ratio": _smart_ratio,
+}
+MASK_QUOTAS = ("snip", "synflow")  # per-layer sparsities read off a real mask: need the model
+SCHEMES = (*QUOTAS, *MASK_QUOTAS)
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------------------------
+
+def _as_shapes(layers: Sequence[Shape | int]) -> list[Shape]:
+    shapes = [tuple(int(d) for d in x) if isinstance(x, (tuple, list)) else (int(x),) for x in layers]
+    if not shapes or any(math.prod(s) < 1 for s in shapes):
+        raise ValueError("layers: need at least one layer and a positive weight count per layer")
+    return shapes
+
+
+def check_scheme(scheme: str, allowed: Sequence[str] = SCHEMES) -> str:
+    if scheme not in allowed:
+        raise ValueError(f"quota scheme {scheme!r}: choose from {', '.join(allowed)}")
+    return scheme
+
+
+def _check_total(scheme: str, shapes: Sequence[Shape], sparsity: float, d: list[float]) -> list[float]:
+    """The contract of every scheme, enforced at the boundary: valid densities, exact total."""
+    counts = _counts(shapes)
+    if any(not (0.0 <= x <= 1.0 + 1e-12) for x in d):
+        raise ValueError(f"quota {scheme!r}: invalid densities at sparsity {sparsity}: {d}")
+    d = [min(max(float(x), 0.0), 1.0) for x in d]
+    total = float(np.dot(counts, d))
+    if abs(total - (1.0 - sparsity) * counts.sum()) > 1.0:
+        raise ValueError(f"quota {scheme!r}: cannot meet sparsity {sparsity} (keeps {total:.1f})")
+    return d
+
+
+def densities(
+    scheme: str, layers: Sequence[Shape | int], sparsity: float, *, vgg_style: bool = False
+) -> list[float]:
+    """Layer densities d_l for a global `sparsity`, from weight shapes (or counts) in model order.
+
+    Pure: no model needed. `erk` needs real shapes (out, in[, kh, kw]); `smart_ratio` treats the last
+    layer as the classifier and divides by l² when `vgg_style`. The mask-based schemes (snip,
+    synflow) need a model and data: use `quotas`.
+    """
+    check_scheme(scheme)
+    if scheme in MASK_QUOTAS:
+        raise ValueError(f"quota {scheme!r} is read off a real {scheme} mask: use quotas(scheme, model, ...)")
+    s = masks_lib.check_sparsity(sparsity)
+    shapes = _as_shapes(layers)
+    return _check_total(scheme, shapes, s, QUOTAS[scheme](shapes, s, vgg_style))
+
+
+def kept_counts(layer_densities: Sequence[float], counts: Sequence[int], sparsity: float) -> list[int]:
+    """Integer kept counts per layer, each in [0, n_l], summing exactly to round((1 − s)·N).
+
+    Largest remainder: floor every n_l·d_l, then hand the missing weights to the layers with the
+    largest fractional parts (or take the excess from the smallest). Ties go to the earlier layer.
+    """
+    n = np.asarray(counts, dtype=np.int64)
+    target = n_kept(int(n.sum()), sparsity)
+    exact = n * np.clip(np.asarray(layer_densities, dtype=np.float64), 0.0, 1.0)
+    out = np.minimum(np.floor(exact).astype(np.int64), n)
+    frac = exact - out
+    short = target - int(out.sum())
+    order = np.argsort(-frac, kind="stable") if short > 0 else np.argsort(frac, kind="stable")
+    while short != 0:
+        step = 1 if short > 0 else -1
+        moved = False
+        for i in order:
+            if short == 0:
+                break
+            if 0 <= out[i] + step <= n[i]:
+                out[i] += step
+                short -= step
+                moved = True
+        if not moved:
+            raise ValueError(f"kept_counts: cannot place {target} weights in layers of {n.tolist()}")
+    return [int(x) for x in out]
+
+
+def is_vgg_style(model: nn.Module) -> bool:
+    """Whether smart_ratio's VGG rule applies: the registry name (models.build records it)."""
+    name = getattr(model, "model_name", "") or type(model).__name__
+    return name.lower().startswith("vgg")
+
+
+def layer_shapes(model: nn.Module) -> list[Shape]:
+    return [tuple(w.shape) for w in masks_lib.weights(model).values()]
+
+
+def quotas(
+    scheme: str,
+    model: nn.Module,
+    sparsity: float,
+    *,
+    data=None,
+    seed: int = 0,
+    vgg_style: bool | None = None,
+    **options,
+) -> list[float]:
+    """Layer sparsities s_l (in `prunable_layers` order) of `scheme` on `model` at `sparsity`.
+
+    `snip` / `synflow` run the real pruner at the same target (SNIP needs `data`; `options` go to
+    the pruner, e.g. rounds=) and read off its per-layer sparsities. `vgg_style` defaults to the
+    model's registry name.
+    """
+    check_scheme(scheme)
+    s = masks_lib.check_sparsity(sparsity)
+    if scheme in MASK_QUOTAS:
+        from pruning.pruners import mask_quota_counts  # the pruners depend on this module
+
+        counts = masks_lib.layer_counts(model)
+        kept = mask_quota_counts(scheme, model, s, data=data, seed=seed, **options)(
+            sum(counts) - n_kept(sum(counts), s)
+        )
+        return [1.0 - k / n for k, n in zip(kept, counts)]
+    if options:
+        raise ValueError(f"quota {scheme!r}: unexpected options {sorted(options)}")
+    vgg = is_vgg_style(model) if vgg_style is None else vgg_style
+    return [1.0 - d for d in densities(scheme, layer_shapes(model), s, vgg_style=vgg)]
