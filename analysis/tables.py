@@ -1,0 +1,553 @@
+"""The comparison tables of the two papers, as pure functions of the `trials` (and `curves`) frames.
+
+Every builder returns tidy DataFrames whose column names are the Parquet columns they come from (a
+user-facing name is the same everywhere); `sections` turns them into display frames of strings and
+`render` writes Markdown, CSV or LaTeX.
+
+1. `accuracy_at_compression`: test accuracy of each pruner at matched compression levels, once at
+   matched `direct_compression` and once at matched `effective_compression`. Pruners reach different
+   compressions for the same requested sparsity (and effective compression can be far above
+   direct), so each seed's accuracy is interpolated linearly in log10(compression) between its
+   measured points, never extrapolated: a level outside a seed's measured range gets no value from
+   that seed, and a cell with no seed in range stays blank (NaN).
+2. `compression_table`: achieved direct and effective compression per requested sparsity.
+3. `limit_table` / `limit_summary`: predicted vs actual pruning limits (kind == "limit").
+4. `lomp_table`: LOMP against its baselines at fixed sparsities.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_LEVELS: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
+VIEWS: tuple[str, ...] = ("direct_compression", "effective_compression")
+GROUP: list[str] = ["model", "dataset"]
+ROW: list[str] = ["pruner", "target"]
+LOMP_PRUNERS: tuple[str, ...] = ("lomp", "imp", "random/smart_ratio", "magnitude/global", "dense")
+DEFAULT_SPARSITIES: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
+ACC_SCALE = 100.0  # test_acc is stored as a fraction; tables show percent
+
+
+# ----------------------------------------------------------------------------- selection helpers
+
+
+def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {missing}; expected the central trials schema")
+
+
+def ok_rows(trials: pd.DataFrame, kind: str = "point") -> pd.DataFrame:
+    """Rows of finished cells (status == "ok") of one kind; a null kind counts as "point"."""
+    _require(trials, ["status", "kind"], "trials")
+    kinds = trials["kind"].astype(object).where(trials["kind"].notna(), "point")
+    return trials[(trials["status"] == "ok") & (kinds == kind)]
+
+
+def _seeds_per_group(trials: pd.DataFrame) -> pd.Series:
+    """Distinct seeds per model/dataset over *all* cells: the denominator that exposes missing seeds."""
+    return trials.groupby(GROUP, dropna=False)["seed"].nunique()
+
+
+# ----------------------------------------------------------------------------- interpolation
+
+
+def interpolate(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """y linearly interpolated at `at`, NaN outside [min x, max x]: never extrapolates.
+
+    Non-finite points (an `inf` compression of a disconnected net, a NaN accuracy) are no support;
+    repeated x values are averaged first so the curve is a function.
+    """
+    x, y, at = (np.asarray(v, dtype=float) for v in (x, y, at))
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    out = np.full(at.shape, np.nan)
+    if x.size == 0:
+        return out
+    ux, inverse = np.unique(x, return_inverse=True)
+    uy = np.bincount(inverse, weights=y) / np.bincount(inverse)
+    inside = np.isfinite(at) & (at >= ux[0]) & (at <= ux[-1])
+    out[inside] = np.interp(at[inside], ux, uy)
+    return out
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float, int]:
+    """Mean, sample std (ddof=1; NaN for one value) and count of the finite values."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return math.nan, math.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)
+
+
+def _rank(df: pd.DataFrame, by: list[str], value: str = "mean") -> pd.Series:
+    """1 = highest value within each group of `by`; ties share the best rank; NaN stays unranked."""
+    return df.groupby(by, dropna=False)[value].rank(method="min", ascending=False).astype("Int64")
+
+
+def _matched(points: pd.DataFrame, keys: list[str], x: str, levels: Sequence[float],
+             transform: Callable[[np.ndarray], np.ndarray]) -> pd.DataFrame:
+    """Per `keys` group and level: mean/std/n over seeds of each seed's interpolated test_acc."""
+    at = transform(np.asarray(levels, dtype=float))
+    rows = []
+    for key, group in points.groupby(keys, dropna=False, sort=True):
+        per_seed = [interpolate(transform(g[x].to_numpy(float)), g["test_acc"].to_numpy(float), at)
+                    for _, g in group.groupby("seed", dropna=False)]
+        stacked = np.vstack(per_seed)                    # (seeds, levels)
+        for j, level in enumerate(levels):
+            mean, std, n = _mean_std(stacked[:, j])
+            rows.append((*key, float(level), mean, std, n))
+    return pd.DataFrame(rows, columns=[*keys, "level", "mean", "std", "n_seeds"])
+
+
+def _log10(v: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(v)
+
+
+# ----------------------------------------------------------------------------- 1. accuracy
+
+
+def accuracy_at_compression(trials: pd.DataFrame, levels: Sequence[float] = DEFAULT_LEVELS) -> pd.DataFrame:
+    """Test accuracy at matched compression, in both views (tidy).
+
+    Columns: model, dataset, pruner, target, view ("direct_compression" | "effective_compression"),
+    level (the compression), mean, std (over seeds, ddof=1), n_seeds (seeds with support),
+    seeds_total (distinct seeds of the model/dataset over all cells, failed ones included), rank
+    (1 = best mean within model/dataset/view/level). Only status == "ok" point cells count.
+    """
+    _require(trials, [*GROUP, *ROW, "seed", "test_acc", *VIEWS], "trials")
+    _check_levels(levels, "levels", low=1.0)
+    points = ok_rows(trials)
+    frames = []
+    for view in VIEWS:
+        got = _matched(points, [*GROUP, *ROW], view, levels, _log10)
+        got.insert(len(GROUP) + len(ROW), "view", view)
+        frames.append(got)
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if out.empty:
+        return _empty([*GROUP, *ROW, "view", "level", "mean", "std", "n_seeds", "seeds_total", "rank"])
+    totals = _seeds_per_group(trials).rename("seeds_total").reset_index()
+    out = out.merge(totals, on=GROUP, how="left")
+    out["rank"] = _rank(out, [*GROUP, "view", "level"])
+    return out
+
+
+def _check_levels(levels: Sequence[float], field: str, low: float, high: float = math.inf) -> None:
+    if len(levels) == 0:
+        raise ValueError(f"{field}: empty; give at least one value")
+    for v in levels:
+        if not (isinstance(v, (int, float)) and low <= float(v) <= high) or math.isnan(float(v)):
+            raise ValueError(f"{field}: {v!r} not allowed; values must be numbers in [{low:g}, {high:g}]")
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+# ----------------------------------------------------------------------------- 2. compression
+
+
+def compression_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Achieved direct and effective compression per model/dataset/pruner/target/requested sparsity.
+
+    Median and min–max over the seeds of status == "ok" point cells; `inf` (a disconnected net) is
+    kept as inf and counted in n_disconnected.
+    """
+    _require(trials, [*GROUP, *ROW, "sparsity", "seed", *VIEWS], "trials")
+    points = ok_rows(trials)
+    keys = [*GROUP, *ROW, "sparsity"]
+    rows = []
+    for key, g in points.groupby(keys, dropna=False, sort=True):
+        row = list(key) + [int(g["seed"].nunique())]
+        for view in VIEWS:
+            v = g[view].to_numpy(float)
+            v = v[~np.isnan(v)]
+            row += [float(np.median(v)), float(v.min()), float(v.max())] if v.size else [math.nan] * 3
+        row.append(int(np.isposinf(g["effective_compression"].to_numpy(float)).sum()))
+        rows.append(row)
+    stats = [f"{view}_{s}" for view in VIEWS for s in ("median", "min", "max")]
+    return pd.DataFrame(rows, columns=[*keys, "n_seeds", *stats, "n_disconnected"])
+
+
+# ----------------------------------------------------------------------------- 3. pruning limit
+
+LIMIT_KEYS: list[str] = [*GROUP, "pruner", "lomp_l1", "eigen_policy", "epsilon_source"]
+LIMIT_COLUMNS: list[str] = [
+    "epsilon", "zero_mass",
+    "predicted_removed_frac", "predicted_kept_frac", "band_kept_frac_low", "band_kept_frac_high",
+    "trace_bound_removed_frac",
+    "actual_removed_frac_strict", "actual_kept_frac_strict", "actual_removed_frac_tol",
+    "actual_kept_frac_tol", "limit_tolerance_pp",
+]
+LIMIT_DERIVED: list[str] = ["delta_removed_pp_strict", "delta_removed_pp_tol", "in_band_strict", "in_band_tol"]
+
+
+def limit_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per model/dataset/seed: the predicted limit, its bands, and the actual limit under both rules.
+
+    delta_removed_pp_* = 100 · (actual_removed_frac_* − predicted_removed_frac): percentage points
+    of removed fraction by which the real network went further (+) or less far (−) than predicted.
+    in_band_* tells whether the actual kept fraction lies in the kinematic band (our derivation).
+    """
+    _require(trials, [*LIMIT_KEYS, "seed", *LIMIT_COLUMNS], "trials")
+    rows = ok_rows(trials, kind="limit")
+    out = rows[[*LIMIT_KEYS, "seed", *LIMIT_COLUMNS]].copy()
+    for rule in ("strict", "tol"):
+        out[f"delta_removed_pp_{rule}"] = 100.0 * (out[f"actual_removed_frac_{rule}"].astype(float)
+                                                  - out["predicted_removed_frac"].astype(float))
+        kept = out[f"actual_kept_frac_{rule}"].astype(float)
+        inside = (kept >= out["band_kept_frac_low"].astype(float)) & (kept <= out["band_kept_frac_high"].astype(float))
+        out[f"in_band_{rule}"] = inside.where(kept.notna() & out["band_kept_frac_low"].notna(), pd.NA).astype("boolean")
+    return out.sort_values([*GROUP, "seed"], kind="stable", na_position="last").reset_index(drop=True)
+
+
+LIMIT_SUMMARY_COLUMNS: list[str] = [
+    "predicted_removed_frac", "predicted_kept_frac", "band_kept_frac_low", "band_kept_frac_high",
+    "trace_bound_removed_frac", "actual_removed_frac_strict", "actual_removed_frac_tol",
+    "delta_removed_pp_strict", "delta_removed_pp_tol", "epsilon", "zero_mass",
+]
+
+
+def limit_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std (ddof=1) over seeds of `limit_table`'s numbers, per model/dataset/configuration."""
+    rows = []
+    for key, g in per_seed.groupby(LIMIT_KEYS, dropna=False, sort=True):
+        row = list(key) + [int(g["seed"].nunique())]
+        for c in LIMIT_SUMMARY_COLUMNS:
+            mean, std, _ = _mean_std(g[c].to_numpy(float))
+            row += [mean, std]
+        rows.append(row)
+    stats = [f"{c}_{s}" for c in LIMIT_SUMMARY_COLUMNS for s in ("mean", "std")]
+    return pd.DataFrame(rows, columns=[*LIMIT_KEYS, "n_seeds", *stats])
+
+
+# ----------------------------------------------------------------------------- 4. LOMP vs baselines
+
+
+def _sparsity_points(trials: pd.DataFrame, curves: pd.DataFrame | None, pruners: Sequence[str]) -> pd.DataFrame:
+    """(model, dataset, pruner, seed, sparsity, test_acc) from point cells and from limit curves.
+
+    Point cells give their requested `sparsity` (direct target only; dense counts as sparsity 0); a
+    limit cell's accuracy-vs-sparsity curve (one-shot global magnitude pruning of the LOMP model,
+    no fine-tuning) gives one point per `removed_frac`.
+    """
+    points = ok_rows(trials)
+    points = points[points["pruner"].isin(pruners)]
+    targets = points["target"].astype(object).where(points["target"].notna(), "direct")
+    points = points[targets == "direct"]
+    sparsity = points["sparsity"].astype(float)
+    sparsity = sparsity.where(~((points["pruner"] == "dense") & sparsity.isna()), 0.0)
+    parts = [pd.DataFrame({"model": points["model"], "dataset": points["dataset"], "pruner": points["pruner"],
+                           "seed": points["seed"], "sparsity": sparsity, "test_acc": points["test_acc"]})]
+    if curves is not None and not curves.empty:
+        limits = ok_rows(trials, kind="limit")
+        limits = limits[limits["pruner"].isin(pruners)][["cell_id", "model", "dataset", "pruner", "seed"]]
+        joined = curves[["cell_id", "removed_frac", "test_acc"]].merge(limits, on="cell_id", how="inner")
+        parts.append(joined.rename(columns={"removed_frac": "sparsity"})[
+            ["model", "dataset", "pruner", "seed", "sparsity", "test_acc"]])
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return _empty(["model", "dataset", "pruner", "seed", "sparsity", "test_acc"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def lomp_table(trials: pd.DataFrame, curves: pd.DataFrame | None = None,
+               sparsities: Sequence[float] | None = None,
+               pruners: Sequence[str] = LOMP_PRUNERS) -> pd.DataFrame:
+    """Test accuracy of LOMP and its baselines at fixed sparsities (tidy).
+
+    Default sparsities: the requested sparsities of the point cells of these pruners, else
+    DEFAULT_SPARSITIES. Between measured sparsities a seed's accuracy is interpolated linearly,
+    never extrapolated. Columns: model, dataset, pruner, sparsity, mean, std, n_seeds, rank.
+    """
+    _require(trials, [*GROUP, *ROW, "sparsity", "seed", "test_acc", "cell_id"], "trials")
+    points = _sparsity_points(trials, curves, pruners)
+    if sparsities is None:
+        from_cells = ok_rows(trials)
+        from_cells = from_cells[from_cells["pruner"].isin(pruners)]["sparsity"].dropna().unique()
+        sparsities = sorted(set(float(s) for s in from_cells)) or list(DEFAULT_SPARSITIES)
+        if (points["pruner"] == "dense").any() and 0.0 not in sparsities:
+            sparsities = [0.0, *sparsities]
+    _check_levels(sparsities, "sparsities", low=0.0, high=1.0)
+    if points.empty:
+        return _empty([*GROUP, "pruner", "sparsity", "mean", "std", "n_seeds", "rank"])
+    out = _matched(points, [*GROUP, "pruner"], "sparsity", sparsities, lambda v: v)
+    out = out.rename(columns={"level": "sparsity"})
+    order = {p: i for i, p in enumerate(pruners)}
+    out = out.sort_values([*GROUP, "pruner", "sparsity"], key=lambda s: s.map(order) if s.name == "pruner" else s,
+                          kind="stable").reset_index(drop=True)
+    out["rank"] = _rank(out, [*GROUP, "sparsity"])
+    return out
+
+
+# ----------------------------------------------------------------------------- display
+
+
+def fmt_acc(mean: float, std: float, n: int | None = None, total: int | None = None) -> str:
+    """'97.12 ± 0.30' in percent; blank without support; the seed count when seeds are missing."""
+    if mean is None or not np.isfinite(mean):
+        return ""
+    text = f"{ACC_SCALE * mean:.2f}"
+    if std is not None and np.isfinite(std):
+        text += f" ± {ACC_SCALE * std:.2f}"
+    if n is not None and total is not None and 0 < n < total:
+        text += f" (n={n}/{total})"
+    return text
+
+
+def fmt_compression(x: float) -> str:
+    """Compression as people read it: '∞' for a disconnected net, thousands separators above 1000."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    if math.isinf(x):
+        return "∞"
+    return f"{x:.3g}" if x < 1000 else f"{x:,.0f}"
+
+
+def fmt_frac(x: float) -> str:
+    return "" if x is None or pd.isna(x) else f"{float(x):.4f}"
+
+
+def fmt_pp(x: float) -> str:
+    return "" if x is None or pd.isna(x) else f"{float(x):+.2f}"
+
+
+def fmt_level(x: float) -> str:
+    return f"{x:g}"
+
+
+def fmt_mean_std(mean: float, std: float, fmt: Callable[[float], str] = fmt_frac) -> str:
+    if mean is None or pd.isna(mean):
+        return ""
+    return fmt(mean) + ("" if std is None or pd.isna(std) else f" ± {fmt(std).lstrip('+')}")
+
+
+@dataclass(frozen=True)
+class Section:
+    """One display table: a title and a frame of strings."""
+
+    title: str
+    frame: pd.DataFrame
+
+
+def _pivot_sections(tidy: pd.DataFrame, title: Callable[[tuple], str], split: list[str], rows: list[str],
+                    column: str, cell: Callable[[pd.Series], str]) -> list[Section]:
+    """Long → wide: one section per `split` key, rows in order of appearance, one column per level."""
+    sections = []
+    for key, g in tidy.groupby(split, dropna=False, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        levels = list(dict.fromkeys(g[column]))
+        cells: dict[tuple, dict[float, str]] = {}
+        for (_, r), text in zip(g.iterrows(), g.apply(cell, axis=1)):
+            cells.setdefault(tuple(str(r[c]) for c in rows), {})[r[column]] = text
+        body = [[*k, *(v.get(level, "") for level in levels)] for k, v in cells.items()]
+        header = [*rows, *(f"{column}={fmt_level(level)}" for level in levels)]
+        sections.append(Section(title(key), pd.DataFrame(body, columns=header)))
+    return sections
+
+
+def _acc_cell(r: pd.Series) -> str:
+    text = fmt_acc(r["mean"], r["std"], r["n_seeds"], r.get("seeds_total"))
+    return f"{text} [{int(r['rank'])}]" if text and not pd.isna(r["rank"]) else text
+
+
+def accuracy_sections(tidy: pd.DataFrame) -> list[Section]:
+    """One table per model/dataset and view: rows pruner/target, columns compression levels.
+
+    Cells: 'mean ± std [rank]' in percent; '(n=k/K)' when only k of the K seeds support the cell.
+    """
+    tidy = tidy.assign(target=tidy["target"].astype(object).where(tidy["target"].notna(), ""))
+    tidy = tidy.rename(columns={"level": "compression"})
+    return _pivot_sections(
+        tidy, lambda k: f"test_acc (%) at matched {k[2]} — {k[0]} / {k[1]}  [rank]", [*GROUP, "view"],
+        ROW, "compression", _acc_cell)
+
+
+def compression_sections(tidy: pd.DataFrame) -> list[Section]:
+    """Median [min–max] of both compressions per requested sparsity; ∞ with the disconnected count."""
+    sections = []
+    for key, g in tidy.groupby(GROUP, dropna=False, sort=False):
+        frame = pd.DataFrame({
+            "pruner": g["pruner"].astype(str), "target": g["target"].astype(object).fillna("").astype(str),
+            "sparsity": g["sparsity"].map(fmt_level), "n_seeds": g["n_seeds"].astype(str)})
+        for view in VIEWS:
+            frame[view] = [_range(m, lo, hi) for m, lo, hi in
+                           zip(g[f"{view}_median"], g[f"{view}_min"], g[f"{view}_max"])]
+        frame["n_disconnected"] = g["n_disconnected"].astype(str)
+        sections.append(Section(f"direct vs effective compression (median [min–max]) — {key[0]} / {key[1]}",
+                                frame.reset_index(drop=True)))
+    return sections
+
+
+def _range(median: float, low: float, high: float) -> str:
+    if pd.isna(median):
+        return ""
+    if low == high:
+        return fmt_compression(median)
+    return f"{fmt_compression(median)} [{fmt_compression(low)}–{fmt_compression(high)}]"
+
+
+def limit_sections(per_seed: pd.DataFrame, summary: pd.DataFrame) -> list[Section]:
+    """Per-seed rows, then the mean ± std summary over seeds."""
+    seed = pd.DataFrame({
+        "model": per_seed["model"].astype(str), "dataset": per_seed["dataset"].astype(str),
+        "seed": per_seed["seed"].map(lambda s: "" if pd.isna(s) else str(int(s))),
+        "predicted_removed_frac": per_seed["predicted_removed_frac"].map(fmt_frac),
+        "predicted_kept_frac": per_seed["predicted_kept_frac"].map(fmt_frac),
+        "band_kept_frac": [f"[{fmt_frac(a)}, {fmt_frac(b)}]" if not pd.isna(a) else ""
+                           for a, b in zip(per_seed["band_kept_frac_low"], per_seed["band_kept_frac_high"])],
+        "trace_bound_removed_frac": per_seed["trace_bound_removed_frac"].map(fmt_frac),
+        "actual_removed_frac_strict": per_seed["actual_removed_frac_strict"].map(fmt_frac),
+        "actual_removed_frac_tol": per_seed["actual_removed_frac_tol"].map(fmt_frac),
+        "delta_removed_pp_strict": per_seed["delta_removed_pp_strict"].map(fmt_pp),
+        "delta_removed_pp_tol": per_seed["delta_removed_pp_tol"].map(fmt_pp),
+        "limit_tolerance_pp": per_seed["limit_tolerance_pp"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
+        "epsilon": per_seed["epsilon"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}"),
+        "epsilon_source": per_seed["epsilon_source"].astype(object).fillna("").astype(str),
+        "eigen_policy": per_seed["eigen_policy"].astype(object).fillna("").astype(str),
+        "zero_mass": per_seed["zero_mass"].map(fmt_frac),
+    })
+    summ = pd.DataFrame({
+        "model": summary["model"].astype(str), "dataset": summary["dataset"].astype(str),
+        "eigen_policy": summary["eigen_policy"].astype(object).fillna("").astype(str),
+        "n_seeds": summary["n_seeds"].astype(str),
+    })
+    for c in ("predicted_removed_frac", "predicted_kept_frac", "trace_bound_removed_frac",
+              "actual_removed_frac_strict", "actual_removed_frac_tol", "zero_mass"):
+        summ[c] = [fmt_mean_std(m, s) for m, s in zip(summary[f"{c}_mean"], summary[f"{c}_std"])]
+    for c in ("delta_removed_pp_strict", "delta_removed_pp_tol"):
+        summ[c] = [fmt_mean_std(m, s, fmt_pp) for m, s in zip(summary[f"{c}_mean"], summary[f"{c}_std"])]
+    return [Section("pruning limit per seed (band and trace bound: our derivations)", seed),
+            Section("pruning limit over seeds (mean ± std)", summ)]
+
+
+def lomp_sections(tidy: pd.DataFrame) -> list[Section]:
+    return _pivot_sections(
+        tidy, lambda k: f"test_acc (%) at fixed sparsity — LOMP vs baselines — {k[0]} / {k[1]}  [rank]",
+        GROUP, ["pruner"], "sparsity", _acc_cell)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How to build a table's tidy frames from the loaded tables and show them."""
+
+    needs: tuple[str, ...]
+    build: Callable[..., dict[str, pd.DataFrame]]
+    show: Callable[[dict[str, pd.DataFrame]], list[Section]]
+
+
+def _build_accuracy(frames: dict[str, pd.DataFrame], levels: Sequence[float] | None = None,
+                    sparsities: Sequence[float] | None = None) -> dict[str, pd.DataFrame]:
+    return {"accuracy": accuracy_at_compression(frames["trials"], levels or DEFAULT_LEVELS)}
+
+
+def _build_compression(frames: dict[str, pd.DataFrame], **_: object) -> dict[str, pd.DataFrame]:
+    return {"compression": compression_table(frames["trials"])}
+
+
+def _build_limit(frames: dict[str, pd.DataFrame], **_: object) -> dict[str, pd.DataFrame]:
+    per_seed = limit_table(frames["trials"])
+    return {"limit": per_seed, "limit_summary": limit_summary(per_seed)}
+
+
+def _build_lomp(frames: dict[str, pd.DataFrame], levels: Sequence[float] | None = None,
+                sparsities: Sequence[float] | None = None) -> dict[str, pd.DataFrame]:
+    return {"lomp": lomp_table(frames["trials"], frames.get("curves"), sparsities)}
+
+
+TABLE_SPECS: dict[str, TableSpec] = {
+    "accuracy": TableSpec(("trials",), _build_accuracy, lambda t: accuracy_sections(t["accuracy"])),
+    "compression": TableSpec(("trials",), _build_compression, lambda t: compression_sections(t["compression"])),
+    "limit": TableSpec(("trials",), _build_limit, lambda t: limit_sections(t["limit"], t["limit_summary"])),
+    "lomp": TableSpec(("trials", "curves"), _build_lomp, lambda t: lomp_sections(t["lomp"])),
+}
+
+
+def table_names(name: str) -> list[str]:
+    """`all` or one registered table name; anything else raises with the choices."""
+    if name == "all":
+        return list(TABLE_SPECS)
+    if name not in TABLE_SPECS:
+        raise ValueError(f"table {name!r}: choose from {', '.join([*TABLE_SPECS, 'all'])}")
+    return [name]
+
+
+def build(name: str, frames: dict[str, pd.DataFrame], *, levels: Sequence[float] | None = None,
+          sparsities: Sequence[float] | None = None) -> dict[str, pd.DataFrame]:
+    """The tidy frames of table `name` from the loaded tables (`trials`, `curves`, ...)."""
+    if name not in TABLE_SPECS:
+        raise ValueError(f"table {name!r}: choose from {', '.join(TABLE_SPECS)}")
+    return TABLE_SPECS[name].build(frames, levels=levels, sparsities=sparsities)
+
+
+def sections(name: str, tidy: dict[str, pd.DataFrame]) -> list[Section]:
+    return TABLE_SPECS[name].show(tidy)
+
+
+# ----------------------------------------------------------------------------- renderers
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' to_markdown needs `tabulate`, which we do not depend on)."""
+    if frame.empty:
+        return "_(no rows)_"
+    header = [_md_escape(c) for c in frame.columns]
+    body = [[_md_escape(v) for v in row] for row in frame.astype(str).itertuples(index=False)]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "±": r"$\pm$", "∞": r"$\infty$", "–": "--", "—": "---"}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX specials (and ±, ∞, dashes) in one pass, so no replacement is escaped twice."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def latex(frame: pd.DataFrame, caption: str = "") -> str:
+    """A booktabs tabular. Written by hand: pandas' to_latex needs jinja2, not one of our dependencies."""
+    cols = "l" * max(len(frame.columns), 1)
+    lines = [f"% {latex_escape(caption)}" if caption else "", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+             " & ".join(latex_escape(c) for c in frame.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(v) for v in row) + r" \\" for row in frame.astype(str).itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(line for line in lines if line)
+
+
+def csv(frame: pd.DataFrame) -> str:
+    """Tidy numbers for machines: inf as 'inf', missing as empty."""
+    return frame.to_csv(index=False, float_format="%.10g")
+
+
+FORMATS: tuple[str, ...] = ("md", "csv", "latex")
+
+
+def render(name: str, tidy: dict[str, pd.DataFrame], fmt: str = "md") -> str:
+    """Table `name` as text: md and latex show the display sections, csv the tidy frames."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if fmt == "csv":
+        parts = [csv(frame) if len(tidy) == 1 else f"# {key}\n{csv(frame)}" for key, frame in tidy.items()]
+        return "\n".join(parts)
+    secs = sections(name, tidy)
+    if not secs:
+        return f"{name}: no rows (no finished cells of this kind)\n" if fmt == "md" else f"% {name}: no rows\n"
+    if fmt == "md":
+        return "\n\n".join(f"### {s.title}\n\n{markdown(s.frame)}" for s in secs) + "\n"
+    return "\n\n".join(latex(s.frame, s.title) for s in secs) + "\n"

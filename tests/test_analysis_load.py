@@ -1,0 +1,153 @@
+"""analysis.load: resolving sweeps, reading a store that real life has made messy."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.load import load_table, load_tables, resolve, table_files
+from analysis_fixtures import GOLDEN, trial, write_file, write_store
+from sweeps.schema import SCHEMAS, TRIALS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Path:
+    write_store(tmp_path, "golden", GOLDEN)
+    write_store(tmp_path, "other", [trial("random/erk", 0.9, 0, dc=10, ec=12, acc=0.9, sweep="other")])
+    return tmp_path
+
+
+def test_reads_every_cell_with_the_central_schema(store: Path) -> None:
+    df = load_table(store / "golden", "trials")
+    assert len(df) == len(GOLDEN)
+    assert list(df.columns) == TRIALS.names               # central order, nothing added or lost
+    assert set(df["sweep"]) == {"golden"}
+    igq = df[(df["pruner"] == "random/igq") & (df["sparsity"] == 0.999)]
+    assert igq["effective_compression"].tolist() == [math.inf, math.inf]   # inf survives the round trip
+    assert igq["effective_sparsity"].tolist() == [1.0, 1.0]
+
+
+def test_resolve_name_dir_root_and_uri(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    by_name = resolve("golden", storage=store)
+    assert by_name.names == ["golden"]
+    assert resolve(str(store / "golden")).names == ["golden"]
+    assert resolve(str(store)).names == ["golden", "other"]            # a storage root: all sweeps
+    assert resolve(f"file://{store}/other").names == ["other"]
+    monkeypatch.setenv("PRUNETUNE_STORAGE", str(store))
+    assert resolve("other").names == ["other"]                        # the root from the environment
+    both = load_table(str(store), "trials")
+    assert sorted(both["sweep"].unique()) == ["golden", "other"]
+    assert len(both) == len(GOLDEN) + 1
+
+
+def test_unknown_sweep_lists_known_ones(store: Path) -> None:
+    with pytest.raises(ValueError, match=r"'nope' not found .*choose from golden, other") as e:
+        resolve("nope", storage=store)
+    assert "\n" not in str(e.value)
+
+
+def test_empty_store_says_so(tmp_path: Path) -> None:
+    (tmp_path / "_cache").mkdir()                                     # caches are not sweeps
+    with pytest.raises(ValueError, match="empty store, no sweeps"):
+        resolve(str(tmp_path))
+    with pytest.raises(ValueError, match="storage root .* is empty or missing"):
+        resolve("demo", storage=tmp_path / "missing")
+
+
+def test_hidden_files_and_caches_are_not_results(store: Path) -> None:
+    trials_dir = store / "golden" / "trials"
+    (trials_dir / ".tmp-abc.parquet").write_bytes(b"half written")
+    (trials_dir / "_partial.parquet").write_bytes(b"half written")
+    write_file(store, "_cache", "trials", [trial("x", 0.5, 0)])       # a hidden directory at the root
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                 # skipped silently, not warned
+        df = load_table(store / "golden", "trials")
+    assert len(df) == len(GOLDEN)
+    assert len(load_table(store, "trials")) == len(GOLDEN) + 1
+    assert all(not os.path.basename(p).startswith((".", "_")) for _, p in table_files(resolve(str(store)), "trials"))
+
+
+def test_newer_file_keeps_its_extra_column(store: Path) -> None:
+    row = trial("lamp", 0.9, 0, dc=10, ec=11, acc=0.93)
+    extended = pa.schema([*TRIALS, pa.field("flops", pa.float64())])
+    write_file(store, "golden", "trials", [{**row, "sweep": "golden", "flops": 123.0}], schema=extended)
+    df = load_table(store / "golden", "trials")
+    assert list(df.columns) == [*TRIALS.names, "flops"]
+    assert df.loc[df["pruner"] == "lamp", "flops"].tolist() == [123.0]
+    assert df.loc[df["pruner"] != "lamp", "flops"].isna().all()
+
+
+def test_older_file_missing_columns_gets_nulls(store: Path) -> None:
+    old = pa.schema([TRIALS.field(n) for n in ("cell_id", "model", "dataset", "pruner", "sparsity",
+                                                "status", "test_acc")]
+                    + [pa.field("seed", pa.int32())])                  # and an older, narrower type
+    write_file(store, "golden", "trials", [{"cell_id": "old1", "model": "mlp", "dataset": "digits",
+                                            "pruner": "snip", "sparsity": 0.5, "status": "ok",
+                                            "test_acc": 0.7, "seed": 4}], schema=old)
+    df = load_table(store / "golden", "trials")
+    got = df[df["cell_id"] == "old1"].iloc[0]
+    assert list(df.columns) == TRIALS.names
+    assert got["seed"] == 4 and got["test_acc"] == 0.7
+    assert got["sweep"] == "golden"                                    # filled from the directory
+    assert math.isnan(got["direct_compression"])                      # absent columns are null
+    assert df["kind"].isna().sum() == 1
+
+
+def test_truncated_file_is_named_and_skipped(store: Path) -> None:
+    path = Path(write_file(store, "golden", "trials", [trial("lamp", 0.9, 0, dc=10, ec=10, acc=0.9)]))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.warns(UserWarning, match=path.name):
+        df = load_table(store / "golden", "trials")
+    assert len(df) == len(GOLDEN)
+    with pytest.raises(ValueError, match=path.name):
+        load_table(store / "golden", "trials", strict=True)
+
+
+def test_missing_table_gives_empty_frame_with_columns(store: Path) -> None:
+    frames = load_tables(store / "golden", ("spectra", "curves"))
+    assert frames["spectra"].empty and list(frames["spectra"].columns) == SCHEMAS["spectra"].names
+    assert frames["curves"].empty
+
+
+def test_columns_restrict_the_read(store: Path) -> None:
+    df = load_table(store / "golden", "trials", columns=["pruner", "test_acc", "sweep"])
+    assert list(df.columns) == ["sweep", "pruner", "test_acc"]
+    assert len(df) == len(GOLDEN)
+
+
+def test_unknown_table_lists_tables(store: Path) -> None:
+    with pytest.raises(ValueError, match="table 'trial': choose from"):
+        load_table(store / "golden", "trial")
+
+
+def test_many_files_read_in_one_pass(tmp_path: Path) -> None:
+    rows = [trial("random/igq", 0.9, s, dc=10, ec=12, acc=0.9, model=f"m{s % 3}") for s in range(300)]
+    write_store(tmp_path, "many", rows)
+    df = load_table(tmp_path / "many", "trials")
+    assert len(df) == 300 and df["seed"].sort_values().tolist() == list(range(300))
+
+
+def test_analysis_imports_neither_torch_nor_ray() -> None:
+    code = ("import sys, analysis, analysis.load, analysis.tables, analysis.plots, analysis.cli; "
+            "bad = [m for m in ('torch', 'ray') if m in sys.modules]; "
+            "assert not bad, bad; print('clean')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "clean"
+
+
+def test_written_schema_matches_the_central_one(store: Path) -> None:
+    """The fixtures write what the engine writes: the central schema, unchanged."""
+    path = table_files(resolve(str(store / "golden")), "trials")[0][1]
+    assert pq.read_schema(path).remove_metadata().equals(TRIALS)
