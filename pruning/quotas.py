@@ -170,12 +170,13 @@ def _smart_ratio(shapes: Sequence[Shape], s: float, vgg_style: bool) -> list[flo
         return [1.0 - s]
     last_fixed = SMART_RATIO_LAST_KEEP * counts[-1]
     rest_budget = kept - last_fixed
-    if rest_budget < 0:
+    if rest_budget < -1e-9 * counts.sum():
         max_s = 1.0 - last_fixed / counts.sum()
         raise ValueError(
             f"quota 'smart_ratio': sparsity {s} is unreachable, the last layer alone keeps "
             f"{SMART_RATIO_LAST_KEEP:.0%} of its weights; allowed sparsity ≤ {max_s:.6f}"
         )
+    rest_budget = max(rest_budget, 0.0)
     rest = counts[:-1]
     if rest_budget >= rest.sum():
         return [1.0] * (len(shapes) - 1) + [float((kept - rest.sum()) / counts[-1])]
@@ -266,6 +267,50 @@ def kept_counts(layer_densities: Sequence[float], counts: Sequence[int], sparsit
         if not moved:
             raise ValueError(f"kept_counts: cannot place {target} weights in layers of {n.tolist()}")
     return [int(x) for x in out]
+
+
+def nested_kept_counts(
+    kept_at: Callable[[float], np.ndarray], total_kept: int, max_sparsity: float
+) -> list[int]:
+    """Per-layer kept counts for `total_kept` survivors that are *nested* in the total.
+
+    Why not `kept_counts`: largest-remainder rounding is exact at one target but not monotone
+    across targets (the Alabama paradox: removing one more weight overall can hand a layer one
+    more), and the effective-sparsity bisection needs a smaller removal to be a subset of a larger
+    one. Here the rank-j survivor of layer l (j = 1 is its best weight) is kept while
+    x_l(s) ≥ j − ½, with x_l(s) = n_l·d_l(s) non-increasing in s: ordering all weights by the
+    sparsity at which they drop out is one global order, so the counts are nested by construction.
+    For a total T they are round(x_l(s')) at the s' where exactly T survive (bisection on s);
+    layers that drop a weight at the same s' (ties) give it back in model order. Each count is
+    within one weight of the quota at s', a sparsity within a few weights of (N − T)/N.
+
+    `kept_at(s)` returns x(s) (floats per layer); it must be valid on [0, max_sparsity].
+    """
+    def rounded(s: float) -> np.ndarray:
+        return np.floor(np.asarray(kept_at(s), dtype=np.float64) + 0.5).astype(np.int64)
+
+    lo, hi = 0.0, max_sparsity
+    r_lo, r_hi = rounded(lo), rounded(hi)
+    if r_lo.sum() <= total_kept:
+        return [int(x) for x in r_lo]
+    if r_hi.sum() > total_kept:
+        raise ValueError(f"nested_kept_counts: {total_kept} survivors are below this quota's minimum {r_hi.sum()}")
+    while r_hi.sum() != total_kept:
+        mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:  # float resolution: several layers drop a weight at the same s
+            out = r_hi.copy()
+            extra = total_kept - int(r_hi.sum())
+            for i in range(len(out)):
+                give = min(extra, int(r_lo[i] - r_hi[i]))
+                out[i] += give
+                extra -= give
+            return [int(x) for x in out]
+        r_mid = rounded(mid)
+        if r_mid.sum() > total_kept:
+            lo, r_lo = mid, r_mid
+        else:
+            hi, r_hi = mid, r_mid
+    return [int(x) for x in r_hi]
 
 
 def is_vgg_style(model: nn.Module) -> bool:

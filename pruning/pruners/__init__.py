@@ -177,7 +177,7 @@ def prune(
     else:
         found = largest_removal(lambda k: evaluate.effective_sparsity(plan.masks_at(k)), n, float(sparsity), plan.limit)
         k, evaluations, met = found.removed, found.evaluations, found.met
-    chosen = plan.masks_at(k)
+    chosen = plan.direct_masks(k) if target == "direct" else plan.masks_at(k)
     masks_lib.apply_masks(model, chosen)
     report = sparsity_lib.report_from_masks(chosen, evaluate(chosen))
     return PruneResult(

@@ -6,9 +6,11 @@ whose `masks_at(k)` is nested in k by construction:
 - `OrderPlan`: one global removal order (global scores ascending, or an iterative pruner's
   removal sequence); masks_at(k) removes its first k entries.
 - `QuotaPlan`: per-layer removal orders (a fixed random permutation or ascending |w|) and a quota
-  function giving each layer's kept count for a total of k removed; masks_at(k) keeps the last
-  kept_l entries of each layer's order, so a layer's survivors shrink as its count shrinks.
-A direct target s is simply k = N − round((1 − s)·N).
+  function giving each layer's kept count for a total of k removed; a mask keeps the last kept_l
+  entries of each layer's order. `masks_at` uses counts that never grow with k (nested);
+  `direct_masks` uses the quota's exact rounding at s = k/N (for a direct target; the two differ
+  by at most a weight or so per layer).
+A direct target s is simply k = N − round((1 − s)·N); `prune` applies `direct_masks(k)`.
 """
 
 from __future__ import annotations
@@ -77,12 +79,16 @@ class OrderPlan:
         keep[self.order[:k]] = False
         return self.layout.split(keep)
 
+    def direct_masks(self, k: int) -> Masks:
+        return self.masks_at(k)
+
 
 @dataclass(frozen=True)
 class QuotaPlan:
     layout: Layout
     layer_orders: tuple[torch.Tensor, ...]  # per layer: flat indices within the layer, first removed first
-    kept_for: Callable[[int], Sequence[int]]  # k removed in total -> kept count per layer
+    kept_for: Callable[[int], Sequence[int]]  # k removed -> kept per layer, exactly the quota's rounding
+    nested_for: Callable[[int], Sequence[int]]  # k removed -> kept per layer, non-increasing in k
     max_removal: int | None = None  # the largest k the quota can reach (None: N)
 
     @property
@@ -93,14 +99,21 @@ class QuotaPlan:
     def limit(self) -> int:
         return self.n if self.max_removal is None else self.max_removal
 
-    def masks_at(self, k: int) -> Masks:
-        kept = self.kept_for(k)
+    def _masks(self, kept: Sequence[int]) -> Masks:
         out = {}
         for name, shape, order, kl in zip(self.layout.names, self.layout.shapes, self.layer_orders, kept):
             keep = torch.zeros(shape.numel(), dtype=torch.bool)
             keep[order[shape.numel() - kl :]] = True
             out[name] = keep.reshape(shape)
         return out
+
+    def masks_at(self, k: int) -> Masks:
+        """The nested family the effective-target bisection walks (see quotas.nested_kept_counts)."""
+        return self._masks(self.nested_for(k))
+
+    def direct_masks(self, k: int) -> Masks:
+        """The mask of a direct target: layer counts exactly as `quotas.kept_counts` rounds them."""
+        return self._masks(self.kept_for(k))
 
 
 Plan = OrderPlan | QuotaPlan

@@ -2,13 +2,13 @@
 
 Used by random/<scheme> (survivors at random) and magnitude/<scheme> (largest |w| survive). For
 the effective target (ALGORITHMS.md §3) the plan is bisected over the direct removal k: the layer
-counts follow the quota function at sparsity k/N and each layer's removal order is fixed once
-(per seed), so a larger k removes a superset as long as the layer counts shrink.
+counts follow the quota function near sparsity k/N (`quotas.nested_kept_counts`, never growing
+with k) and each layer's removal order is fixed once per seed, so a larger k removes a superset.
 """
 
 from __future__ import annotations
 
-import math
+import numpy as np
 from collections.abc import Callable
 
 import torch
@@ -33,27 +33,43 @@ def counts_from_order(plan: OrderPlan) -> KeptFor:
     return kept_for
 
 
-def scheme_counts(scheme: str, model: nn.Module, sparsity: float, *, data, seed: int, **options) -> tuple[KeptFor, int]:
-    """(k -> kept count per layer, the largest reachable k) for quota `scheme` on `model`."""
+def scheme_counts(
+    scheme: str, model: nn.Module, sparsity: float, *, data, seed: int, **options
+) -> tuple[KeptFor, KeptFor, int]:
+    """(exact counts, nested counts, the largest reachable k) for quota `scheme` on `model`.
+
+    Both map k removed to kept counts per layer; see `QuotaPlan`. For the mask-based quotas the
+    counts come from one global order, so they are exact and nested at once.
+    """
     layout = Layout.of(model)
     if scheme in quotas_lib.MASK_QUOTAS:
         from pruning.pruners import mask_quota_counts  # avoid a cycle: the registry imports us
 
-        return mask_quota_counts(scheme, model, sparsity, data=data, seed=seed, **options), layout.n
+        counts = mask_quota_counts(scheme, model, sparsity, data=data, seed=seed, **options)
+        return counts, counts, layout.n
     if options:
         raise ValueError(f"quota {scheme!r}: unexpected option(s) {sorted(options)}")
     shapes = [tuple(s) for s in layout.shapes]
     vgg = quotas_lib.is_vgg_style(model)
     n = layout.n
+    sizes = np.array(layout.counts, dtype=np.float64)
 
     def kept_for(k: int) -> list[int]:
         d = quotas_lib.densities(scheme, shapes, k / n, vgg_style=vgg)
         return quotas_lib.kept_counts(d, layout.counts, k / n)
 
-    max_k = n - 1
+    def kept_at(s: float) -> np.ndarray:
+        return sizes * np.array(quotas_lib.densities(scheme, shapes, s, vgg_style=vgg))
+
+    max_s = (n - 1) / n
     if scheme == "smart_ratio" and len(shapes) > 1:  # the classifier keeps a fixed 30%
-        max_k = min(max_k, math.floor(n - quotas_lib.SMART_RATIO_LAST_KEEP * layout.counts[-1] + 1e-9))
-    return kept_for, max_k
+        max_s = min(max_s, 1.0 - quotas_lib.SMART_RATIO_LAST_KEEP * layout.counts[-1] / n)
+
+    def nested_for(k: int) -> list[int]:
+        return quotas_lib.nested_kept_counts(kept_at, n - k, max_s)
+
+    max_k = n - int(np.floor(kept_at(max_s) + 0.5).sum())
+    return kept_for, nested_for, max_k
 
 
 def quota_plan(
@@ -77,5 +93,5 @@ def quota_plan(
         score = score.detach().reshape(-1).to("cpu", torch.float64).clone()
         score[~k.reshape(-1)] = -torch.inf
         orders.append(ascending(score, seed * 1_000_003 + i))
-    kept_for, max_k = scheme_counts(scheme, model, sparsity, data=data, seed=seed, **options)
-    return QuotaPlan(layout, tuple(orders), kept_for, max_k)
+    kept_for, nested_for, max_k = scheme_counts(scheme, model, sparsity, data=data, seed=seed, **options)
+    return QuotaPlan(layout, tuple(orders), kept_for, nested_for, max_k)
