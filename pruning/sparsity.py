@@ -118,11 +118,11 @@ class _Reachability(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return (x > 0).to(x.dtype)
+        return x.sign()  # x ≥ 0, so sign(x) = 1[x > 0] in one pass, same dtype
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return (grad > 0).to(grad.dtype)
+        return grad.sign()
 
 
 def _guard_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -225,9 +225,10 @@ class EffectiveMaskEvaluator:
     def __call__(self, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Boolean effective mask per layer (same keys, shapes and devices as `masks`)."""
         self._check(masks)
+        kept = [m if m.dtype == torch.bool else m != 0 for m in (masks[n] for n in self.names)]
         with torch.no_grad():
-            for name, w in zip(self.names, self._weights):
-                w.copy_(masks[name] != 0)
+            for k, w in zip(kept, self._weights):
+                w.copy_(k)
         with torch.enable_grad():
             out = self._net(self._ones)
             if not isinstance(out, torch.Tensor):
@@ -237,9 +238,8 @@ class EffectiveMaskEvaluator:
             grads = (torch.autograd.grad(r, self._weights, allow_unused=True) if alive
                      else [None] * len(self._weights))
         result = {}
-        for name, g in zip(self.names, grads):
-            kept = masks[name] != 0
-            result[name] = kept & (g > 0).to(kept.device) if g is not None else torch.zeros_like(kept)
+        for name, k, g in zip(self.names, kept, grads):
+            result[name] = k & (g > 0).to(k.device) if g is not None else torch.zeros_like(k)
         return result
 
     def effective_sparsity(self, masks: Mapping[str, torch.Tensor]) -> float:
