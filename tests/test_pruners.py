@@ -190,6 +190,29 @@ def test_synflow_scores_match_hand_products_mlp_and_conv():
     assert torch.allclose(got / got.sum(), want / want.sum(), rtol=1e-12)
 
 
+def test_synflow_survives_a_float32_overflow_and_conserves_flow_per_layer():
+    torch.manual_seed(0)
+    deep = nn.Sequential(nn.Flatten(), *[nn.Linear(64, 64) for _ in range(30)])  # R ≈ 32^30 ≈ 1e45
+    with torch.no_grad():
+        for layer in deep[1:]:
+            layer.weight.uniform_(0, 1)
+    scores = synflow_scores(linearized(deep), (1, 8, 8))
+    assert bool(torch.isfinite(scores).all()) and bool((scores > 0).all())
+    # a chain is homogeneous of degree 1 in each layer: Σ_w w ∂R/∂w = R for every layer (R = 1 after rescaling)
+    assert scores.reshape(30, -1).sum(1).tolist() == pytest.approx([1.0] * 30, rel=1e-9)
+
+
+def test_pruners_never_revive_weights_pruned_before():
+    for name in ("magnitude/global", "lamp", "magnitude/igq", "random/uniform", "synflow"):
+        model = mlp(seed=7)
+        prune(model, "random/uniform", 0.5, seed=11)
+        before = flat(masks.get_masks(model))
+        prune(model, name, 0.7, **FAST.get(name, {}))
+        after = flat(masks.get_masks(model))
+        assert not bool((after & ~before).any()), name
+        assert int(after.sum()) == round(0.3 * 52)
+
+
 # --- iterative schedules -------------------------------------------------------------------------
 
 
@@ -401,3 +424,18 @@ def test_bad_input_messages():
         prune(mlp(), "random/smart_ratio", 0.95)  # the classifier keeps 30% of its 12 weights
     with pytest.raises(ValueError, match="data: no batches"):
         prune(mlp(), "snip", 0.5, data=[])
+    with pytest.raises(ValueError, match="rounds 0: must be an integer ≥ 1"):
+        prune(mlp(), "synflow", 0.5, rounds=0)
+    with pytest.raises(ValueError, match="batches 0: must be an integer ≥ 1"):
+        prune(mlp(), "grasp", 0.5, data=batches(1), batches=0)
+
+
+def test_data_driven_pruners_take_a_split():
+    from pruning import data as data_lib
+
+    train, _ = data_lib.load("synthetic", input_shape=(1, 2, 3), num_classes=3, n_train=64, n_test=16)
+    for name in ("snip", "grasp", "snip/iterative", "random/snip"):
+        model = mlp()
+        result = prune(model, name, 0.6, data=train, batch_size=16, **({"rounds": 2} if "iter" in name else {}))
+        assert result.removed_count == 52 - round(0.4 * 52)
+        assert result.direct_compression == pytest.approx(52 / 21)

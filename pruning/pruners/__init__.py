@@ -126,6 +126,14 @@ class PruneResult:
     seconds: float
     report: Any = field(repr=False)  # pruning.sparsity.SparsityReport of the pruned model
 
+    @property
+    def direct_compression(self) -> float:
+        return masks_lib.compression(self.direct_sparsity)
+
+    @property
+    def effective_compression(self) -> float:
+        return masks_lib.compression(self.effective_sparsity)
+
 
 def _check_options(info: PrunerInfo, options: dict) -> None:
     params = inspect.signature(info.fn).parameters.values()

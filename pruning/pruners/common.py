@@ -21,6 +21,13 @@ from pruning.quotas import n_kept
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+def check_count(field: str, value: int) -> int:
+    """Refuse a non-positive count option (rounds, batches, batch_size) with one clear line."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field} {value!r}: must be an integer ≥ 1")
+    return value
+
+
 def device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")

@@ -14,6 +14,7 @@ from torch import nn
 
 from pruning.pruners.common import (
     batch_stream,
+    check_count,
     current_keep,
     device_of,
     order_from_scores,
@@ -51,6 +52,8 @@ def grasp_scores(clone: nn.Module, batches: list[tuple[torch.Tensor, torch.Tenso
 def prune_grasp(
     model: nn.Module, sparsity: float, *, data=None, seed: int = 0, batches: int = 10, batch_size: int = 128
 ) -> OrderPlan:
+    check_count("batches", batches)
+    check_count("batch_size", batch_size)
     stream = batch_stream(data, batch_size=batch_size, seed=seed, device=device_of(model))
     scores = grasp_scores(scoring_copy(model), take(stream, batches))
     return order_from_scores(Layout.of(model), -scores, current_keep(model), seed)  # highest S first

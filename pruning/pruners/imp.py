@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pruning import masks as masks_lib
-from pruning.pruners.common import current_keep, iterative_order, kept_after_round
+from pruning.pruners.common import check_count, current_keep, iterative_order, kept_after_round
 from pruning.pruners.plan import Layout, OrderPlan, flatten
 
 
@@ -27,7 +27,8 @@ def imp_schedule(n: int, sparsity: float, rate: float, rounds: int | None) -> li
         if sparsity <= 0:
             return []
         rounds = max(1, math.ceil(math.log(1.0 - sparsity) / math.log(1.0 - rate) - 1e-9))
-        return [int(round(n * (1.0 - rate) ** t)) for t in range(1, rounds)] + [kept_after_round(rounds, rounds, n, sparsity)]
+        geometric = [int(round(n * (1.0 - rate) ** t)) for t in range(1, rounds)]
+        return geometric + [kept_after_round(rounds, rounds, n, sparsity)]
     return [kept_after_round(t, rounds, n, sparsity) for t in range(1, rounds + 1)]
 
 
@@ -46,8 +47,8 @@ def prune_imp(
         raise ValueError("imp: needs train_fn=<callable training the model in place> and rewind_state=<state_dict>")
     if not 0.0 < rate < 1.0:
         raise ValueError(f"rate {rate}: imp's per-round pruning rate must be in (0, 1)")
-    if rounds is not None and rounds < 1:
-        raise ValueError(f"rounds {rounds}: must be ≥ 1")
+    if rounds is not None:
+        check_count("rounds", rounds)
     layout = Layout.of(model)
     started = [False]
 

@@ -84,7 +84,8 @@ def quota_plan(
 ) -> QuotaPlan:
     """A quota plan with each layer's survivors ranked by `layer_scores` (ascending = removed first).
 
-    Weights already pruned in the model stay pruned (they head every layer's order).
+    Weights already pruned in the model head every layer's order: they stay pruned unless the quota
+    gives a layer more survivors than it still has.
     """
     layout = Layout.of(model)
     keep = layout.split(current_keep(model))

@@ -14,6 +14,7 @@ from torch import nn
 
 from pruning.pruners.common import (
     batch_stream,
+    check_count,
     current_keep,
     device_of,
     iterative_order,
@@ -52,6 +53,8 @@ def prune_snip(
     model: nn.Module, sparsity: float, *, data=None, seed: int = 0, batches: int = 10, batch_size: int = 128
 ) -> OrderPlan:
     """One-shot SNIP with the gradient averaged over `batches` batches."""
+    check_count("batches", batches)
+    check_count("batch_size", batch_size)
     stream = batch_stream(data, batch_size=batch_size, seed=seed, device=device_of(model))
     scores = snip_scores(scoring_copy(model), take(stream, batches))
     return order_from_scores(Layout.of(model), scores, current_keep(model), seed)
@@ -61,6 +64,8 @@ def prune_snip_iterative(
     model: nn.Module, sparsity: float, *, data=None, seed: int = 0, rounds: int = 300, batch_size: int = 128
 ) -> OrderPlan:
     """Iterative SNIP: `rounds` rounds, survivors N(1−s)^(t/T) after round t, a fresh batch each."""
+    check_count("rounds", rounds)
+    check_count("batch_size", batch_size)
     layout = Layout.of(model)
     clone = scoring_copy(model)
     originals = [p.detach().clone() for p in prunable_params(clone)]

@@ -16,7 +16,7 @@ from torch import nn
 
 from pruning import masks as masks_lib
 from pruning import sparsity as sparsity_lib
-from pruning.pruners.common import current_keep, iterative_order, kept_after_round
+from pruning.pruners.common import check_count, current_keep, iterative_order, kept_after_round
 from pruning.pruners.plan import Layout, OrderPlan
 
 
@@ -78,6 +78,7 @@ def prune_synflow(
     model: nn.Module, sparsity: float, *, data=None, seed: int = 0, rounds: int = 100, input_shape=None
 ) -> OrderPlan:
     """`rounds` rounds of SynFlow on the exponential schedule N(1−s)^(t/T)."""
+    check_count("rounds", rounds)
     shape = input_shape_of(model, input_shape)
     layout = Layout.of(model)
     lin = linearized(model)
