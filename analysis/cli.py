@@ -2,8 +2,8 @@
 
     prunetune tables NAME_OR_PATH [--table accuracy|compression|limit|lomp|all] [--format md|csv|latex]
                      [--out DIR] [--storage ROOT] [--strict] [--levels 10,100,1000,10000]
-                     [--sparsities 0.9,0.99]
-    prunetune plot NAME_OR_PATH [--out DIR] [--storage ROOT] [--strict]
+                     [--sparsities 0.9,0.99] [--no-cache]
+    prunetune plot NAME_OR_PATH [--out DIR] [--storage ROOT] [--strict] [--no-cache]
 
 `sweeps.cli` calls `register(subparsers)`; `python -m analysis.cli ...` runs the same commands alone.
 Why errors are one line and exit 2: a wrong name or flag is the user's to fix, not a bug to trace.
@@ -41,8 +41,8 @@ def parse_floats(text: str | None, field: str) -> list[float] | None:
     return values
 
 
-def load_frames(store: Store, names: Sequence[str], *, strict: bool) -> dict[str, pd.DataFrame]:
-    frames = {t: load_table(store, t, strict=strict) for t in dict.fromkeys(names)}
+def load_frames(store: Store, names: Sequence[str], *, strict: bool, use_cache: bool = True) -> dict[str, pd.DataFrame]:
+    frames = {t: load_table(store, t, strict=strict, use_cache=use_cache) for t in dict.fromkeys(names)}
     if "trials" in frames and frames["trials"].empty:
         raise ValueError(f"{store.label}: no trials yet (no cell of {', '.join(store.names)} has finished)")
     return frames
@@ -58,12 +58,12 @@ def default_out(store: Store) -> str:
 
 def write_tables(store: Store, names: Sequence[str], fmt: str, *, out: str | None, strict: bool,
                  levels: Sequence[float] | None, sparsities: Sequence[float] | None,
-                 stream: TextIO) -> list[str]:
+                 stream: TextIO, use_cache: bool = True) -> list[str]:
     """Build and render each table; print to `stream`, or write files into `out` and say where."""
     if fmt not in T.FORMATS:
         raise ValueError(f"--format: {fmt!r}; choose from {', '.join(T.FORMATS)}")
     needs = [n for name in names for n in T.TABLE_SPECS[name].needs]
-    frames = load_frames(store, needs, strict=strict)
+    frames = load_frames(store, needs, strict=strict, use_cache=use_cache)
     written = []
     for name in names:
         tidy = T.build(name, frames, levels=levels, sparsities=sparsities)
@@ -86,7 +86,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
     store = resolve(args.sweep, args.storage)
     write_tables(store, names, args.format, out=args.out, strict=args.strict,
                  levels=parse_floats(args.levels, "levels"), sparsities=parse_floats(args.sparsities, "sparsities"),
-                 stream=sys.stdout)
+                 stream=sys.stdout, use_cache=not args.no_cache)
     return 0
 
 
@@ -94,7 +94,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from analysis.plots import plot_all
 
     store = resolve(args.sweep, args.storage)
-    frames = load_frames(store, PLOT_TABLES, strict=args.strict)
+    frames = load_frames(store, PLOT_TABLES, strict=args.strict, use_cache=not args.no_cache)
     out = args.out or default_out(store)
     paths = plot_all(frames, out)
     for p in paths:
@@ -145,6 +145,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--storage", default=None, metavar="ROOT",
                    help="storage root for a sweep name (default $PRUNETUNE_STORAGE or ./results)")
     t.add_argument("--strict", action="store_true", help="fail on an unreadable result file")
+    t.add_argument("--no-cache", action="store_true",
+                   help="read every result file; neither use nor write <sweep>/_analysis/cache")
     t.add_argument("--levels", default=None, metavar="10,100,...",
                    help="compression levels of the accuracy table (default 10,100,1000,10000)")
     t.add_argument("--sparsities", default=None, metavar="0.9,0.99,...",
@@ -156,6 +158,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default <sweep>/_analysis)")
     p.add_argument("--storage", default=None, metavar="ROOT", help="storage root for a sweep name")
     p.add_argument("--strict", action="store_true", help="fail on an unreadable result file")
+    p.add_argument("--no-cache", action="store_true", help="read every result file (no consolidated cache)")
     p.set_defaults(func=cmd_plot)
 
 

@@ -14,6 +14,7 @@ latency-bound), then concatenated once with pyarrow's schema promotion.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from analysis import cache
 from sweeps.schema import SCHEMAS, TABLES, schema
 
 STORAGE_ENV = "PRUNETUNE_STORAGE"
@@ -139,16 +141,16 @@ def resolve(name_or_path: str | os.PathLike | Store, storage: str | os.PathLike 
                      f"(set --storage or ${STORAGE_ENV})")
 
 
+def _result_infos(store: Store, sweep_dir: str, table: str) -> list[pafs.FileInfo]:
+    infos = _children(store.filesystem, _join(sweep_dir, table))
+    return sorted((i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                   and not _hidden(i.base_name)), key=lambda i: i.path)
+
+
 def table_files(store: Store, table: str) -> list[tuple[str, str]]:
     """(sweep name, file path) of every result file of `table`; temp files and caches skipped."""
     schema(table)  # validates the table name
-    out: list[tuple[str, str]] = []
-    for sweep_dir in store.sweeps:
-        for info in _children(store.filesystem, _join(sweep_dir, table)):
-            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet") \
-                    and not _hidden(info.base_name):
-                out.append((_base(sweep_dir), info.path))
-    return sorted(out)
+    return [(_base(d), i.path) for d in store.sweeps for i in _result_infos(store, d, table)]
 
 
 def _read_one(fs: pafs.FileSystem, path: str, columns: Sequence[str] | None) -> pa.Table:
@@ -158,15 +160,75 @@ def _read_one(fs: pafs.FileSystem, path: str, columns: Sequence[str] | None) -> 
         return pf.read(columns=present, use_threads=False)
 
 
+def _read_many(fs: pafs.FileSystem, paths: list[str], columns: Sequence[str] | None,
+               strict: bool) -> list[tuple[str, pa.Table]]:
+    """Read files in a thread pool; an unreadable one is warned about and skipped (raised if strict)."""
+    def read(path: str) -> pa.Table | Exception:
+        try:
+            return _read_one(fs, path, columns)
+        except (OSError, pa.ArrowException) as e:  # truncated / corrupt / vanished file
+            return e
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, pa.io_thread_count()))) as pool:
+        results = list(pool.map(read, paths))
+    out = []
+    for path, got in zip(paths, results):
+        if isinstance(got, Exception):
+            reason = f"{type(got).__name__}: {str(got).splitlines()[0] if str(got) else ''}"
+            if strict:
+                raise ValueError(f"{path}: unreadable Parquet file ({reason})") from got
+            warnings.warn(f"skipping unreadable result file {path}: {reason}", stacklevel=4)
+            continue
+        out.append((path, got))
+    return out
+
+
+def _with_sweep(got: pa.Table, sweep: str) -> pa.Table:
+    """Fill `sweep` from the directory name where an older writer left it empty or absent."""
+    if "sweep" not in got.column_names:
+        return got.append_column("sweep", pa.array([sweep] * got.num_rows, pa.string()))
+    if got["sweep"].null_count:
+        i = got.column_names.index("sweep")
+        return got.set_column(i, "sweep", pc.fill_null(got["sweep"].cast(pa.string()), sweep))
+    return got
+
+
+def _read_sweep(store: Store, sweep_dir: str, table: str, *, strict: bool, use_cache: bool,
+                columns: Sequence[str] | None) -> list[pa.Table]:
+    """The tables of one sweep's files: cached rows of unchanged files plus freshly read ones."""
+    fs, sweep = store.filesystem, _base(sweep_dir)
+    infos = _result_infos(store, sweep_dir, table)
+    if not use_cache:
+        return [_with_sweep(t, sweep) for _, t in _read_many(fs, [i.path for i in infos], columns, strict)]
+    now = time.time_ns()
+    keys = {i.path: cache.file_key(i, now) for i in infos}
+    cached = cache.load(fs, sweep_dir, table)
+    parts: list[pa.Table] = []
+    have: set[str] = set()
+    changed = False
+    if cached is not None:
+        current = pa.array([k for k in keys.values() if k is not None], pa.string())
+        kept = cached.filter(pc.is_in(cached[cache.KEY], value_set=current))
+        changed = kept.num_rows != cached.num_rows          # files vanished or were rewritten
+        have = set(pc.unique(kept[cache.KEY]).to_pylist())
+        parts.append(kept)
+    todo = [i.path for i in infos if keys[i.path] is None or keys[i.path] not in have]
+    for path, got in _read_many(fs, todo, None, strict):
+        tagged = _with_sweep(got, sweep)
+        parts.append(tagged.append_column(cache.KEY, pa.array([keys[path]] * tagged.num_rows, pa.string())))
+        changed = changed or keys[path] is not None
+    if changed:
+        cache.save(fs, sweep_dir, table, pa.concat_tables(parts, promote_options="permissive"))
+    return [p.drop_columns([cache.KEY]) for p in parts]
+
+
 def _conform(table: pa.Table, central: pa.Schema, columns: Sequence[str] | None) -> pa.Table:
     """Central columns first (cast to the central type, nulls where absent), then extra columns."""
     wanted = central if columns is None else pa.schema([f for f in central if f.name in columns])
     arrays, fields = [], []
     for f in wanted:
-        if f.name in table.column_names:
-            arrays.append(table[f.name].cast(f.type))
-        else:
-            arrays.append(pa.nulls(table.num_rows, f.type))
+        arrays.append(table[f.name].cast(f.type) if f.name in table.column_names
+                      else pa.nulls(table.num_rows, f.type))
         fields.append(f)
     for name in table.column_names:
         if name not in central.names and (columns is None or name in columns):
@@ -176,40 +238,14 @@ def _conform(table: pa.Table, central: pa.Schema, columns: Sequence[str] | None)
 
 
 def read_arrow(name_or_path: str | os.PathLike | Store, table: str, *, strict: bool = False,
-               storage: str | os.PathLike | None = None,
-               columns: Sequence[str] | None = None) -> pa.Table:
+               storage: str | os.PathLike | None = None, columns: Sequence[str] | None = None,
+               use_cache: bool = True) -> pa.Table:
     """`load_table` as a pyarrow Table (what the benchmark and large reads want)."""
     central = schema(table)
     store = resolve(name_or_path, storage)
-    files = table_files(store, table)
-    fs = store.filesystem
-
-    def read(item: tuple[str, str]) -> tuple[str, str, pa.Table | Exception]:
-        sweep, path = item
-        try:
-            return sweep, path, _read_one(fs, path, columns)
-        except (OSError, pa.ArrowException) as e:  # truncated / corrupt / vanished file
-            return sweep, path, e
-
-    with ThreadPoolExecutor(max_workers=max(1, min(16, pa.io_thread_count()))) as pool:
-        results = list(pool.map(read, files))
-
-    parts: list[pa.Table] = []
-    for sweep, path, got in results:
-        if isinstance(got, Exception):
-            if strict:
-                raise ValueError(f"{path}: unreadable Parquet file ({type(got).__name__}: "
-                                 f"{str(got).splitlines()[0] if str(got) else ''})") from got
-            warnings.warn(f"skipping unreadable result file {path}: {type(got).__name__}: "
-                          f"{str(got).splitlines()[0] if str(got) else ''}", stacklevel=2)
-            continue
-        if "sweep" in got.column_names and got["sweep"].null_count:
-            # an old writer left `sweep` empty: the directory says which sweep it is
-            i = got.column_names.index("sweep")
-            got = got.set_column(i, "sweep", pc.fill_null(got["sweep"].cast(pa.string()), sweep))
-        elif "sweep" not in got.column_names and (columns is None or "sweep" in columns):
-            got = got.append_column("sweep", pa.array([sweep] * got.num_rows, pa.string()))
-        parts.append(got)
+    parts = [t for d in store.sweeps
+             for t in _read_sweep(store, d, table, strict=strict, use_cache=use_cache, columns=columns)]
+    parts = [p for p in parts if p.num_rows]
     if not parts:
         return _conform(central.empty_table(), central, columns)
     merged = pa.concat_tables(parts, promote_options="permissive")
@@ -217,23 +253,27 @@ def read_arrow(name_or_path: str | os.PathLike | Store, table: str, *, strict: b
 
 
 def load_table(name_or_path: str | os.PathLike | Store, table: str, *, strict: bool = False,
-               storage: str | os.PathLike | None = None,
-               columns: Sequence[str] | None = None) -> pd.DataFrame:
+               storage: str | os.PathLike | None = None, columns: Sequence[str] | None = None,
+               use_cache: bool = True) -> pd.DataFrame:
     """One table (trials, layers, spectra, curves, epochs) of one or many sweeps as a DataFrame.
 
     Columns: the central schema in its order (nulls where a file predates a column), then any
-    extra columns newer files carry. `columns` restricts the read (faster on large stores).
-    An unreadable file is named in a warning and skipped; with `strict=True` it raises ValueError.
-    A sweep without files for `table` gives an empty frame with the central columns.
+    extra columns newer files carry. `columns` restricts the result. An unreadable file is named in
+    a warning and skipped; with `strict=True` it raises ValueError. A sweep without files for
+    `table` gives an empty frame with the central columns. `use_cache` keeps a consolidated copy in
+    `<sweep>/_analysis/cache/` so that the next read only opens new or changed files
+    (`analysis.cache`).
     """
-    return read_arrow(name_or_path, table, strict=strict, storage=storage, columns=columns).to_pandas()
+    return read_arrow(name_or_path, table, strict=strict, storage=storage, columns=columns,
+                      use_cache=use_cache).to_pandas()
 
 
 def load_tables(name_or_path: str | os.PathLike | Store, tables: Sequence[str] = TABLES, *,
-                strict: bool = False, storage: str | os.PathLike | None = None) -> dict[str, pd.DataFrame]:
+                strict: bool = False, storage: str | os.PathLike | None = None,
+                use_cache: bool = True) -> dict[str, pd.DataFrame]:
     """Several tables of the same sweeps, resolved once."""
     store = resolve(name_or_path, storage)
-    return {t: load_table(store, t, strict=strict) for t in tables}
+    return {t: load_table(store, t, strict=strict, use_cache=use_cache) for t in tables}
 
 
 __all__ = ["Store", "SCHEMAS", "TABLES", "load_table", "load_tables", "read_arrow", "resolve",

@@ -42,11 +42,16 @@ def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
         raise ValueError(f"{what}: missing column(s) {missing}; expected the central trials schema")
 
 
-def ok_rows(trials: pd.DataFrame, kind: str = "point") -> pd.DataFrame:
-    """Rows of finished cells (status == "ok") of one kind; a null kind counts as "point"."""
+def ok_rows(trials: pd.DataFrame, kind: str = "point", columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Rows of finished cells (status == "ok") of one kind; a null kind counts as "point".
+
+    `columns` selects before copying: a store's trials carry ~60 columns, a table needs a few.
+    """
     _require(trials, ["status", "kind"], "trials")
-    kinds = trials["kind"].astype(object).where(trials["kind"].notna(), "point")
-    return trials[(trials["status"] == "ok") & (kinds == kind)]
+    kinds = trials["kind"].to_numpy(dtype=object)
+    is_kind = np.where(pd.isna(kinds), "point", kinds) == kind
+    mask = (trials["status"].to_numpy(dtype=object) == "ok") & is_kind
+    return trials.loc[mask, list(columns)] if columns is not None else trials.loc[mask]
 
 
 def _seeds_per_group(trials: pd.DataFrame) -> pd.Series:
@@ -91,17 +96,32 @@ def _rank(df: pd.DataFrame, by: list[str], value: str = "mean") -> pd.Series:
 
 def _matched(points: pd.DataFrame, keys: list[str], x: str, levels: Sequence[float],
              transform: Callable[[np.ndarray], np.ndarray]) -> pd.DataFrame:
-    """Per `keys` group and level: mean/std/n over seeds of each seed's interpolated test_acc."""
+    """Per `keys` group and level: mean/std/n over seeds of each seed's interpolated test_acc.
+
+    One sort, then one small numpy interpolation per (group, seed) run: pandas' per-group overhead
+    would dominate on sweeps of 10^5 cells.
+    """
+    columns = [*keys, "level", "mean", "std", "n_seeds"]
+    if points.empty:
+        return _empty(columns)
     at = transform(np.asarray(levels, dtype=float))
-    rows = []
-    for key, group in points.groupby(keys, dropna=False, sort=True):
-        per_seed = [interpolate(transform(g[x].to_numpy(float)), g["test_acc"].to_numpy(float), at)
-                    for _, g in group.groupby("seed", dropna=False)]
-        stacked = np.vstack(per_seed)                    # (seeds, levels)
-        for j, level in enumerate(levels):
-            mean, std, n = _mean_std(stacked[:, j])
-            rows.append((*key, float(level), mean, std, n))
-    return pd.DataFrame(rows, columns=[*keys, "level", "mean", "std", "n_seeds"])
+    gid = points.groupby(keys, dropna=False, sort=True).ngroup().to_numpy()
+    sid = pd.factorize(points["seed"], use_na_sentinel=False)[0]
+    order = np.lexsort((sid, gid))
+    xs = transform(points[x].to_numpy(float))[order]
+    ys = points["test_acc"].to_numpy(float)[order]
+    g, s = gid[order], sid[order]
+    starts = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (s[1:] != s[:-1])])
+    ends = np.r_[starts[1:], len(g)]
+    per_run = np.vstack([interpolate(xs[a:b], ys[a:b], at) for a, b in zip(starts, ends)])  # (runs, levels)
+    long = pd.DataFrame({"gid": np.repeat(g[starts], len(at)), "level": np.tile(np.asarray(levels, float), len(starts)),
+                         "value": per_run.ravel()})
+    stats = long.groupby(["gid", "level"], sort=True)["value"].agg(["mean", "std", "count"]).reset_index()
+    first = np.unique(gid, return_index=True)[1]
+    names = points.iloc[first][keys].reset_index(drop=True).assign(gid=gid[first])
+    out = names.merge(stats, on="gid").drop(columns="gid").rename(columns={"count": "n_seeds"})
+    out["n_seeds"] = out["n_seeds"].astype(int)
+    return out[columns]
 
 
 def _log10(v: np.ndarray) -> np.ndarray:
@@ -122,7 +142,7 @@ def accuracy_at_compression(trials: pd.DataFrame, levels: Sequence[float] = DEFA
     """
     _require(trials, [*GROUP, *ROW, "seed", "test_acc", *VIEWS], "trials")
     _check_levels(levels, "levels", low=1.0)
-    points = ok_rows(trials)
+    points = ok_rows(trials, columns=[*GROUP, *ROW, "seed", "test_acc", *VIEWS])
     frames = []
     for view in VIEWS:
         got = _matched(points, [*GROUP, *ROW], view, levels, _log10)
@@ -159,19 +179,15 @@ def compression_table(trials: pd.DataFrame) -> pd.DataFrame:
     kept as inf and counted in n_disconnected.
     """
     _require(trials, [*GROUP, *ROW, "sparsity", "seed", *VIEWS], "trials")
-    points = ok_rows(trials)
     keys = [*GROUP, *ROW, "sparsity"]
-    rows = []
-    for key, g in points.groupby(keys, dropna=False, sort=True):
-        row = list(key) + [int(g["seed"].nunique())]
-        for view in VIEWS:
-            v = g[view].to_numpy(float)
-            v = v[~np.isnan(v)]
-            row += [float(np.median(v)), float(v.min()), float(v.max())] if v.size else [math.nan] * 3
-        row.append(int(np.isposinf(g["effective_compression"].to_numpy(float)).sum()))
-        rows.append(row)
-    stats = [f"{view}_{s}" for view in VIEWS for s in ("median", "min", "max")]
-    return pd.DataFrame(rows, columns=[*keys, "n_seeds", *stats, "n_disconnected"])
+    points = ok_rows(trials, columns=[*keys, "seed", *VIEWS])
+    points = points.assign(n_disconnected=np.isposinf(points["effective_compression"].to_numpy(float)))
+    spec = {"n_seeds": ("seed", "nunique")}
+    for view in VIEWS:
+        spec.update({f"{view}_{stat}": (view, stat) for stat in ("median", "min", "max")})
+    spec["n_disconnected"] = ("n_disconnected", "sum")
+    out = points.groupby(keys, dropna=False, sort=True).agg(**spec).reset_index()
+    return out.astype({"n_seeds": int, "n_disconnected": int})
 
 
 # ----------------------------------------------------------------------------- 3. pruning limit
@@ -195,8 +211,7 @@ def limit_table(trials: pd.DataFrame) -> pd.DataFrame:
     in_band_* tells whether the actual kept fraction lies in the kinematic band (our derivation).
     """
     _require(trials, [*LIMIT_KEYS, "seed", *LIMIT_COLUMNS], "trials")
-    rows = ok_rows(trials, kind="limit")
-    out = rows[[*LIMIT_KEYS, "seed", *LIMIT_COLUMNS]].copy()
+    out = ok_rows(trials, kind="limit", columns=[*LIMIT_KEYS, "seed", *LIMIT_COLUMNS]).copy()
     for rule in ("strict", "tol"):
         out[f"delta_removed_pp_{rule}"] = 100.0 * (out[f"actual_removed_frac_{rule}"].astype(float)
                                                   - out["predicted_removed_frac"].astype(float))
@@ -236,7 +251,7 @@ def _sparsity_points(trials: pd.DataFrame, curves: pd.DataFrame | None, pruners:
     limit cell's accuracy-vs-sparsity curve (one-shot global magnitude pruning of the LOMP model,
     no fine-tuning) gives one point per `removed_frac`.
     """
-    points = ok_rows(trials)
+    points = ok_rows(trials, columns=[*GROUP, *ROW, "sparsity", "seed", "test_acc"])
     points = points[points["pruner"].isin(pruners)]
     targets = points["target"].astype(object).where(points["target"].notna(), "direct")
     points = points[targets == "direct"]
@@ -245,8 +260,8 @@ def _sparsity_points(trials: pd.DataFrame, curves: pd.DataFrame | None, pruners:
     parts = [pd.DataFrame({"model": points["model"], "dataset": points["dataset"], "pruner": points["pruner"],
                            "seed": points["seed"], "sparsity": sparsity, "test_acc": points["test_acc"]})]
     if curves is not None and not curves.empty:
-        limits = ok_rows(trials, kind="limit")
-        limits = limits[limits["pruner"].isin(pruners)][["cell_id", "model", "dataset", "pruner", "seed"]]
+        limits = ok_rows(trials, kind="limit", columns=["cell_id", *GROUP, "pruner", "seed"])
+        limits = limits[limits["pruner"].isin(pruners)]
         joined = curves[["cell_id", "removed_frac", "test_acc"]].merge(limits, on="cell_id", how="inner")
         parts.append(joined.rename(columns={"removed_frac": "sparsity"})[
             ["model", "dataset", "pruner", "seed", "sparsity", "test_acc"]])
@@ -268,7 +283,7 @@ def lomp_table(trials: pd.DataFrame, curves: pd.DataFrame | None = None,
     _require(trials, [*GROUP, *ROW, "sparsity", "seed", "test_acc", "cell_id"], "trials")
     points = _sparsity_points(trials, curves, pruners)
     if sparsities is None:
-        from_cells = ok_rows(trials)
+        from_cells = ok_rows(trials, columns=["pruner", "sparsity"])
         from_cells = from_cells[from_cells["pruner"].isin(pruners)]["sparsity"].dropna().unique()
         sparsities = sorted(set(float(s) for s in from_cells)) or list(DEFAULT_SPARSITIES)
         if (points["pruner"] == "dense").any() and 0.0 not in sparsities:
@@ -394,6 +409,8 @@ def _range(median: float, low: float, high: float) -> str:
 
 def limit_sections(per_seed: pd.DataFrame, summary: pd.DataFrame) -> list[Section]:
     """Per-seed rows, then the mean ± std summary over seeds."""
+    if per_seed.empty:
+        return []
     seed = pd.DataFrame({
         "model": per_seed["model"].astype(str), "dataset": per_seed["dataset"].astype(str),
         "seed": per_seed["seed"].map(lambda s: "" if pd.isna(s) else str(int(s))),

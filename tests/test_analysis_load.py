@@ -6,13 +6,16 @@ import math
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from analysis import load as load_module
 from analysis.load import load_table, load_tables, resolve, table_files
 from analysis_fixtures import GOLDEN, trial, write_file, write_store
 from sweeps.schema import SCHEMAS, TRIALS
@@ -151,3 +154,84 @@ def test_written_schema_matches_the_central_one(store: Path) -> None:
     """The fixtures write what the engine writes: the central schema, unchanged."""
     path = table_files(resolve(str(store / "golden")), "trials")[0][1]
     assert pq.read_schema(path).remove_metadata().equals(TRIALS)
+
+
+# ----------------------------------------------------------------------------- consolidated cache
+
+
+def age(where: Path | str, seconds: float = 60.0) -> None:
+    """Backdate a file, or every file below a directory: files younger than cache.RACY_NS are never cached."""
+    past = time.time() - seconds
+    where = Path(where)
+    for p in where.rglob("*.parquet") if where.is_dir() else [where]:
+        os.utime(p, (past, past))
+
+
+@pytest.fixture()
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The result files actually opened by the loader."""
+    opened: list[str] = []
+    real = load_module._read_one
+
+    def spy(fs, path, columns):  # noqa: ANN001, ANN202
+        opened.append(os.path.basename(path))
+        return real(fs, path, columns)
+
+    monkeypatch.setattr(load_module, "_read_one", spy)
+    return opened
+
+
+def test_cache_reads_only_new_files_and_matches_a_cold_read(store: Path, counted: list[str]) -> None:
+    sweep = store / "golden"
+    age(sweep)
+    first = load_table(sweep, "trials")
+    assert len(counted) == len(GOLDEN)
+    assert (sweep / "_analysis" / "cache" / "trials.parquet").is_file()
+    counted.clear()
+    again = load_table(sweep, "trials")
+    assert counted == []                                               # everything from the cache
+    pd.testing.assert_frame_equal(again, first)
+    cold = load_table(sweep, "trials", use_cache=False)
+    pd.testing.assert_frame_equal(again.sort_values("cell_id").reset_index(drop=True),
+                                  cold.sort_values("cell_id").reset_index(drop=True))
+    new = write_file(store, "golden", "trials", [{**trial("lamp", 0.9, 0, dc=10, ec=10, acc=0.9), "sweep": "golden"}])
+    age(new)
+    counted.clear()
+    assert len(load_table(sweep, "trials")) == len(GOLDEN) + 1
+    assert counted == [os.path.basename(new)]
+
+
+def test_cache_sees_rewritten_and_deleted_files(store: Path, counted: list[str]) -> None:
+    sweep = store / "golden"
+    age(sweep)
+    load_table(sweep, "trials")
+    files = sorted((sweep / "trials").glob("*.parquet"))
+    row = pq.read_table(files[0]).to_pylist()[0]
+    write_file(store, "golden", "trials", [{**row, "test_acc": 0.123}], name=files[0].stem)
+    age(files[0], seconds=30.0)                                        # same size, a different mtime
+    files[1].unlink()
+    counted.clear()
+    df = load_table(sweep, "trials")
+    assert counted == [files[0].name]
+    assert len(df) == len(GOLDEN) - 1
+    assert df.loc[df["cell_id"] == row["cell_id"], "test_acc"].tolist() == [0.123]
+
+
+def test_young_files_are_read_but_not_cached(store: Path, counted: list[str]) -> None:
+    sweep = store / "golden"                                           # files just written: "racy"
+    load_table(sweep, "trials")
+    counted.clear()
+    load_table(sweep, "trials")
+    assert len(counted) == len(GOLDEN)
+
+
+def test_corrupt_cache_is_ignored_and_rebuilt(store: Path) -> None:
+    sweep = store / "golden"
+    age(sweep)
+    expected = load_table(sweep, "trials")
+    cache_file = sweep / "_analysis" / "cache" / "trials.parquet"
+    cache_file.write_bytes(b"not parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                 # not a result file: no warning
+        pd.testing.assert_frame_equal(load_table(sweep, "trials"), expected)
+    assert pq.read_table(cache_file).num_rows == len(GOLDEN)

@@ -7,6 +7,7 @@ written out here independently of numpy.interp.
 from __future__ import annotations
 
 import io
+import os
 import re
 import math
 from pathlib import Path
@@ -283,7 +284,10 @@ def store(tmp_path: Path) -> Path:
 
 
 def test_cli_tables_markdown(store: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["tables", "golden", "--storage", str(store), "--table", "compression"]) == 0
+    for f in store.rglob("*.parquet"):                                 # old enough to be cached
+        os.utime(f, (1e9, 1e9))
+    assert main(["tables", "golden", "--storage", str(store), "--table", "compression", "--no-cache"]) == 0
+    assert not (store / "golden" / "_analysis").exists()               # --no-cache writes nothing
     out = capsys.readouterr().out
     assert "∞ [500–∞]" in out and out.startswith("### direct vs effective compression")
 
