@@ -378,6 +378,26 @@ def test_effective_target_is_the_largest_k_by_brute_force(pruner):
         assert int(flat(masks.get_masks(base)).sum()) == 52 - k
 
 
+def test_effective_target_on_a_small_conv_net_by_brute_force():
+    from pruning.sparsity import EffectiveMaskEvaluator
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1),
+                        nn.Flatten(), nn.Linear(8, 3))  # 18 + 36 + 24 = 78 weights on a 4×4 input
+    net.input_shape = (1, 4, 4)
+    evaluate = EffectiveMaskEvaluator(net)
+    target = 0.6
+    for pruner in ("random/igq", "synflow"):
+        plan = plan_for(net, pruner, target, **FAST.get(pruner, {}))
+        # E(k) ≥ k/N, so nothing beyond k = ⌊0.6·78⌋ + 1 = 47 can qualify
+        scan = [evaluate.effective_sparsity(plan.masks_at(k)) for k in range(48)]
+        assert scan == sorted(scan) and scan[47] > target
+        model = copy.deepcopy(net)
+        result = prune(model, pruner, target, target="effective", **FAST.get(pruner, {}))
+        assert result.removed_count == max(k for k, e in enumerate(scan) if e <= target)
+        assert result.effective_sparsity == pytest.approx(scan[result.removed_count])
+
+
 def test_direct_target_on_a_real_model_records_both_sparsities():
     model = models.build("resnet20", input_shape=(3, 4, 4), num_classes=10)
     n = masks.count_prunable(model)
