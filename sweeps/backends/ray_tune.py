@@ -1,0 +1,340 @@
+"""The Ray Tune backend: every pending cell is one Tune trial of a grid search, on one machine or a cluster.
+
+    cells ─▶ skip the done ones (store) ─▶ check resources ─▶ Tuner(grid over cells, one placement group
+    per trial: bundle 0 = the trial, bundles 1..W = its HVP workers) ─▶ fit() ─▶ compare the store with
+    the grid ─▶ RunSummary (every missing or failed cell named by its cell_id)
+
+Why Tune and still our own store: Tune schedules trials on the resources they declare (fractional
+GPUs, multi-node placement groups), retries trials whose process or node died
+(`FailureConfig.max_failures`), shows live per-epoch metrics and can restore an interrupted
+experiment. But Tune's trial ids are random and its result.json can be missing or stale after a
+crash, so what is *done* is decided only by our atomic per-cell Parquet (`sweeps.store`): a trial
+whose cell is already done returns at once, and the summary is read back from the store.
+
+Devices come from `ray.get_gpu_ids()` (cuda:0 when Ray assigned a GPU share), never from
+`torch.cuda.is_available()`: on a GPU node a trial that asked for no GPU must stay on CPU.
+A local Ray is bound to 127.0.0.1 with no dashboard unless asked for one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray import tune
+
+from sweeps import store
+from sweeps.backends.base import RunSummary
+from sweeps.cells import Cell
+from sweeps.hvp_ray import RayHVPFactory, WorkerResources, device_from_ray
+from sweeps.spec import is_uri
+from sweeps.trial import Where, one_line, run_cell
+
+if TYPE_CHECKING:
+    from sweeps.progress import Progress
+    from sweeps.spec import Spec
+
+log = logging.getLogger(__name__)
+
+FINAL = "cell_finished"      # metric of a trial's last report: its cell's trials row is written
+TUNE_DIR = "_tune"           # Tune experiments live in <storage>/_tune/<sweep>/run-<time>-<hex>
+RUN_PREFIX = "run-"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide the Ray backend runs (never part of a cell's identity)."""
+
+    address: str | None = None        # an existing cluster ("auto", "ray://head:10001"); None: $RAY_ADDRESS, else a local Ray
+    num_cpus: float | None = None     # local Ray only: CPUs it offers (None: all of this machine's)
+    num_gpus: float | None = None     # local Ray only: GPUs it offers (None: detected); fake GPUs for tests
+    max_concurrent: int | None = None  # at most this many trials at once (None: as resources allow)
+    dashboard: bool = False           # local Ray only: start the dashboard (bound to 127.0.0.1)
+    max_failures: int = 2             # Tune retries of a trial whose process, node or HVP worker died
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_cpus is None or self.num_cpus > 0, f"num_cpus: {self.num_cpus}; must be > 0"),
+            (self.num_gpus is None or self.num_gpus >= 0, f"num_gpus: {self.num_gpus}; must be ≥ 0"),
+            (self.max_concurrent is None or self.max_concurrent >= 1,
+             f"max_concurrent: {self.max_concurrent}; must be ≥ 1"),
+            (self.max_failures >= 0, f"max_failures: {self.max_failures}; must be ≥ 0"),
+            (self.address is None or (self.num_cpus is None and self.num_gpus is None),
+             "num_cpus/num_gpus: only for a local Ray; a cluster given by address has its own resources"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    def cluster_address(self) -> str | None:
+        """The cluster to join: the option, else $RAY_ADDRESS (set by `ray job submit`), else None."""
+        return self.address or os.environ.get("RAY_ADDRESS") or None
+
+
+# ----------------------------------------------------------------------------- the trial
+
+
+def _report(metrics: dict[str, Any]) -> None:
+    """Per-epoch metrics into Tune's progress view as they happen (only plain finite values)."""
+    tune.report({k: v for k, v in metrics.items()
+                 if isinstance(v, (int, str)) or (isinstance(v, float) and math.isfinite(v))})
+
+
+def cell_trainable(config: dict[str, Any], *, where: Where, hessian_workers: int,
+                   worker_resources: WorkerResources, run_fn: Callable[..., dict[str, Any]] = run_cell) -> None:
+    """One Tune trial = one cell: rebuild the Cell, run it (it writes its Parquet), report the outcome.
+
+    A cell that is already done (a restored experiment, a retry after the row was written) returns
+    at once: finished cells are never run twice. A lost HVP worker is re-raised after the failed
+    row is written so that Tune retries the trial; the retry's row replaces it.
+    """
+    cell = Cell.from_dict(config["cell"])
+    if store.is_done(where.storage, cell.sweep, cell.cell_id):
+        tune.report({"cell_id": cell.cell_id, "status": "already-done", FINAL: 1})
+        return
+    factory = RayHVPFactory(hessian_workers, worker_resources) if hessian_workers > 1 else None
+    try:
+        row = run_fn(cell, where, device=device_from_ray(), report=_report, hvp_backend_factory=factory,
+                     backend="ray")
+    finally:
+        if factory is not None:
+            factory.close()
+    if factory is not None and factory.lost is not None:
+        raise factory.lost
+    final = {k: row.get(k) for k in ("cell_id", "status", "test_acc", "direct_sparsity",
+                                      "effective_sparsity", "total_seconds")}
+    if factory is not None:
+        final["hvp_nodes"] = ",".join(factory.node_ids())
+    _report({**final, FINAL: 1})
+
+
+def trial_dirname(trial: Any) -> str:
+    """Trial directories are named by cell_id (Tune's own trial ids are random)."""
+    return trial.config["cell"]["cell_id"]
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class ProgressCallback(tune.Callback):
+    """Driver-side: one result line per finished cell as soon as its trial's last report arrives."""
+
+    def __init__(self, cells: dict[str, Cell], storage: str, progress: Progress | None):
+        self.cells, self.storage, self.progress = cells, storage, progress
+        self.reported: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment
+        return {**self.__dict__, "progress": None}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        cell = self.cells.get(trial.config["cell"]["cell_id"])
+        if cell is not None and self.progress is not None:
+            self.progress.started(cell)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get(FINAL):
+            self.finish(result["cell_id"])
+
+    def finish(self, cell_id: str) -> None:
+        cell = self.cells.get(cell_id)
+        if cell is None or cell_id in self.reported or self.progress is None:
+            return
+        row = store.trial_row(self.storage, cell.sweep, cell_id)
+        if row is not None:
+            self.reported.add(cell_id)
+            self.progress.finished(cell, row)
+
+
+# ----------------------------------------------------------------------------- the backend
+
+
+def tune_root(storage: str, sweep: str) -> str:
+    """Where this sweep's Tune experiments live (inside the storage, beside the cache)."""
+    return f"{storage.rstrip('/')}/{TUNE_DIR}/{sweep}"
+
+
+def local_gpus() -> int:
+    """GPUs this machine would give a local Ray (what Ray's own detection finds)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+class RayBackend:
+    """Runs cells as Tune trials; see the module docstring."""
+
+    name = "ray"
+
+    def __init__(self, *, cpus: float = 1.0, gpus: float = 0.0, hessian_workers: int = 1,
+                 options: RayOptions | None = None, callbacks: Sequence[tune.Callback] = (),
+                 run_fn: Callable[..., dict[str, Any]] = run_cell):
+        if gpus > 1 and not float(gpus).is_integer():
+            raise ValueError(f"resources.gpus: {gpus}; Ray takes fractions below 1 or whole GPUs")
+        if cpus <= 0 or gpus < 0 or hessian_workers < 1:
+            raise ValueError(f"resources: cpus {cpus} must be > 0, gpus {gpus} ≥ 0, "
+                             f"hessian.workers {hessian_workers} ≥ 1")
+        self.cpus, self.gpus, self.hessian_workers = float(cpus), float(gpus), int(hessian_workers)
+        self.options = options or RayOptions()
+        self.callbacks = list(callbacks)
+        self.run_fn = run_fn
+        self.results: tune.ResultGrid | None = None  # of the last fit(), for inspection
+
+    @classmethod
+    def from_spec(cls, spec: Spec, options: RayOptions | None = None, **kwargs: Any) -> RayBackend:
+        return cls(cpus=spec.resources.cpus, gpus=spec.resources.gpus,
+                   hessian_workers=spec.hessian.workers if spec.hessian.enabled else 1,
+                   options=options, **kwargs)
+
+    # -- resources
+
+    def bundles(self) -> list[dict[str, float]]:
+        """One bundle for the trial, one per HVP worker (each the trial's own CPUs/GPUs)."""
+        one = {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
+        extra = self.hessian_workers if self.hessian_workers > 1 else 0
+        return [dict(one) for _ in range(1 + extra)]
+
+    def placement(self) -> tune.PlacementGroupFactory:
+        return tune.PlacementGroupFactory(self.bundles(), strategy="PACK")
+
+    def check_local(self, num_cpus: float, num_gpus: float) -> None:
+        """Refuse, before anything starts, a trial that a local Ray of this size could never place."""
+        need_gpu = sum(b.get("GPU", 0.0) for b in self.bundles())
+        need_cpu = sum(b["CPU"] for b in self.bundles())
+        if need_gpu > num_gpus:
+            raise ValueError(
+                f"resources.gpus: each trial needs {need_gpu:g} GPU(s) ({self.gpus:g} × {len(self.bundles())} "
+                f"bundles) but the local Ray has {num_gpus:g}; set gpus: 0, pass --num-gpus, or --address "
+                "of a cluster with GPUs")
+        if need_cpu > num_cpus:
+            raise ValueError(
+                f"resources.cpus: each trial needs {need_cpu:g} CPU(s) ({self.cpus:g} × {len(self.bundles())} "
+                f"bundles) but the local Ray has {num_cpus:g}; lower cpus or hessian.workers, or pass --num-cpus")
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Ray connected (or started) for the block, checked for this backend's trials, shut down
+        after it only if this block started it."""
+        started = self.connect()
+        try:
+            self.check_connected()
+            yield
+        finally:
+            if started:
+                ray.shutdown()
+
+    def connect(self) -> bool:
+        """Join the cluster or start a local Ray (127.0.0.1, no dashboard unless asked); True if we did.
+
+        An already initialized Ray (a test, a notebook) is used as it is and left running.
+        """
+        if ray.is_initialized():
+            return False
+        address = self.options.cluster_address()
+        if address:
+            ray.init(address=address, log_to_driver=True)
+            return True
+        num_cpus = self.options.num_cpus if self.options.num_cpus is not None else os.cpu_count() or 1
+        num_gpus = self.options.num_gpus if self.options.num_gpus is not None else local_gpus()
+        self.check_local(num_cpus, num_gpus)
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=self.options.dashboard,
+                 dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
+        return True
+
+    def check_connected(self) -> None:
+        """On an initialized local Ray (not a cluster, which may autoscale), the same refusal."""
+        if self.options.cluster_address():
+            return
+        total = ray.cluster_resources()
+        if len(ray.nodes()) == 1:
+            self.check_local(total.get("CPU", 0.0), total.get("GPU", 0.0))
+
+    # -- running
+
+    def trainable(self, where: Where) -> Any:
+        """The Tune trainable with its resources (also what `resume` hands to `Tuner.restore`)."""
+        fn = tune.with_parameters(cell_trainable, where=where, hessian_workers=self.hessian_workers,
+                                  worker_resources=WorkerResources(self.cpus, self.gpus), run_fn=self.run_fn)
+        return tune.with_resources(fn, self.placement())
+
+    def tuner(self, cells: Sequence[Cell], where: Where, callback: ProgressCallback) -> tune.Tuner:
+        run_name = f"{RUN_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+        return tune.Tuner(
+            self.trainable(where),
+            param_space={"cell": tune.grid_search([c.to_dict() for c in cells])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=self.options.max_concurrent,
+                                        trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(name=run_name, storage_path=tune_root(where.storage, cells[0].sweep),
+                                      failure_config=tune.FailureConfig(max_failures=self.options.max_failures),
+                                      callbacks=[callback, *self.callbacks], verbose=1),
+        )
+
+    def run(self, cells: Sequence[Cell], where: Where, *, progress: Progress) -> RunSummary:
+        """Run the pending cells as one Tune experiment; the store decides what is done."""
+        summary = RunSummary()
+        todo = []
+        for cell in cells:
+            if store.is_done(where.storage, cell.sweep, cell.cell_id):
+                summary.skipped.append(cell.cell_id)
+                progress.skipped(cell)
+            else:
+                todo.append(cell)
+        if not todo:
+            return summary
+        where = absolute(where)
+        callback = ProgressCallback({c.cell_id: c for c in todo}, where.storage, progress)
+        with self.session():
+            self.results = self.tuner(todo, where, callback).fit()
+        return collect(todo, where, self.results, summary, callback)
+
+
+def absolute(where: Where) -> Where:
+    """Trials run in their own directories: a relative local data root must not depend on that."""
+    root = where.data_root
+    if root is None:
+        root = os.environ.get("PRUNETUNE_DATA")
+    if root is not None and not is_uri(root):
+        root = os.path.abspath(os.path.expanduser(root))
+    return dataclasses.replace(where, data_root=root)
+
+
+def tune_errors(results: Any) -> dict[str, str]:
+    """cell_id → one-line error of every errored Tune result (a trial that crashed or exhausted retries)."""
+    out = {}
+    for r in results or []:
+        if r.error is not None and r.config and "cell" in r.config:
+            out[r.config["cell"]["cell_id"]] = one_line(r.error)
+    return out
+
+
+def collect(cells: Sequence[Cell], where: Where, results: Any, summary: RunSummary,
+            callback: ProgressCallback) -> RunSummary:
+    """Compare the store with the grid: done, failed (with the row's error) or missing (with Tune's).
+
+    Cells the live callback did not print (finished before a restore, or its report was lost)
+    get their result line here, so every finished cell is shown exactly once.
+    """
+    errors = tune_errors(results)
+    for cell in cells:
+        cid = cell.cell_id
+        row = store.trial_row(where.storage, cell.sweep, cid)
+        if row is None:
+            summary.failed.append(cid)
+            summary.errors[cid] = errors.get(cid) or ("no result: the trial did not finish (interrupted?); "
+                                                      "run `prunetune resume` to continue")
+            continue
+        callback.finish(cid)
+        if row["status"] == "failed":
+            summary.failed.append(cid)
+            summary.errors[cid] = str(row.get("error")) + (f" (tune: {errors[cid]})" if cid in errors else "")
+        else:
+            summary.done.append(cid)
+    return summary

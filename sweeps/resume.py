@@ -1,0 +1,123 @@
+"""Resume a Ray sweep after a crash or Ctrl-C: restore the Tune experiment, then run whatever is missing.
+
+    storage/<sweep>/spec.yaml ─▶ cells ─▶ pending = not done in the store
+        ─▶ Tuner.restore(latest experiment, resume_errored=True).fit()   (when its state is usable)
+        ─▶ a fresh Tune run over the cells still pending                   (always: the store decides)
+
+Why both: after a clean interruption (SIGINT) Tune's experiment state is exact and restoring it
+keeps the trial history and retry counts; after a driver SIGKILL the state can be stale (trials
+marked running, result.json missing) or absent, and then the restored experiment may not cover
+every pending cell. Our per-cell Parquet is the source of truth, so whatever the restore did, the
+cells that are still not done get a fresh run, and cells already done are never run again (the
+trainable returns at once for them).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import yaml
+from ray import tune
+
+from sweeps import store
+from sweeps.backends.base import RunSummary
+from sweeps.backends.ray_tune import (
+    RUN_PREFIX, ProgressCallback, RayBackend, RayOptions, absolute, collect, tune_root,
+)
+from sweeps.cells import expand
+from sweeps.progress import Progress
+from sweeps.spec import build_spec, default_storage
+from sweeps.trial import Where
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Located:
+    storage: str
+    sweep: str
+
+
+def locate(name_or_path: str, storage: str | None = None) -> Located:
+    """(storage, sweep) from a sweep directory `<storage>/<sweep>`, its spec.yaml, or a sweep name."""
+    path = Path(name_or_path)
+    if path.is_file() and path.name == "spec.yaml":
+        path = path.parent
+    if path.is_dir() and (path / "spec.yaml").exists() and storage is None:
+        return Located(str(path.resolve().parent), path.resolve().name)
+    return Located(storage or default_storage(), name_or_path)
+
+
+def latest_experiment(storage: str, sweep: str) -> str | None:
+    """The newest Tune experiment directory of the sweep (names sort by their UTC start time)."""
+    loc = store.locate(storage)
+    root = tune_root(loc.base if loc.local else storage, sweep)  # what Tune takes: a path or a URI
+    infos = loc.fs.get_file_info(pafs.FileSelector(tune_root(loc.base, sweep), allow_not_found=True))
+    runs = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+                  and i.base_name.startswith(RUN_PREFIX))
+    return f"{root}/{runs[-1]}" if runs else None
+
+
+def restore(backend: RayBackend, where: Where, path: str | None) -> bool:
+    """Restore and finish the Tune experiment at `path`; False (nothing run) when it cannot be restored.
+
+    Why the broad but listed exceptions: a state file left by a killed driver can be truncated
+    (JSON errors are ValueErrors), point at trials Tune no longer knows (TuneError) or be gone
+    (OSError); each of these means "start fresh", which is always safe here.
+    """
+    if path is None or not tune.Tuner.can_restore(path):
+        log.info("resume: no restorable Tune experiment (%s); running the pending cells afresh", path)
+        return False
+    try:
+        tuner = tune.Tuner.restore(path, trainable=backend.trainable(where), resume_errored=True)
+        backend.results = tuner.fit()
+    except (tune.TuneError, ValueError, OSError, RuntimeError) as e:
+        log.warning("resume: Tune state at %s is not usable (%s); running the pending cells afresh", path, e)
+        return False
+    return True
+
+
+def resume(name_or_path: str, *, storage: str | None = None, options: RayOptions | None = None,
+           progress: Progress | None = None, **backend_kwargs) -> RunSummary:
+    """Continue a stored Ray sweep until every cell is done (or failed); see the module docstring.
+
+    `skipped` lists the cells that were done before this call; `done`/`failed` the others.
+    """
+    where_is = locate(name_or_path, storage)
+    text = store.read_spec_text(where_is.storage, where_is.sweep)
+    if text is None:
+        raise ValueError(f"resume: no sweep {where_is.sweep!r} in {where_is.storage!r} (its spec.yaml is "
+                         "missing); give the sweep directory or --storage")
+    spec = build_spec(yaml.safe_load(text), storage=where_is.storage, backend="ray")
+    cells = expand(spec)
+    where = Where(storage=spec.storage, data_root=spec.data.root)
+    progress = progress or Progress(len(cells))
+    summary = RunSummary()
+    pending = []
+    for cell in cells:
+        if store.is_done(spec.storage, cell.sweep, cell.cell_id):
+            summary.skipped.append(cell.cell_id)
+            progress.skipped(cell)
+        else:
+            pending.append(cell)
+    if not pending:
+        return summary
+    backend = RayBackend.from_spec(spec, options, **backend_kwargs)
+    with backend.session():
+        where = absolute(where)
+        callback = ProgressCallback({c.cell_id: c for c in pending}, where.storage, progress)
+        if restore(backend, where, latest_experiment(spec.storage, spec.name)):
+            restored = collect(pending, where, backend.results, RunSummary(), callback)
+            summary.done += restored.done
+            pending = [c for c in pending if c.cell_id not in set(restored.done)]
+        if pending:
+            fresh = RunSummary()
+            backend.results = backend.tuner(pending, where, callback).fit()
+            collect(pending, where, backend.results, fresh, callback)
+            summary.done += fresh.done
+            summary.failed += fresh.failed
+            summary.errors.update(fresh.errors)
+    return summary
