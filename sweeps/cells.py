@@ -26,7 +26,6 @@ from sweeps.spec import HessianSection, PruneSection, Spec, lomp_l1_for, pruner_
 ID_LENGTH = 16  # hex digits of sha256: 64 bits, collision-free for any realistic sweep
 
 # prune-section fields each kind of cell uses (others are dropped from the cell)
-_POINT_PRUNE = ("rounds", "options")
 _LOMP_PRUNE = ("lomp_l1",)
 _LIMIT_PRUNE = ("lomp_l1", "limit_grid", "epsilon", "eigen_policy", "limit_tolerance_pp", "options")
 
@@ -113,6 +112,17 @@ def with_id(cell: Cell) -> Cell:
     return dataclasses.replace(cell, cell_id=compute_id(cell))
 
 
+def accepts(pruner: str, option: str) -> bool:
+    """Whether `pruner` takes keyword `option` (so a sweep-wide option reaches only those that do)."""
+    info = pruner_info(pruner)
+    if info is None:
+        return False
+    if option in info.options:
+        return True
+    family, _, scheme = pruner.partition("/")  # random/snip passes its options on to snip
+    return family == "random" and pruner_info(scheme) is not None and accepts(scheme, option)
+
+
 def resolve_protocol(pruner: str, override: str | None) -> str:
     """What happens after pruning: the spec's override, else the pruner's default.
 
@@ -165,7 +175,8 @@ def _variants(spec: Spec, model: str, pruner: str) -> list[tuple[float | None, s
         return [(None, "direct", prune)]
     if pruner == "dense":
         return [(0.0, "direct", {})]
-    prune = _section(p, _POINT_PRUNE)
+    prune = {"rounds": p.rounds if accepts(pruner, "rounds") else None,
+             "options": {k: v for k, v in p.options.items() if accepts(pruner, k)}}
     protocol = resolve_protocol(pruner, p.protocol)
     if protocol == "finetune":
         prune["finetune_epochs"] = p.finetune_epochs

@@ -30,6 +30,7 @@ import dataclasses
 import math
 import os
 import re
+import tempfile
 import types
 import typing
 from collections.abc import Mapping
@@ -434,8 +435,15 @@ def storage_problem(storage: str) -> str | None:
         probe = probe.parent
     if not probe.is_dir():
         return f"storage: {str(probe)!r} is a file, not a directory; give a writable directory"
-    if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.R_OK)):
-        return f"storage: {str(probe)!r} is not readable/writable by this user; give a writable directory"
+    try:  # a real write: permission bits lie for root and for read-only mounts
+        fd, name = tempfile.mkstemp(prefix=".prunetune-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+        if path.exists():
+            os.listdir(path)
+    except OSError as e:
+        return (f"storage: {str(path)!r} is not readable/writable ({e.strerror}); "
+                "give a writable directory or a pyarrow.fs URI")
     return None
 
 
@@ -532,6 +540,7 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
     for p in pruners:
         if p not in known_pruners:
             problems.append(f"pruner: unknown {p!r}; choose from {', '.join(known_pruners)}")
+    _check_options(prune, [p for p in pruners if p in known_pruners], problems)
     sparsity = _sparsities(raw, problems)
     seeds = _axis(raw, "seed", int, problems, default=(0,))
     for s in seeds:
@@ -547,13 +556,15 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
             problems.append("sparsity: not used by kind 'limit' (its grid is prune.limit_grid); remove it")
         if tuple(pruners) != ("lomp",):
             problems.append(f"pruner: kind 'limit' runs 'lomp' only, got {list(pruners)}")
-        if prune.lomp_l1 is None:
-            table = lomp_l1_defaults()
-            for m in sorted({m for m, _ in pairs if m not in table and m in known_models}):
-                problems.append(f"prune.lomp_l1: required for model {m!r} (authors' values known for "
-                                f"{', '.join(sorted(table))})")
     elif any(p != "dense" for p in pruners) and not sparsity:
         problems.append("sparsity: required for pruners other than 'dense' (or give compression:)")
+
+    l1_pruners = [p for p in pruners if getattr(pruner_info(p), "needs_l1_training", False)]
+    if (kind == "limit" or l1_pruners) and prune.lomp_l1 is None:
+        table = lomp_l1_defaults()
+        for m in sorted({m for m, _ in pairs if m not in table and m in known_models}):
+            problems.append(f"prune.lomp_l1: required for LOMP on model {m!r} (the authors' values "
+                            f"are known for {', '.join(sorted(table))})")
 
     if check_local_resources and backend == "serial" and resources.gpus > 0 and not _cuda_available():
         problems.append(f"resources.gpus: {resources.gpus} requested but this machine has no GPU "
@@ -582,6 +593,18 @@ def _parse_prune(raw: Any, problems: list[str]) -> PruneSection:
             raw["limit_grid"] = [_tidy(a + i * (b - a) / (n - 1)) for i in range(n)]
     section = parse_section(PruneSection, raw, "prune", problems)
     return section
+
+
+def _check_options(prune: PruneSection, pruners: list[str], problems: list[str]) -> None:
+    """`prune.options` and `prune.rounds` must be taken by at least one pruner of the sweep."""
+    from sweeps.cells import accepts
+
+    wanted = list(prune.options) + (["rounds"] if prune.rounds is not None else [])
+    for option in wanted:
+        if pruners and not any(accepts(p, option) for p in pruners):
+            takers = sorted({o for p in pruner_names() if (i := pruner_info(p)) for o in i.options})
+            problems.append(f"prune.options: {option!r} is taken by none of the pruners {pruners}; "
+                            f"options of the registered pruners: {', '.join(takers)}")
 
 
 def _check_ranges(h: HessianSection, r: ResourcesSection, p: PruneSection, problems: list[str]) -> None:

@@ -14,6 +14,7 @@ already atomic, so the object is written directly. No Hive partitioning: the cel
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import secrets
@@ -43,8 +44,12 @@ class Location:
         return "/".join([self.base.rstrip("/"), *parts])
 
 
+@functools.lru_cache(maxsize=64)
 def locate(storage: str) -> Location:
-    """The filesystem of a storage root: local path (or file://) or any pyarrow.fs URI."""
+    """The filesystem of a storage root: local path (or file://) or any pyarrow.fs URI.
+
+    Cached per root: creating an object-store client is slow, and one process reuses one.
+    """
     if is_uri(storage):
         fs, base = pafs.FileSystem.from_uri(storage)
         return Location(fs, base, local=False)

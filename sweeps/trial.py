@@ -117,34 +117,46 @@ def _set_metrics(row: dict[str, Any], r: Any) -> None:
 def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
     """The trained dense model of this cell's model/data/seed/train config, from the cache.
 
-    Trains it (once per key across all processes sharing the storage) on a miss. The returned
-    entry holds `state` (state_dict), `metrics` (of the dense model) and `epochs`.
+    Trains it from the cell's seeded initialization (once per key across all processes sharing
+    the storage) on a miss. The entry holds `state` (state_dict), `metrics` (of the dense model)
+    and `epochs`; `use_dense` records them in the cell.
     """
+    from pruning import models
     from pruning.train import train
 
     cfg = st.train_config(**({"l1": l1} if l1 else {}))
     fields_ = dense_fields(model=st.cell.model, dataset=st.cell.dataset, data_options=st.cell.data,
                            seed=st.cell.seed, train=cfg.to_dict())
     st.dense_key = key_of(fields_)
-    init = copy.deepcopy(st.model)
 
     def compute() -> dict[str, Any]:
-        r = train(init, st.train_split, st.test_split, cfg, device=st.device, seed=st.cell.seed)
+        net = models.build(st.cell.model, input_shape=st.train_split.input_shape,
+                           num_classes=st.train_split.num_classes)
+        net.load_state_dict(st.init_state)
+        r = train(net, st.train_split, st.test_split, cfg, device=st.device, seed=st.cell.seed)
         metrics = {"status": r.status, "seconds": float(r.seconds), "batch_losses": list(r.batch_losses)}
         for k in ("test_acc", "test_loss", "train_acc", "train_loss"):
             metrics[k] = float(getattr(r, k))
-        return {"state": {k: v.detach().cpu() for k, v in init.state_dict().items()},
+        return {"state": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                 "metrics": metrics, "epochs": _epoch_rows("dense", r.epochs)}
 
     entry, st.trained_dense_here = DenseCache(st.where.storage).get_or_compute(
         st.dense_key, DENSE_ITEM, compute, describe=fields_)
+    st.row["dense_test_acc"] = entry["metrics"]["test_acc"]
+    return entry
+
+
+def use_dense(st: TrialState, entry: dict[str, Any]) -> None:
+    """Start the cell from the trained dense model: its weights, epochs, time and metrics."""
+    from pruning import masks
+
     st.tables["epochs"] += entry["epochs"]
     st.seconds["train_seconds"] += entry["metrics"]["seconds"]
-    st.row["dense_test_acc"] = entry["metrics"]["test_acc"]
     _set_metrics(st.row, entry["metrics"])
     if entry["metrics"]["status"] == "diverged":
         raise Diverged("dense training diverged (NaN/inf loss)")
-    return entry
+    masks.load_state_dict(st.model, entry["state"])
+    st.model.to(st.device)
 
 
 def pruner_registry() -> dict[str, Any]:
@@ -203,7 +215,8 @@ def step_model(st: TrialState) -> None:
 
 
 def _after_prune(st: TrialState) -> None:
-    """The protocol after a post-training pruner: none | finetune | rewind | train."""
+    """What follows pruning: none (evaluate) | finetune (a few epochs) | rewind (to the seeded
+    init, then full training) | train (full training from the current weights)."""
     from pruning import masks
 
     protocol = st.cell.protocol
@@ -224,44 +237,52 @@ def _after_prune(st: TrialState) -> None:
 
 def step_obtain(st: TrialState) -> None:
     """Produce the final model of a point cell, as the pruner's `when` and the protocol say."""
-    from pruning import masks
-
     cell = st.cell
     if cell.pruner == "dense":
-        entry = _dense(st)
-        masks.load_state_dict(st.model, entry["state"])
-        st.model.to(st.device)
+        use_dense(st, _dense(st))
         return
     info = pruner_registry()[cell.pruner]
     if info.when == "init":
         st.model.to(st.device)
         _prune(st)
-        if cell.protocol != "none":
-            _train(st, st.model, st.train_config(), "sparse")
-        else:
-            _after_prune(st)
+        _after_prune(st)  # "train" (the default) and "rewind" coincide at init
         return
     l1 = cell.prune.get("lomp_l1") if getattr(info, "needs_l1_training", False) else None
-    entry = _dense(st, l1=l1)
-    masks.load_state_dict(st.model, entry["state"])
-    st.model.to(st.device)
+    use_dense(st, _dense(st, l1=l1))
     extra = _imp_options(st) if cell.pruner == "imp" else {}
     _prune(st, **extra)
     _after_prune(st)
 
 
 def _imp_options(st: TrialState) -> dict[str, Any]:
-    """IMP trains between its rounds: it gets our training (recorded as `imp` epochs) and the init."""
+    """IMP trains between its rounds: it gets our training (epochs of phase "sparse") and the init."""
     def train_fn(model: Any) -> Any:
         return _train(st, model, st.train_config(), "sparse")
 
     return {"train_fn": train_fn, "rewind_state": st.init_state}
 
 
+def _refresh_masked_weights(model: Any) -> None:
+    """Recompute `weight = weight_orig * weight_mask` outside autograd.
+
+    Why: after a training step that was not followed by a forward pass (a divergence breaks out
+    mid-epoch), `weight` still carries the autograd graph, and copying the model (as the
+    effective-sparsity evaluator does) refuses non-leaf tensors. Adapter for pruning.sparsity.
+    """
+    import torch
+    from pruning import masks
+
+    with torch.no_grad():
+        for _, module in masks.prunable_layers(model):
+            if hasattr(module, "weight_mask"):
+                module.weight = module.weight_orig * module.weight_mask
+
+
 def step_sparsity(st: TrialState) -> None:
     """Direct and effective sparsity of the final masks, and the per-layer rows."""
     from pruning.sparsity import sparsity_report
 
+    _refresh_masked_weights(st.model)
     report = sparsity_report(st.model)
     st.row.update(report.trial_columns())
     st.tables["layers"] = report.layer_rows()
@@ -275,8 +296,28 @@ def _slq_split(st: TrialState) -> Any:
     return dataclasses.replace(split, x=split.x[:n], y=split.y[:n], _device_cache={})
 
 
-def _run_slq(st: TrialState, model: Any, which: str) -> dict[str, Any]:
-    """SLQ of `model` on the training loss; returns plain data (cacheable) incl. the Ritz pairs."""
+_SLQ_ARRAYS = ("nodes", "weights", "steps", "probe_ids")
+
+
+def slq_to_plain(r: Any) -> dict[str, Any]:
+    """An SLQResult as tensors and plain values (what `torch.load(weights_only=True)` accepts)."""
+    import torch
+
+    out = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
+    for k in _SLQ_ARRAYS:
+        out[k] = torch.from_numpy(out[k].copy())
+    out["info"] = {k: v for k, v in out["info"].items() if isinstance(v, (int, float, str, bool))}
+    return out
+
+
+def slq_from_plain(d: dict[str, Any]) -> Any:
+    from pruning.hessian import SLQResult
+
+    return SLQResult(**{k: (v.numpy() if k in _SLQ_ARRAYS else v) for k, v in d.items()})
+
+
+def _run_slq(st: TrialState, model: Any) -> Any:
+    """SLQ of the mean training loss of `model` (local HVPs, or the backend's factory's)."""
     import torch
     from pruning.hessian import slq
 
@@ -286,68 +327,53 @@ def _run_slq(st: TrialState, model: Any, which: str) -> dict[str, Any]:
     backend = None
     if st.hvp_backend_factory is not None:
         backend = st.hvp_backend_factory(model=model, loss_fn=loss_fn, data=data, device=st.device)
-    t0 = time.perf_counter()
-    r = slq(model, loss_fn, data, probes=int(h.get("probes", 4)),
-            iterations=int(h.get("iterations", 30)), seed=st.cell.seed, backend=backend)
-    return {"nodes": torch.as_tensor(r.nodes).detach().cpu().double(),
-            "weights": torch.as_tensor(r.weights).detach().cpu().double(),
-            "dim": int(r.dim), "zero_mass": float(r.zero_mass), "trace": float(r.trace()),
-            "lambda_max": float(r.lambda_max()), "lambda_min": float(r.lambda_min()),
-            "seconds": time.perf_counter() - t0, "hessian_model": which}
+    return slq(model, loss_fn, data, probes=int(h.get("probes", 4)), iterations=int(h.get("iterations", 30)),
+               seed=st.cell.seed, backend=backend, device=st.device)
 
 
-def _spectrum_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
-    nodes, weights = s["nodes"], s["weights"]
-    rows = []
-    for p in range(nodes.shape[0]):
-        for j in range(nodes.shape[1]):
-            rows.append({"hessian_model": s["hessian_model"], "probe": p, "node_index": j,
-                         "node": float(nodes[p, j]), "weight": float(weights[p, j]),
-                         "zero_mass": s["zero_mass"], "dim": s["dim"]})
-    return rows
+def _record_slq(st: TrialState, r: Any, which: str) -> None:
+    """spectra rows of one SLQ run and its trials summary (the last recorded one wins)."""
+    st.tables["spectra"] += [{"hessian_model": which, **row} for row in r.spectra_rows()]
+    st.seconds["hessian_seconds"] += float(r.seconds)
+    st.row.update(r.summary())
+    st.row["hessian_model"] = which
 
 
 def step_hessian(st: TrialState) -> None:
-    """SLQ of the dense model (cached with it) and/or the pruned one, as `hessian.models` says."""
+    """SLQ of the dense model (cached with it) and/or the pruned one, as `hessian.models` says.
+
+    With `both`, the trials summary describes the pruned model; spectra keep both.
+    """
     h = st.cell.hessian
     if not h.get("enabled"):
         return
     which = h.get("models", "pruned")
-    results = []
     if which in ("dense", "both"):
-        results.append(_dense_slq(st))
+        _record_slq(st, _dense_slq(st), "dense")
     if which in ("pruned", "both"):
-        results.append(_run_slq(st, st.model, "pruned"))
-    for s in results:
-        st.tables["spectra"] += _spectrum_rows(s)
-        st.seconds["hessian_seconds"] += s["seconds"]
-    summary = results[-1]  # the pruned model's when both ran
-    st.row.update({"hessian_model": summary["hessian_model"], "slq_probes": h.get("probes"),
-                   "slq_iterations": h.get("iterations"), "slq_dim": summary["dim"],
-                   "hessian_trace": summary["trace"], "hessian_lambda_max": summary["lambda_max"],
-                   "hessian_lambda_min": summary["lambda_min"], "zero_mass": summary["zero_mass"]})
+        _record_slq(st, _run_slq(st, st.model), "pruned")
 
 
-def _dense_slq(st: TrialState) -> dict[str, Any]:
+def _dense_slq(st: TrialState, *, l1: float | None = None) -> Any:
     """The dense model's SLQ, cached beside its checkpoint (keyed by the SLQ settings)."""
-    from pruning import masks
+    from pruning import masks, models
 
-    if st.dense_key is None:  # pruned at init: the dense model of this cell is the trained dense net
-        _dense(st)
-    entry = DenseCache(st.where.storage).load(st.dense_key, DENSE_ITEM)
+    if st.dense_key is None:  # a pruner at init: the dense reference is the dense-trained model
+        _dense(st, l1=l1)
+    cache = DenseCache(st.where.storage)
+    entry = cache.load(st.dense_key, DENSE_ITEM)
     h = {k: v for k, v in st.cell.hessian.items() if k != "models"}
     item = f"slq-{key_of({**h, 'seed': st.cell.seed})}.pt"
 
     def compute() -> dict[str, Any]:
-        from pruning import models
-
         dense = models.build(st.cell.model, input_shape=st.train_split.input_shape,
                              num_classes=st.train_split.num_classes)
         masks.load_state_dict(dense, entry["state"])
-        return _run_slq(st, dense.to(st.device), "dense")
+        return slq_to_plain(_run_slq(st, dense.to(st.device)))
 
-    value, _ = DenseCache(st.where.storage).get_or_compute(st.dense_key, item, compute)
-    return value
+    value, fresh = cache.get_or_compute(st.dense_key, item, compute)
+    result = slq_from_plain(value)
+    return result if fresh else dataclasses.replace(result, seconds=0.0)  # time spent in this cell
 
 
 def step_lomp(st: TrialState) -> None:

@@ -1,0 +1,207 @@
+"""The trial pipeline on tiny synthetic data: values checked against independent recomputation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pruning import data as data_lib
+from pruning import masks as masks_lib
+from pruning import models
+from pruning.train import evaluate
+from sweeps import store
+from sweeps import trial as trial_mod
+from sweeps.cache import DENSE_ITEM, DenseCache
+from sweeps.cells import expand
+from sweeps.spec import build_spec
+from sweeps.trial import Where, run_cell
+
+OPTIONS = {"input_shape": [1, 4, 4], "num_classes": 3, "n_train": 96, "n_test": 48}
+
+
+def cells(tmp_path, **raw):
+    spec = build_spec({"name": "t", "model": "lenet300100", "dataset": "synthetic", "pruner": "dense",
+                       "storage": str(tmp_path), "train": {"epochs": 2, "batch_size": 32, "lr": 0.05},
+                       "data": {"options": OPTIONS}, **raw})
+    return expand(spec)
+
+
+def splits():
+    return data_lib.load("synthetic", seed=0, **OPTIONS)
+
+
+def dense_model(tmp_path, cell):
+    """The cached dense checkpoint of `cell`, loaded into a fresh model (the oracle's start)."""
+    cache = DenseCache(str(tmp_path))
+    [key] = [p.name for p in (tmp_path / "_cache" / "dense").iterdir()]
+    entry = cache.load(key, DENSE_ITEM)
+    train, _ = splits()
+    m = models.build(cell.model, input_shape=train.input_shape, num_classes=train.num_classes)
+    m.load_state_dict(entry["state"])
+    return m, entry, key
+
+
+def test_dense_cell_row_matches_its_checkpoint(tmp_path):
+    [cell] = cells(tmp_path)
+    reports = []
+    row = run_cell(cell, Where(str(tmp_path)), report=reports.append)
+    assert row["status"] == "ok" and row["error"] is None
+    assert row["direct_sparsity"] == 0.0 and row["effective_sparsity"] == 0.0
+    assert row["n_prunable"] == 16 * 300 + 300 * 100 + 100 * 3
+    m, entry, _ = dense_model(tmp_path, cell)
+    _, test = splits()
+    loss, acc = evaluate(m, test)
+    assert row["test_acc"] == pytest.approx(acc, abs=1e-12) and row["test_loss"] == pytest.approx(loss, rel=1e-6)
+    assert row["dense_test_acc"] == row["test_acc"]
+    assert json.loads(row["config"])["seed"] == 0
+    stored = store.trial_row(str(tmp_path), "t", cell.cell_id)
+    assert stored["test_acc"] == row["test_acc"] and stored["backend"] == "serial"
+    assert stored["started_at"] <= stored["finished_at"]
+    epochs = store.read_cell_table(str(tmp_path), "t", "epochs", cell.cell_id).to_pylist()
+    assert [(e["phase"], e["epoch"]) for e in epochs] == [("dense", 0), ("dense", 1)]
+
+
+def test_magnitude_cell_equals_pruning_the_cached_dense_model_by_hand(tmp_path):
+    [cell] = cells(tmp_path, pruner="magnitude/global", sparsity=0.9, prune={"protocol": "none"})
+    row = run_cell(cell, Where(str(tmp_path)))
+    assert row["status"] == "ok", row["error"]
+    m, entry, _ = dense_model(tmp_path, cell)
+    # oracle: keep the 10% largest |w| over all prunable weights
+    layers = masks_lib.prunable_layers(m)
+    flat = torch.cat([mod.weight.detach().abs().flatten() for _, mod in layers])
+    n = flat.numel()
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[torch.topk(flat, n - round(0.9 * n)).indices] = True
+    masks, start = {}, 0
+    for name, mod in layers:
+        masks[name] = keep[start:start + mod.weight.numel()].view_as(mod.weight)
+        start += mod.weight.numel()
+    masks_lib.apply_masks(m, masks)
+    _, test = splits()
+    _, acc = evaluate(m, test)
+    assert row["test_acc"] == pytest.approx(acc, abs=1e-12)
+    assert row["direct_sparsity"] == pytest.approx(round(0.9 * n) / n, abs=0)
+    assert row["effective_sparsity"] >= row["direct_sparsity"]
+    assert row["dense_test_acc"] == entry["metrics"]["test_acc"]
+    layer_rows = store.read_cell_table(str(tmp_path), "t", "layers", cell.cell_id).to_pylist()
+    assert [r["layer"] for r in layer_rows] == [name for name, _ in layers]
+    kept = sum(r["n_weights"] * (1 - r["direct_sparsity"]) for r in layer_rows)
+    assert kept == pytest.approx(n - round(0.9 * n))
+
+
+def test_post_training_cells_train_the_dense_model_once(tmp_path):
+    todo = cells(tmp_path, pruner=["dense", "magnitude/global", "lamp"], sparsity=[0.5, 0.8, 0.95],
+                 prune={"protocol": "none"})
+    assert len(todo) == 7
+    for cell in todo:
+        assert run_cell(cell, Where(str(tmp_path)))["status"] == "ok"
+    [key] = [p.name for p in (tmp_path / "_cache" / "dense").iterdir()]
+    assert DenseCache(str(tmp_path)).computations(key) == 1
+
+
+def test_pruned_at_init_then_trained(tmp_path):
+    [cell] = cells(tmp_path, pruner="random/uniform", sparsity=0.75)
+    row = run_cell(cell, Where(str(tmp_path)))
+    assert row["status"] == "ok", row["error"]
+    assert row["direct_sparsity"] == pytest.approx(0.75, abs=1 / row["n_prunable"])
+    layers = store.read_cell_table(str(tmp_path), "t", "layers", cell.cell_id).to_pylist()
+    assert all(r["direct_sparsity"] == pytest.approx(0.75, abs=0.01) for r in layers)  # uniform quota
+    epochs = store.read_cell_table(str(tmp_path), "t", "epochs", cell.cell_id).to_pylist()
+    assert [e["phase"] for e in epochs] == ["sparse", "sparse"]
+    assert not (tmp_path / "_cache").exists()  # no dense model was needed
+
+
+def test_effective_target(tmp_path):
+    [cell] = cells(tmp_path, pruner="random/uniform", sparsity=0.99, target="effective",
+                   prune={"protocol": "none"})
+    row = run_cell(cell, Where(str(tmp_path)))
+    assert row["status"] == "ok", row["error"]
+    assert row["effective_sparsity"] <= 0.99 + 1e-12
+    assert row["direct_sparsity"] <= row["effective_sparsity"]
+
+
+def test_finetune_protocol_runs_its_epochs(tmp_path):
+    [cell] = cells(tmp_path, pruner="magnitude/global", sparsity=0.5,
+                   prune={"protocol": "finetune", "finetune_epochs": 1})
+    run_cell(cell, Where(str(tmp_path)))
+    epochs = store.read_cell_table(str(tmp_path), "t", "epochs", cell.cell_id).to_pylist()
+    assert [e["phase"] for e in epochs] == ["dense", "dense", "finetune"]
+
+
+def test_imp_gets_training_and_the_initialization(tmp_path):
+    [cell] = cells(tmp_path, pruner="imp", sparsity=0.5, prune={"rounds": 2, "protocol": "none"})
+    row = run_cell(cell, Where(str(tmp_path)))
+    assert row["status"] == "ok", row["error"]
+    assert row["direct_sparsity"] == pytest.approx(0.5, abs=1 / row["n_prunable"])
+    epochs = store.read_cell_table(str(tmp_path), "t", "epochs", cell.cell_id).to_pylist()
+    assert [e["phase"] for e in epochs].count("sparse") == 2  # one retraining between the 2 rounds
+
+
+def test_failure_is_recorded_in_one_line_and_retried(tmp_path, monkeypatch):
+    [cell] = cells(tmp_path)
+
+    def boom(st):
+        raise RuntimeError("out of cheese\nsecond line")
+
+    monkeypatch.setitem(trial_mod.STEPS, "obtain", boom)
+    row = run_cell(cell, Where(str(tmp_path)))
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: out of cheese"
+    stored = store.trial_row(str(tmp_path), "t", cell.cell_id)
+    assert stored["error"] == "RuntimeError: out of cheese"
+    assert not store.is_done(str(tmp_path), "t", cell.cell_id)
+
+
+def test_divergence_is_a_result(tmp_path):
+    huge = {**OPTIONS, "noise": 1e30}  # inputs near float32's limit: the loss turns NaN/inf
+    [cell] = cells(tmp_path, pruner="random/uniform", sparsity=0.5, data={"options": huge})
+    row = run_cell(cell, Where(str(tmp_path)))
+    assert row["status"] == "diverged" and row["error"] is None
+    assert row["direct_sparsity"] == pytest.approx(0.5, abs=1e-4)  # still measured
+    assert store.is_done(str(tmp_path), "t", cell.cell_id)
+
+
+def test_slq_of_dense_and_pruned_models(tmp_path):
+    todo = cells(tmp_path, pruner=["magnitude/global"], sparsity=[0.5, 0.9], prune={"protocol": "none"},
+                 hessian={"enabled": True, "models": "both", "probes": 2, "iterations": 6, "max_samples": 64})
+    rows = [run_cell(c, Where(str(tmp_path))) for c in todo]
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    for cell, row in zip(todo, rows):
+        assert row["hessian_model"] == "pruned" and row["slq_probes"] == 2 and row["slq_iterations"] == 6
+        assert row["hessian_lambda_min"] <= row["hessian_lambda_max"]
+        spectra = store.read_cell_table(str(tmp_path), "t", "spectra", cell.cell_id).to_pandas()
+        assert set(spectra["hessian_model"]) == {"dense", "pruned"}
+        sums = spectra.groupby(["hessian_model", "probe"])["weight"].sum()
+        assert np.allclose(sums.to_numpy(), 1.0)
+        # the pruned model's removed weights have vanishing Hessian rows: zero mass ≥ their share
+        pruned = spectra[spectra.hessian_model == "pruned"]
+        assert pruned["zero_mass"].iloc[0] >= cell.sparsity * row["n_prunable"] / row["n_params"] - 1e-9
+    # the dense spectrum is computed once and shared by both cells
+    _, _, key = dense_model(tmp_path, todo[0])
+    cache = DenseCache(str(tmp_path))
+    slq_items = [p.name for p in (tmp_path / "_cache" / "dense" / key).glob("slq-*.pt")]
+    assert len(slq_items) == 1 and cache.computations(key, slq_items[0]) == 1
+    a = store.read_cell_table(str(tmp_path), "t", "spectra", todo[0].cell_id).to_pandas()
+    b = store.read_cell_table(str(tmp_path), "t", "spectra", todo[1].cell_id).to_pandas()
+    cols = ["probe", "node_index", "node", "weight"]
+    assert a[a.hessian_model == "dense"][cols].reset_index(drop=True).equals(
+        b[b.hessian_model == "dense"][cols].reset_index(drop=True))
+
+
+def test_slq_columns_equal_a_direct_slq_call(tmp_path):
+    """The pipeline passes the right model, data subset, seed and settings to `pruning.hessian.slq`."""
+    from pruning.hessian import slq
+
+    [cell] = cells(tmp_path, hessian={"enabled": True, "models": "dense", "probes": 2, "iterations": 5,
+                                      "max_samples": 50})
+    row = run_cell(cell, Where(str(tmp_path)))
+    assert row["status"] == "ok", row["error"]
+    m, _, _ = dense_model(tmp_path, cell)
+    train, _ = splits()
+    x, y = train.tensors()
+    direct = slq(m, torch.nn.functional.cross_entropy, [(x[:50], y[:50])], probes=2, iterations=5, seed=0)
+    assert row["hessian_model"] == "dense"
+    for k, v in direct.summary().items():
+        assert row[k] == pytest.approx(v, rel=1e-6), k
