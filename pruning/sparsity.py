@@ -136,9 +136,41 @@ def _guard_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch
     return _Reachability.apply(output)
 
 
+def _unmask(module: nn.Module) -> None:
+    """Drop torch's pruning re-parametrization (hooks, `*_orig`, `*_mask`, the computed tensor)."""
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if isinstance(hook, prune.BasePruningMethod):
+            name = hook._tensor_name
+            del module._forward_pre_hooks[key]
+            module._parameters.pop(name + "_orig", None)
+            module._buffers.pop(name + "_mask", None)
+            module.__dict__.pop(name, None)
+
+
+def _placeholders(model: nn.Module) -> dict[int, object]:
+    """deepcopy memo that swaps the tensors the copy throws away for empty ones.
+
+    Why: the copy replaces prunable weights and drops biases and normalization layers, so copying
+    their values would only cost memory; and after a forward with autograd on, a masked layer's
+    `weight` is a non-leaf tensor, which `copy.deepcopy` refuses to copy.
+    """
+    prunable = {id(m) for _, m in masks_lib.prunable_layers(model)}
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        if id(module) in prunable or isinstance(module, IDENTITY_TYPES):
+            tensors = [*module._parameters.values(), *module._buffers.values(),
+                       *(v for v in vars(module).values() if isinstance(v, torch.Tensor))]
+            for t in tensors:
+                if t is not None:
+                    memo[id(t)] = torch.empty(0)
+    return memo
+
+
 def _linearize(model: nn.Module, dtype: torch.dtype) -> tuple[nn.Module, list[nn.Parameter]]:
     """A linearized deep copy of `model` and its prunable weights (model order), all in `dtype`."""
-    net = copy.deepcopy(model)
+    shapes = [tuple(getattr(m, "weight_orig", m.weight).shape) for _, m in masks_lib.prunable_layers(model)]
+    device = _device(model)
+    net = copy.deepcopy(model, _placeholders(model))
     # replace every reference (remove_duplicate=False: torchvision reuses one `relu` module, and a
     # module shared under two names must be replaced under both)
     for name, module in list(net.named_modules(remove_duplicate=False)):
@@ -160,12 +192,10 @@ def _linearize(model: nn.Module, dtype: torch.dtype) -> tuple[nn.Module, list[nn
                 f"supports Conv*d/Linear plus parameter-free or normalization/activation layers"
             )
     weights = []
-    for _, module in layers:
-        for tensor_name in [h._tensor_name for h in list(module._forward_pre_hooks.values())
-                            if isinstance(h, prune.BasePruningMethod)]:
-            prune.remove(module, tensor_name)  # drop torch's mask hook; the mask is set below
-        module.bias = None
-        module.weight = nn.Parameter(torch.zeros_like(module.weight, dtype=dtype))
+    for (_, module), shape in zip(layers, shapes):
+        _unmask(module)
+        module.register_parameter("bias", None)
+        module.register_parameter("weight", nn.Parameter(torch.zeros(shape, dtype=dtype, device=device)))
         module.register_forward_hook(_guard_hook)
         weights.append(module.weight)
     net.to(dtype).eval()

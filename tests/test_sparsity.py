@@ -340,6 +340,17 @@ def test_registered_resnet20_matches_oracle_after_masking(sparsity: float) -> No
     assert report.direct_sparsity <= report.effective_sparsity
 
 
+def test_masked_model_after_a_training_forward() -> None:
+    """After a forward with autograd on, a masked layer's `weight` is a non-leaf tensor (which
+    `copy.deepcopy` refuses); the report must still work and read the masks."""
+    model = models.build("lenet5", input_shape=(3, 32, 32), num_classes=10)
+    m = random_masks(model, 0.95, seed=0)
+    masks_lib.apply_masks(model, m)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert model.get_submodule("0").weight.grad_fn is not None
+    assert report_from_masks(m, effective_masks_from(model, m)) == sparsity_report(model)
+
+
 # --- the evaluator -----------------------------------------------------------------------------
 
 def test_evaluator_is_reusable_and_does_not_touch_the_model() -> None:
