@@ -160,6 +160,13 @@ def _read_one(fs: pafs.FileSystem, path: str, columns: Sequence[str] | None) -> 
         return pf.read(columns=present, use_threads=False)
 
 
+def _workers(fs: pafs.FileSystem) -> int:
+    """Decoding small files is CPU-bound locally (one thread per core); remote reads wait on latency."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return max(1, min(8, os.cpu_count() or 1))
+    return max(1, pa.io_thread_count())
+
+
 def _read_many(fs: pafs.FileSystem, paths: list[str], columns: Sequence[str] | None,
                strict: bool) -> list[tuple[str, pa.Table]]:
     """Read files in a thread pool; an unreadable one is warned about and skipped (raised if strict)."""
@@ -169,7 +176,7 @@ def _read_many(fs: pafs.FileSystem, paths: list[str], columns: Sequence[str] | N
         except (OSError, pa.ArrowException) as e:  # truncated / corrupt / vanished file
             return e
 
-    with ThreadPoolExecutor(max_workers=max(1, min(16, pa.io_thread_count()))) as pool:
+    with ThreadPoolExecutor(max_workers=_workers(fs)) as pool:
         results = list(pool.map(read, paths))
     out = []
     for path, got in zip(paths, results):
@@ -218,7 +225,7 @@ def _read_sweep(store: Store, sweep_dir: str, table: str, *, strict: bool, use_c
         parts.append(tagged.append_column(cache.KEY, pa.array([keys[path]] * tagged.num_rows, pa.string())))
         changed = changed or keys[path] is not None
     if changed:
-        cache.save(fs, sweep_dir, table, pa.concat_tables(parts, promote_options="permissive"))
+        cache.save(fs, sweep_dir, table, pa.concat_tables(parts, promote_options="permissive").combine_chunks())
     return [p.drop_columns([cache.KEY]) for p in parts]
 
 
@@ -227,8 +234,11 @@ def _conform(table: pa.Table, central: pa.Schema, columns: Sequence[str] | None)
     wanted = central if columns is None else pa.schema([f for f in central if f.name in columns])
     arrays, fields = [], []
     for f in wanted:
-        arrays.append(table[f.name].cast(f.type) if f.name in table.column_names
-                      else pa.nulls(table.num_rows, f.type))
+        if f.name not in table.column_names:
+            arrays.append(pa.nulls(table.num_rows, f.type))
+        else:
+            column = table[f.name]
+            arrays.append(column if column.type == f.type else column.cast(f.type))
         fields.append(f)
     for name in table.column_names:
         if name not in central.names and (columns is None or name in columns):

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.tables import ACC_SCALE, VIEWS, interpolate, ok_rows
+from analysis.tables import ACC_SCALE, VIEWS, interpolate, ok_rows, replicate_ids
 
 MAX_PANELS = 12          # limit/spectrum panels per figure; more cells are left out (and said so)
 GRID_POINTS = 64         # points of the interpolation grid of a mean curve
@@ -47,10 +47,10 @@ def _label(pruner: object, target: object) -> str:
 
 def _mean_band(points: pd.DataFrame, x: str, grid: np.ndarray,
                transform: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, min and max over seeds of each seed's interpolated test_acc on `grid` (NaN off support)."""
+    """Mean, min and max over replicates (seeds) of interpolated test_acc on `grid` (NaN off support)."""
     per_seed = np.vstack([interpolate(transform(g[x].to_numpy(float)), g["test_acc"].to_numpy(float),
                                       transform(grid))
-                          for _, g in points.groupby("seed", dropna=False)])
+                          for _, g in points.groupby(replicate_ids(points))])
     with warnings.catch_warnings():  # an all-NaN grid column (off every seed's support) is expected
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(per_seed, 0), np.nanmin(per_seed, 0), np.nanmax(per_seed, 0)

@@ -54,9 +54,21 @@ def ok_rows(trials: pd.DataFrame, kind: str = "point", columns: Sequence[str] | 
     return trials.loc[mask, list(columns)] if columns is not None else trials.loc[mask]
 
 
-def _seeds_per_group(trials: pd.DataFrame) -> pd.Series:
-    """Distinct seeds per model/dataset over *all* cells: the denominator that exposes missing seeds."""
-    return trials.groupby(GROUP, dropna=False)["seed"].nunique()
+def _with_sweep(columns: Sequence[str], trials: pd.DataFrame) -> list[str]:
+    return [*columns, "sweep"] if "sweep" in trials.columns and "sweep" not in columns else list(columns)
+
+
+def replicate_ids(df: pd.DataFrame) -> np.ndarray:
+    """One id per replicate: a seed *of one sweep*, since pooled sweeps may reuse seed numbers."""
+    keys = [c for c in ("sweep", "seed") if c in df.columns]
+    return df.groupby(keys, dropna=False, sort=False).ngroup().to_numpy()
+
+
+def _seeds_per_group(trials: pd.DataFrame) -> pd.DataFrame:
+    """Replicates per model/dataset over *all* cells, failed ones included: the denominator that
+    exposes missing seeds."""
+    counted = trials[GROUP].assign(seeds_total=replicate_ids(trials))
+    return counted.groupby(GROUP, dropna=False)["seeds_total"].nunique().reset_index()
 
 
 # ----------------------------------------------------------------------------- interpolation
@@ -96,7 +108,7 @@ def _rank(df: pd.DataFrame, by: list[str], value: str = "mean") -> pd.Series:
 
 def _matched(points: pd.DataFrame, keys: list[str], x: str, levels: Sequence[float],
              transform: Callable[[np.ndarray], np.ndarray]) -> pd.DataFrame:
-    """Per `keys` group and level: mean/std/n over seeds of each seed's interpolated test_acc.
+    """Per `keys` group and level: mean/std/n over replicates of each one's interpolated test_acc.
 
     One sort, then one small numpy interpolation per (group, seed) run: pandas' per-group overhead
     would dominate on sweeps of 10^5 cells.
@@ -106,7 +118,7 @@ def _matched(points: pd.DataFrame, keys: list[str], x: str, levels: Sequence[flo
         return _empty(columns)
     at = transform(np.asarray(levels, dtype=float))
     gid = points.groupby(keys, dropna=False, sort=True).ngroup().to_numpy()
-    sid = pd.factorize(points["seed"], use_na_sentinel=False)[0]
+    sid = replicate_ids(points)
     order = np.lexsort((sid, gid))
     xs = transform(points[x].to_numpy(float))[order]
     ys = points["test_acc"].to_numpy(float)[order]
@@ -142,7 +154,7 @@ def accuracy_at_compression(trials: pd.DataFrame, levels: Sequence[float] = DEFA
     """
     _require(trials, [*GROUP, *ROW, "seed", "test_acc", *VIEWS], "trials")
     _check_levels(levels, "levels", low=1.0)
-    points = ok_rows(trials, columns=[*GROUP, *ROW, "seed", "test_acc", *VIEWS])
+    points = ok_rows(trials, columns=_with_sweep([*GROUP, *ROW, "seed", "test_acc", *VIEWS], trials))
     frames = []
     for view in VIEWS:
         got = _matched(points, [*GROUP, *ROW], view, levels, _log10)
@@ -151,8 +163,7 @@ def accuracy_at_compression(trials: pd.DataFrame, levels: Sequence[float] = DEFA
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if out.empty:
         return _empty([*GROUP, *ROW, "view", "level", "mean", "std", "n_seeds", "seeds_total", "rank"])
-    totals = _seeds_per_group(trials).rename("seeds_total").reset_index()
-    out = out.merge(totals, on=GROUP, how="left")
+    out = out.merge(_seeds_per_group(trials), on=GROUP, how="left")
     out["rank"] = _rank(out, [*GROUP, "view", "level"])
     return out
 
@@ -180,9 +191,10 @@ def compression_table(trials: pd.DataFrame) -> pd.DataFrame:
     """
     _require(trials, [*GROUP, *ROW, "sparsity", "seed", *VIEWS], "trials")
     keys = [*GROUP, *ROW, "sparsity"]
-    points = ok_rows(trials, columns=[*keys, "seed", *VIEWS])
-    points = points.assign(n_disconnected=np.isposinf(points["effective_compression"].to_numpy(float)))
-    spec = {"n_seeds": ("seed", "nunique")}
+    points = ok_rows(trials, columns=_with_sweep([*keys, "seed", *VIEWS], trials))
+    points = points.assign(n_disconnected=np.isposinf(points["effective_compression"].to_numpy(float)),
+                           replicate=replicate_ids(points))
+    spec = {"n_seeds": ("replicate", "nunique")}
     for view in VIEWS:
         spec.update({f"{view}_{stat}": (view, stat) for stat in ("median", "min", "max")})
     spec["n_disconnected"] = ("n_disconnected", "sum")
@@ -211,7 +223,7 @@ def limit_table(trials: pd.DataFrame) -> pd.DataFrame:
     in_band_* tells whether the actual kept fraction lies in the kinematic band (our derivation).
     """
     _require(trials, [*LIMIT_KEYS, "seed", *LIMIT_COLUMNS], "trials")
-    out = ok_rows(trials, kind="limit", columns=[*LIMIT_KEYS, "seed", *LIMIT_COLUMNS]).copy()
+    out = ok_rows(trials, kind="limit", columns=_with_sweep([*LIMIT_KEYS, "seed", *LIMIT_COLUMNS], trials)).copy()
     for rule in ("strict", "tol"):
         out[f"delta_removed_pp_{rule}"] = 100.0 * (out[f"actual_removed_frac_{rule}"].astype(float)
                                                   - out["predicted_removed_frac"].astype(float))
@@ -232,7 +244,7 @@ def limit_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
     """Mean and std (ddof=1) over seeds of `limit_table`'s numbers, per model/dataset/configuration."""
     rows = []
     for key, g in per_seed.groupby(LIMIT_KEYS, dropna=False, sort=True):
-        row = list(key) + [int(g["seed"].nunique())]
+        row = list(key) + [int(len(np.unique(replicate_ids(g))))]
         for c in LIMIT_SUMMARY_COLUMNS:
             mean, std, _ = _mean_std(g[c].to_numpy(float))
             row += [mean, std]
@@ -244,31 +256,32 @@ def limit_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- 4. LOMP vs baselines
 
 
+POINT_COLUMNS: list[str] = [*GROUP, "pruner", "sweep", "seed", "sparsity", "test_acc"]
+
+
 def _sparsity_points(trials: pd.DataFrame, curves: pd.DataFrame | None, pruners: Sequence[str]) -> pd.DataFrame:
-    """(model, dataset, pruner, seed, sparsity, test_acc) from point cells and from limit curves.
+    """(model, dataset, pruner, sweep, seed, sparsity, test_acc) from point cells and limit curves.
 
     Point cells give their requested `sparsity` (direct target only; dense counts as sparsity 0); a
     limit cell's accuracy-vs-sparsity curve (one-shot global magnitude pruning of the LOMP model,
     no fine-tuning) gives one point per `removed_frac`.
     """
-    points = ok_rows(trials, columns=[*GROUP, *ROW, "sparsity", "seed", "test_acc"])
+    trials = trials if "sweep" in trials.columns else trials.assign(sweep=None)
+    points = ok_rows(trials, columns=[*GROUP, *ROW, "sweep", "sparsity", "seed", "test_acc"])
     points = points[points["pruner"].isin(pruners)]
     targets = points["target"].astype(object).where(points["target"].notna(), "direct")
     points = points[targets == "direct"]
-    sparsity = points["sparsity"].astype(float)
-    sparsity = sparsity.where(~((points["pruner"] == "dense") & sparsity.isna()), 0.0)
-    parts = [pd.DataFrame({"model": points["model"], "dataset": points["dataset"], "pruner": points["pruner"],
-                           "seed": points["seed"], "sparsity": sparsity, "test_acc": points["test_acc"]})]
+    dense = (points["pruner"] == "dense").to_numpy()
+    points = points.assign(sparsity=points["sparsity"].astype(float).where(~(dense & points["sparsity"].isna()), 0.0))
+    parts = [points[POINT_COLUMNS]]
     if curves is not None and not curves.empty:
-        limits = ok_rows(trials, kind="limit", columns=["cell_id", *GROUP, "pruner", "seed"])
+        limits = ok_rows(trials, kind="limit", columns=["cell_id", *GROUP, "pruner", "sweep", "seed"])
         limits = limits[limits["pruner"].isin(pruners)]
-        joined = curves[["cell_id", "removed_frac", "test_acc"]].merge(limits, on="cell_id", how="inner")
-        parts.append(joined.rename(columns={"removed_frac": "sparsity"})[
-            ["model", "dataset", "pruner", "seed", "sparsity", "test_acc"]])
+        on = ["cell_id", "sweep"] if "sweep" in curves.columns and curves["sweep"].notna().all() else ["cell_id"]
+        joined = curves[[*on, "removed_frac", "test_acc"]].merge(limits, on=on, how="inner")
+        parts.append(joined.rename(columns={"removed_frac": "sparsity"})[POINT_COLUMNS])
     parts = [p for p in parts if not p.empty]
-    if not parts:
-        return _empty(["model", "dataset", "pruner", "seed", "sparsity", "test_acc"])
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True) if parts else _empty(POINT_COLUMNS)
 
 
 def lomp_table(trials: pd.DataFrame, curves: pd.DataFrame | None = None,

@@ -128,6 +128,16 @@ def test_ranks_are_within_each_column_and_ties_share() -> None:
     assert other["rank"].tolist() == [1, 1]
 
 
+def test_pooled_sweeps_keep_their_seeds_apart() -> None:
+    """Seed 0 of sweep a and seed 0 of sweep b are two replicates, not one seed measured twice."""
+    rows = [trial("p", 0.9, 0, dc=10, ec=10, acc=0.8, sweep="a"), trial("p", 0.9, 0, dc=10, ec=10, acc=0.9, sweep="b")]
+    acc = T.accuracy_at_compression(frame(rows), levels=[10])
+    got = cell(acc, "p", "direct_compression", 10)
+    assert (got["mean"], got["n_seeds"], got["seeds_total"]) == (pytest.approx(0.85), 2, 2)
+    assert got["std"] == pytest.approx(0.1 / math.sqrt(2))
+    assert T.compression_table(frame(rows))["n_seeds"].tolist() == [2]
+
+
 def test_only_ok_point_rows_count() -> None:
     rows = [trial("a", 0.9, 0, dc=10, ec=10, acc=0.9),
             trial("a", 0.9, 1, dc=10, ec=10, acc=0.1, status="diverged"),
