@@ -81,7 +81,25 @@ def run_spec(spec_file: str | os.PathLike, *, storage: str | None, backend: str 
     return EXIT_FAILED_CELLS if summary.failed else 0
 
 
+def _ray_cli() -> Any | None:
+    """`sweeps.ray_cli` (the Ray backend's flags, `resume`); importing it does not import Ray."""
+    try:
+        from sweeps import ray_cli
+    except ImportError:
+        return None
+    return ray_cli
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from sweeps.spec import read_yaml
+
+    chosen = args.backend
+    if chosen is None:
+        raw = read_yaml(args.spec)
+        chosen = raw.get("backend") if isinstance(raw, dict) else None
+    ray_cli = _ray_cli()
+    if chosen == "ray" and ray_cli is not None and hasattr(args, "max_failures"):
+        return ray_cli.run_spec(args.spec, storage=args.storage, options=ray_cli.options_from_args(args))
     return run_spec(args.spec, storage=args.storage, backend=args.backend)
 
 
@@ -180,8 +198,13 @@ def _analysis_summary(storage: str, sweep: str) -> None:
     except ImportError:
         return
     summary = getattr(analysis_cli, "summary", None)
-    if callable(summary):
+    if not callable(summary):
+        return
+    try:
         summary(storage=storage, sweep=sweep)
+    except Exception as e:  # the sweep's results are safe; a broken report must not hide them
+        print(f"analysis summary unavailable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+              f"try: prunetune tables {sweep} --storage {storage}", file=sys.stderr)
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
@@ -207,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where cells run (default: the spec's backend, else serial)")
     r.add_argument("--storage", default=None, help="results root: path or pyarrow.fs URI "
                    "(default: the spec's, else $PRUNETUNE_STORAGE or ./results)")
+    ray_cli = _ray_cli()
+    if ray_cli is not None:
+        ray_cli.add_run_arguments(r)
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="done/failed/pending cells of a sweep")
@@ -230,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--root", required=True, help="directory to download into")
     dl.set_defaults(func=cmd_data_download)
 
+    if ray_cli is not None:
+        ray_cli.register(sub)  # `resume NAME_OR_PATH` for Ray sweeps
     try:
         from analysis import cli as analysis_cli
     except ImportError:
