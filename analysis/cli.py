@@ -1,7 +1,7 @@
 """The `tables` and `plot` subcommands, and the summary the demo prints.
 
     prunetune tables NAME_OR_PATH [--table accuracy|compression|limit|lomp|all] [--format md|csv|latex]
-                     [--out DIR] [--storage ROOT] [--strict] [--levels 10,100,1000,10000]
+                     [--out DIR] [--storage ROOT] [--strict] [--levels 10,100,1000,10000|auto]
                      [--sparsities 0.9,0.99] [--no-cache]
     prunetune plot NAME_OR_PATH [--out DIR] [--storage ROOT] [--strict] [--no-cache]
 
@@ -29,7 +29,7 @@ PLOT_TABLES = ("trials", "spectra", "curves")
 
 def parse_floats(text: str | None, field: str) -> list[float] | None:
     """'10,100,1e3' → [10.0, 100.0, 1000.0]; a bad item names the flag and the expected form."""
-    if text is None:
+    if text is None or text == "auto":
         return None
     values = []
     for item in (t.strip() for t in text.split(",")):
@@ -58,13 +58,15 @@ def default_out(store: Store) -> str:
 
 def write_tables(store: Store, names: Sequence[str], fmt: str, *, out: str | None, strict: bool,
                  levels: Sequence[float] | None, sparsities: Sequence[float] | None,
-                 stream: TextIO, use_cache: bool = True) -> list[str]:
+                 stream: TextIO, use_cache: bool = True, auto_levels: bool = False) -> list[str]:
     """Build and render each table; print to `stream`, or write files into `out` and say where."""
     if fmt not in T.FORMATS:
         raise ValueError(f"--format: {fmt!r}; choose from {', '.join(T.FORMATS)}")
     needs = [n for name in names for n in T.TABLE_SPECS[name].needs]
     frames = load_frames(store, needs, strict=strict, use_cache=use_cache)
     written = []
+    if auto_levels:
+        levels = T.auto_levels(frames["trials"])
     for name in names:
         tidy = T.build(name, frames, levels=levels, sparsities=sparsities)
         if out is None:
@@ -86,7 +88,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
     store = resolve(args.sweep, args.storage)
     write_tables(store, names, args.format, out=args.out, strict=args.strict,
                  levels=parse_floats(args.levels, "levels"), sparsities=parse_floats(args.sparsities, "sparsities"),
-                 stream=sys.stdout, use_cache=not args.no_cache)
+                 stream=sys.stdout, use_cache=not args.no_cache, auto_levels=args.levels == "auto")
     return 0
 
 
@@ -114,15 +116,17 @@ def summary(storage: str | None = None, sweep: str | None = None, *, out: str | 
     """What the demo prints after a sweep: the main tables (Markdown) and where the plots went.
 
     `sweep` is a name under `storage` (or a path/URI); the tables with no rows of their kind (no
-    limit cells, no LOMP cells) are left out. Returns the plot paths.
+    limit cells, no LOMP cells) are left out; accuracy uses `--levels auto`, so that a small sweep
+    is not all blank. Returns the plot paths.
     """
     from analysis.plots import plot_all
 
     stream = stream or sys.stdout
     store = resolve(sweep if sweep is not None else (storage or "."), storage)
     frames = load_frames(store, PLOT_TABLES, strict=strict)
+    levels = T.auto_levels(frames["trials"])
     for name in T.TABLE_SPECS:
-        tidy = T.build(name, frames)
+        tidy = T.build(name, frames, levels=levels)
         if not _has_values(tidy):
             continue
         print(T.render(name, tidy, "md"), file=stream)
@@ -147,8 +151,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--strict", action="store_true", help="fail on an unreadable result file")
     t.add_argument("--no-cache", action="store_true",
                    help="read every result file; neither use nor write <sweep>/_analysis/cache")
-    t.add_argument("--levels", default=None, metavar="10,100,...",
-                   help="compression levels of the accuracy table (default 10,100,1000,10000)")
+    t.add_argument("--levels", default=None, metavar="10,100,...|auto",
+                   help="compression levels of the accuracy table (default 10,100,1000,10000; "
+                        "auto: the sweep's requested compressions and the decades it spans)")
     t.add_argument("--sparsities", default=None, metavar="0.9,0.99,...",
                    help="sparsities of the lomp table (default: the requested sparsities)")
     t.set_defaults(func=cmd_tables)

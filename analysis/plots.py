@@ -133,19 +133,36 @@ def smoothed_density(nodes: np.ndarray, weights: np.ndarray, probes: np.ndarray,
     return (np.exp(-0.5 * z * z) @ weights) / (sigma * math.sqrt(2 * math.pi) * n_probes)
 
 
+def _distinct_runs(spectra: pd.DataFrame) -> list[tuple[list[str], pd.DataFrame]]:
+    """SLQ runs with distinct (node, weight) content, each with the cells that share it.
+
+    Cells pruned from one dense model share its cached SLQ run; drawing it once per cell would fill
+    the figure with copies.
+    """
+    runs: dict[tuple, tuple[list[str], pd.DataFrame]] = {}
+    for (cell_id, hessian_model), g in spectra.groupby(["cell_id", "hessian_model"], dropna=False, sort=True):
+        g = g.sort_values(["probe", "node_index"])
+        key = (hessian_model, g["node"].round(12).to_numpy().tobytes(), g["weight"].round(12).to_numpy().tobytes())
+        runs.setdefault(key, ([], g))[0].append(str(cell_id))
+    return list(runs.values())
+
+
 def spectral_density(spectra: pd.DataFrame, out: str | os.PathLike, *, sigma: float | None = None,
-                     cell_ids: list[str] | None = None) -> str:
+                     cell_ids: list[str] | None = None, trials: pd.DataFrame | None = None) -> str:
     """Hessian spectral density from the stored Ritz nodes and weights, Gaussian-smoothed, log y.
 
-    One panel per SLQ run (cell and hessian_model). σ defaults to 1% of the node range. The deflated
-    zero mass q is not in the nodes; it is printed in the panel title.
+    One panel per distinct SLQ run (identical runs shared by several cells are drawn once). σ
+    defaults to 1% of the node range. The deflated zero mass q is not in the nodes; it is printed in
+    the panel title. With `trials`, panels are labelled by model/dataset/seed instead of cell_id.
     """
     if sigma is not None and not sigma > 0:
         raise ValueError(f"sigma: {sigma!r} not allowed; must be > 0")
     data = spectra if cell_ids is None else spectra[spectra["cell_id"].isin(cell_ids)]
-    runs = list(data.groupby(["cell_id", "hessian_model"], dropna=False, sort=True))
+    runs = _distinct_runs(data)
+    labels = {} if trials is None else {str(r.cell_id): _title(pd.Series(r._asdict()))
+                                        for r in trials[["cell_id", "model", "dataset", "seed"]].itertuples()}
     fig, axes = _figure(min(len(runs), MAX_PANELS))
-    for ax, ((cell_id, hessian_model), g) in zip(axes, runs[:MAX_PANELS]):
+    for ax, (cells, g) in zip(axes, runs[:MAX_PANELS]):
         nodes, weights = g["node"].to_numpy(float), g["weight"].to_numpy(float)
         spread = float(nodes.max() - nodes.min()) if nodes.size else 0.0
         s = sigma or (0.01 * spread if spread > 0 else max(abs(float(nodes.mean())) * 0.01, 1e-3))
@@ -155,11 +172,12 @@ def spectral_density(spectra: pd.DataFrame, out: str | os.PathLike, *, sigma: fl
         ax.set_ylim(bottom=max(density.max() * 1e-8, 1e-12))
         q = g["zero_mass"].dropna()
         q_text = f", q={q.iloc[0]:.3f}" if len(q) else ""
-        ax.set_title(f"{cell_id} ({hessian_model}{q_text})", fontsize=9)
+        shared = f" (+{len(cells) - 1} cells)" if len(cells) > 1 else ""
+        ax.set_title(f"{labels.get(cells[0], cells[0])}{shared}: {g['hessian_model'].iloc[0]}{q_text}", fontsize=9)
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density (smoothed, display only)")
     if len(runs) > MAX_PANELS:
-        fig.suptitle(f"first {MAX_PANELS} of {len(runs)} SLQ runs")
+        fig.suptitle(f"first {MAX_PANELS} of {len(runs)} distinct SLQ runs")
     return _save(fig, out)
 
 
@@ -262,7 +280,7 @@ PLOTS: dict[str, PlotSpec] = {
                             lambda f, p: effective_vs_direct(f["trials"], p)),
     "spectrum": PlotSpec("hessian_spectral_density.png",
                          lambda f: f.get("spectra") is not None and not f["spectra"].empty,
-                         lambda f, p: spectral_density(f["spectra"], p)),
+                         lambda f, p: spectral_density(f["spectra"], p, trials=f.get("trials"))),
     "limit_crossing": PlotSpec("limit_crossing.png", lambda f: _has_limit_curves(f, "g_of_r"),
                                lambda f, p: limit_crossing(f["curves"], f["trials"], p)),
     "accuracy_vs_sparsity": PlotSpec("accuracy_vs_sparsity.png", lambda f: _has_limit_curves(f, "test_acc"),

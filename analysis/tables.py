@@ -101,9 +101,17 @@ def _mean_std(values: np.ndarray) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)
 
 
+RANK_DECIMALS = 4  # ranks compare accuracies as displayed (0.01 percentage points)
+
+
 def _rank(df: pd.DataFrame, by: list[str], value: str = "mean") -> pd.Series:
-    """1 = highest value within each group of `by`; ties share the best rank; NaN stays unranked."""
-    return df.groupby(by, dropna=False)[value].rank(method="min", ascending=False).astype("Int64")
+    """1 = highest value within each group of `by`; ties share the best rank; NaN stays unranked.
+
+    Values are rounded to the displayed precision first, so two cells that read the same never get
+    different ranks from a difference nobody can see.
+    """
+    rounded = df[value].astype(float).round(RANK_DECIMALS)
+    return rounded.groupby([df[c] for c in by], dropna=False).rank(method="min", ascending=False).astype("Int64")
 
 
 def _matched(points: pd.DataFrame, keys: list[str], x: str, levels: Sequence[float],
@@ -166,6 +174,20 @@ def accuracy_at_compression(trials: pd.DataFrame, levels: Sequence[float] = DEFA
     out = out.merge(_seeds_per_group(trials), on=GROUP, how="left")
     out["rank"] = _rank(out, [*GROUP, "view", "level"])
     return out
+
+
+def auto_levels(trials: pd.DataFrame) -> list[float]:
+    """Levels a sweep can support: its requested compressions 1/(1 − sparsity), plus the default
+    decades inside its measured direct-compression range (the defaults alone leave a small sweep
+    blank)."""
+    points = ok_rows(trials, columns=["sparsity", "direct_compression"])
+    s = points["sparsity"].to_numpy(float)
+    s = s[np.isfinite(s) & (s > 0) & (s < 1)]
+    requested = {float(f"{1.0 / (1.0 - v):.4g}") for v in s}
+    dc = points["direct_compression"].to_numpy(float)
+    dc = dc[np.isfinite(dc) & (dc > 1)]
+    decades = {v for v in DEFAULT_LEVELS if dc.size and dc.min() <= v <= dc.max()}
+    return sorted(requested | decades) or list(DEFAULT_LEVELS)
 
 
 def _check_levels(levels: Sequence[float], field: str, low: float, high: float = math.inf) -> None:
@@ -415,9 +437,8 @@ def compression_sections(tidy: pd.DataFrame) -> list[Section]:
 def _range(median: float, low: float, high: float) -> str:
     if pd.isna(median):
         return ""
-    if low == high:
-        return fmt_compression(median)
-    return f"{fmt_compression(median)} [{fmt_compression(low)}–{fmt_compression(high)}]"
+    lo, hi = fmt_compression(low), fmt_compression(high)
+    return fmt_compression(median) if lo == hi else f"{fmt_compression(median)} [{lo}–{hi}]"
 
 
 def limit_sections(per_seed: pd.DataFrame, summary: pd.DataFrame) -> list[Section]:

@@ -117,3 +117,11 @@ def test_cli_plot_and_summary(store: Path, tmp_path: Path, capsys: pytest.Captur
     assert len(paths) == len(plots.PLOTS)
     assert "matched direct_compression" in text and "pruning limit over seeds" in text
     assert f"plots: {len(paths)} PNG file(s) in {tmp_path / 'summary'}" in text
+
+
+def test_shared_slq_runs_are_drawn_once() -> None:
+    one = spectrum_rows("c1", [[(0.0, 0.5), (1.0, 0.5)]])
+    same = spectrum_rows("c2", [[(0.0, 0.5), (1.0, 0.5)]])
+    other = spectrum_rows("c3", [[(0.0, 0.4), (2.0, 0.6)]])
+    runs = plots._distinct_runs(pd.DataFrame(one + same + other))
+    assert [cells for cells, _ in runs] == [["c1", "c2"], ["c3"]]

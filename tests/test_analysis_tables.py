@@ -343,3 +343,16 @@ def test_tables_from_the_store_match_tables_from_rows(store: Path, golden: pd.Da
     b = T.accuracy_at_compression(golden)
     pd.testing.assert_frame_equal(a[["pruner", "view", "level", "mean", "std", "n_seeds"]].reset_index(drop=True),
                                   b[["pruner", "view", "level", "mean", "std", "n_seeds"]].reset_index(drop=True))
+
+
+def test_auto_levels_are_requested_compressions_and_spanned_decades(golden: pd.DataFrame) -> None:
+    # requested sparsities 0.9, 0.99, 0.999 (and dense 0) → 10, 100, 1000; measured direct 1..1000
+    assert T.auto_levels(golden) == [10.0, 100.0, 1000.0]
+    small = frame([trial("p", s, 0, dc=1 / (1 - s), ec=1 / (1 - s), acc=0.9) for s in (0.5, 0.97)])
+    assert T.auto_levels(small) == [2.0, 10.0, 33.33]
+
+
+def test_ranks_compare_displayed_precision() -> None:
+    rows = [trial("a", 0.9, 0, dc=10, ec=10, acc=0.1013889), trial("b", 0.9, 0, dc=10, ec=10, acc=0.1013881)]
+    acc = T.accuracy_at_compression(frame(rows), levels=[10])
+    assert acc[acc["view"] == "direct_compression"]["rank"].tolist() == [1, 1]   # both read 10.14
