@@ -72,7 +72,10 @@ def write_tables(store: Store, names: Sequence[str], fmt: str, *, out: str | Non
         if out is None:
             print(T.render(name, tidy, fmt), file=stream)
             continue
-        os.makedirs(out, exist_ok=True)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {out}: cannot create the directory ({e.strerror or e})") from e
         parts = {key: {key: frame} for key, frame in tidy.items()} if fmt == "csv" else {name: tidy}
         for key, part in parts.items():
             path = os.path.join(out, f"{key}.{EXTENSIONS[fmt]}")
@@ -98,7 +101,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     store = resolve(args.sweep, args.storage)
     frames = load_frames(store, PLOT_TABLES, strict=args.strict, use_cache=not args.no_cache)
     out = args.out or default_out(store)
-    paths = plot_all(frames, out)
+    try:
+        paths = plot_all(frames, out)
+    except OSError as e:  # a read-only store, a full disk: the user picks another --out
+        raise ValueError(f"--out {out}: cannot write plots ({e.strerror or e}); choose another --out") from e
     for p in paths:
         print(f"wrote {p}")
     if not paths:

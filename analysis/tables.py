@@ -441,33 +441,44 @@ def _range(median: float, low: float, high: float) -> str:
     return fmt_compression(median) if lo == hi else f"{fmt_compression(median)} [{lo}–{hi}]"
 
 
+def _text(series: pd.Series, fmt: Callable[[float], str] | None = None) -> list[str]:
+    if fmt is None:
+        return ["" if pd.isna(v) else str(v) for v in series]
+    return [fmt(v) for v in series]
+
+
+def _general(v: float) -> str:
+    return "" if pd.isna(v) else f"{float(v):.3g}"
+
+
+def _yes_no(v: object) -> str:
+    return "" if pd.isna(v) else ("yes" if v else "no")
+
+
+LIMIT_SEED_DISPLAY: list[tuple[str, Callable[[float], str] | None]] = [
+    ("predicted_removed_frac", fmt_frac), ("predicted_kept_frac", fmt_frac),
+    ("band_kept_frac_low", fmt_frac), ("band_kept_frac_high", fmt_frac),
+    ("trace_bound_removed_frac", fmt_frac),
+    ("actual_removed_frac_strict", fmt_frac), ("actual_kept_frac_strict", fmt_frac),
+    ("actual_removed_frac_tol", fmt_frac), ("actual_kept_frac_tol", fmt_frac),
+    ("delta_removed_pp_strict", fmt_pp), ("delta_removed_pp_tol", fmt_pp),
+    ("in_band_strict", _yes_no), ("limit_tolerance_pp", _general), ("epsilon", _general),
+    ("epsilon_source", None), ("eigen_policy", None), ("zero_mass", fmt_frac),
+]
+
+
 def limit_sections(per_seed: pd.DataFrame, summary: pd.DataFrame) -> list[Section]:
-    """Per-seed rows, then the mean ± std summary over seeds."""
+    """Per-seed rows, then the mean ± std summary over seeds (headers are the Parquet columns)."""
     if per_seed.empty:
         return []
-    seed = pd.DataFrame({
-        "model": per_seed["model"].astype(str), "dataset": per_seed["dataset"].astype(str),
-        "seed": per_seed["seed"].map(lambda s: "" if pd.isna(s) else str(int(s))),
-        "predicted_removed_frac": per_seed["predicted_removed_frac"].map(fmt_frac),
-        "predicted_kept_frac": per_seed["predicted_kept_frac"].map(fmt_frac),
-        "band_kept_frac": [f"[{fmt_frac(a)}, {fmt_frac(b)}]" if not pd.isna(a) else ""
-                           for a, b in zip(per_seed["band_kept_frac_low"], per_seed["band_kept_frac_high"])],
-        "trace_bound_removed_frac": per_seed["trace_bound_removed_frac"].map(fmt_frac),
-        "actual_removed_frac_strict": per_seed["actual_removed_frac_strict"].map(fmt_frac),
-        "actual_removed_frac_tol": per_seed["actual_removed_frac_tol"].map(fmt_frac),
-        "delta_removed_pp_strict": per_seed["delta_removed_pp_strict"].map(fmt_pp),
-        "delta_removed_pp_tol": per_seed["delta_removed_pp_tol"].map(fmt_pp),
-        "limit_tolerance_pp": per_seed["limit_tolerance_pp"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
-        "epsilon": per_seed["epsilon"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}"),
-        "epsilon_source": per_seed["epsilon_source"].astype(object).fillna("").astype(str),
-        "eigen_policy": per_seed["eigen_policy"].astype(object).fillna("").astype(str),
-        "zero_mass": per_seed["zero_mass"].map(fmt_frac),
-    })
-    summ = pd.DataFrame({
-        "model": summary["model"].astype(str), "dataset": summary["dataset"].astype(str),
-        "eigen_policy": summary["eigen_policy"].astype(object).fillna("").astype(str),
-        "n_seeds": summary["n_seeds"].astype(str),
-    })
+    pooled = "sweep" in per_seed.columns and per_seed["sweep"].nunique(dropna=False) > 1
+    ids = [*GROUP, *(["sweep"] if pooled else []), "seed"]
+    seed = pd.DataFrame({c: _text(per_seed[c], (lambda v: "" if pd.isna(v) else str(int(v))) if c == "seed" else None)
+                         for c in ids})
+    for column, fmt in LIMIT_SEED_DISPLAY:
+        seed[column] = _text(per_seed[column], fmt)
+    summ = pd.DataFrame({c: _text(summary[c], _general if c == "lomp_l1" else None)
+                         for c in [*GROUP, "lomp_l1", "eigen_policy", "epsilon_source", "n_seeds"]})
     for c in ("predicted_removed_frac", "predicted_kept_frac", "trace_bound_removed_frac",
               "actual_removed_frac_strict", "actual_removed_frac_tol", "zero_mass"):
         summ[c] = [fmt_mean_std(m, s) for m, s in zip(summary[f"{c}_mean"], summary[f"{c}_std"])]

@@ -219,7 +219,10 @@ def test_limit_summary_mean_std(limits: pd.DataFrame) -> None:
     assert row["delta_removed_pp_strict_mean"] == pytest.approx(4.5)
     assert row["delta_removed_pp_strict_std"] == pytest.approx(5.0 / math.sqrt(2))
     text = T.render("limit", T.build("limit", {"trials": limits}), "md")
-    assert "+4.50 ± 3.54" in text and "[0.0500, 0.1500]" in text
+    assert "+4.50 ± 3.54" in text
+    seed_rows = [l for l in text.splitlines() if l.startswith("| mlp")][:2]
+    assert [c.strip() for c in seed_rows[0].strip("|").split("|")][3:8] == ["0.9000", "0.1000", "0.0500", "0.1500", "0.5000"]
+    assert " no " in seed_rows[1] and " yes " in seed_rows[0]
 
 
 # ----------------------------------------------------------------------------- 4. LOMP vs baselines
@@ -356,3 +359,19 @@ def test_ranks_compare_displayed_precision() -> None:
     rows = [trial("a", 0.9, 0, dc=10, ec=10, acc=0.1013889), trial("b", 0.9, 0, dc=10, ec=10, acc=0.1013881)]
     acc = T.accuracy_at_compression(frame(rows), levels=[10])
     assert acc[acc["view"] == "direct_compression"]["rank"].tolist() == [1, 1]   # both read 10.14
+
+
+def test_cli_unwritable_out_is_one_line(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["tables", "golden", "--storage", str(store), "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {blocker / 'sub'}: cannot create the directory") and err.count("\n") == 1
+
+
+def test_storage_root_may_be_a_uri(store: Path) -> None:
+    from analysis.load import resolve
+
+    assert resolve("golden", storage=f"file://{store}").names == ["golden"]
+    with pytest.raises(ValueError, match="choose from golden"):
+        resolve("nope", storage=f"file://{store}")
