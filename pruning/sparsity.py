@@ -61,8 +61,8 @@ __all__ = [
 
 # --- the linearized copy -----------------------------------------------------------------------
 
-# Modules that become the identity: on non-negative inputs they either are the identity (ReLU) or
-# only rescale units positively (normalization, monotone activations, dropout at eval).
+# Modules that become the identity (§2 step 1): connectivity is a property of the weights, and these
+# only transform units one by one (activations, dropout) or re-centre/re-scale them (normalization).
 IDENTITY_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._BatchNorm,
     nn.modules.instancenorm._InstanceNorm,
@@ -123,7 +123,7 @@ class _Reachability(torch.autograd.Function):
     """Forward x -> 1[x > 0]; backward g -> 1[g > 0]: the per-element positive rescaling guard.
 
     Both are divisions of a non-negative tensor by its own detached positive entries, so zero
-    patterns are kept and values stay exact small integers however deep the network.
+    patterns are kept and values stay small however deep the network.
     """
 
     @staticmethod
