@@ -210,7 +210,8 @@ def _title(row: pd.Series) -> str:
 def limit_crossing(curves: pd.DataFrame, trials: pd.DataFrame, out: str | os.PathLike) -> str:
     """s against G(R(s)): the predicted limit is where the curve meets the diagonal s = G(R(s)).
 
-    Predicted and actual (strict and tolerance rule) limits are vertical lines.
+    Predicted and actual (strict and tolerance rule) limits are vertical lines; R(s) itself (`r`)
+    is drawn dotted against a second axis.
     """
     cells = [(r, g) for r, g in _limit_cells(curves, trials) if g["g_of_r"].notna().any()]
     fig, axes = _figure(min(len(cells), MAX_PANELS))
@@ -224,7 +225,11 @@ def limit_crossing(curves: pd.DataFrame, trials: pd.DataFrame, out: str | os.Pat
         ax.set_xlabel("removed_frac s")
         ax.set_ylabel("g_of_r")
         ax.set_title(_title(row))
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+        if g["r"].notna().any():  # R(s) on a second axis: where the distance grows, G falls
+            r_ax = ax.twinx()
+            r_ax.plot(s, g["r"].to_numpy(float), color="grey", lw=0.8, ls=":")
+            r_ax.set_ylabel("r = R(s)", color="grey")
     return _save(fig, out)
 
 
