@@ -554,6 +554,8 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
     if kind == "limit":
         if sparsity:
             problems.append("sparsity: not used by kind 'limit' (its grid is prune.limit_grid); remove it")
+        if not hessian.enabled:
+            problems.append("hessian.enabled: kind 'limit' predicts from the Hessian spectrum; set it to true")
         if tuple(pruners) != ("lomp",):
             problems.append(f"pruner: kind 'limit' runs 'lomp' only, got {list(pruners)}")
     elif any(p != "dense" for p in pruners) and not sparsity:

@@ -138,7 +138,7 @@ def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
         for k in ("test_acc", "test_loss", "train_acc", "train_loss"):
             metrics[k] = float(getattr(r, k))
         return {"state": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                "metrics": metrics, "epochs": _epoch_rows("dense", r.epochs)}
+                "metrics": metrics, "epochs": _epoch_rows("lomp" if cfg.l1 else "dense", r.epochs)}
 
     entry, st.trained_dense_here = DenseCache(st.where.storage).get_or_compute(
         st.dense_key, DENSE_ITEM, compute, describe=fields_)
@@ -376,28 +376,64 @@ def _dense_slq(st: TrialState, *, l1: float | None = None) -> Any:
     return result if fresh else dataclasses.replace(result, seconds=0.0)  # time spent in this cell
 
 
-def step_lomp(st: TrialState) -> None:
-    """A limit cell: LOMP training, one-shot global magnitude curve, the predicted limit."""
+DEFAULT_LIMIT_GRID = tuple(round(0.5 + 0.005 * i, 6) for i in range(100))  # removed fractions 0.5…0.995
+
+
+def _curve(st: TrialState, grid: tuple[float, ...]) -> dict[str, list[float]]:
+    """One-shot global magnitude pruning of the trained LOMP model at each removed fraction (no
+    retraining): test accuracy/loss and training loss per point."""
     from pruning import masks
-    from pruning.lomp import run_lomp
+    from pruning.pruners import prune
+    from pruning.train import evaluate
+
+    dense_state = copy.deepcopy(st.model.state_dict())
+    out: dict[str, list[float]] = {"removed_frac": [], "test_acc": [], "test_loss": [], "train_loss": []}
+    for s in grid:
+        masks.load_state_dict(st.model, dense_state)
+        prune(st.model, "lomp", s, target="direct", seed=st.cell.seed)
+        test_loss, test_acc = evaluate(st.model, st.test_split, device=st.device)
+        train_loss, _ = evaluate(st.model, st.train_split, device=st.device)
+        for k, v in zip(out, (s, test_acc, test_loss, train_loss)):
+            out[k].append(float(v))
+    masks.load_state_dict(st.model, dense_state)
+    masks.remove_masks(st.model)
+    return out
+
+
+def step_limit(st: TrialState) -> None:
+    """A limit cell (ALGORITHMS.md §7): LOMP training (cached), ε, the dense SLQ (cached), the
+    predicted limit with its bands, and the actual limit from the one-shot magnitude curve.
+
+    Glue over `pruning.limit` (the theory) and `pruning.pruners` (the 'lomp' pruner is global
+    magnitude); the trials row describes the unpruned LOMP model, the curve the pruned ones.
+    """
+    from pruning import limit, masks
 
     p = st.cell.prune
-    entry = _dense(st, l1=p["lomp_l1"])
-    masks.load_state_dict(st.model, entry["state"])
-    st.model.to(st.device)
+    l1 = float(p["lomp_l1"])
+    entry = _dense(st, l1=l1)
+    use_dense(st, entry)
+    if p.get("epsilon") is not None:
+        eps, source = float(p["epsilon"]), "given"
+    else:
+        eps = limit.batch_loss_std(st.model, st.train_split, batch_size=int(st.cell.train["batch_size"]),
+                                   device=st.device)
+        source = "batch_loss_std"
+    spectrum = _dense_slq(st, l1=l1)
+    _record_slq(st, spectrum, "dense")
+    weights = masks.weights(st.model)
+    policy = p.get("eigen_policy", "abs")
     t0 = time.perf_counter()
-    out = run_lomp(
-        st.model, st.train_split, st.test_split,
-        slq_fn=lambda model: _run_slq(st, model, "dense"), batch_losses=entry["metrics"]["batch_losses"],
-        dense_test_acc=entry["metrics"]["test_acc"], grid=p.get("limit_grid"), epsilon=p.get("epsilon"),
-        eigen_policy=p.get("eigen_policy", "abs"), tolerance_pp=p.get("limit_tolerance_pp", 0.1),
-        device=st.device,
-    )
+    prediction = limit.predict_limit(weights, spectrum, eps, policy=policy, epsilon_source=source)
+    grid = tuple(p.get("limit_grid") or DEFAULT_LIMIT_GRID)
+    curve = _curve(st, grid)
+    actual = limit.actual_limit(curve["removed_frac"], curve["test_acc"], entry["metrics"]["test_acc"],
+                                tolerance_pp=float(p.get("limit_tolerance_pp", 0.1)))
     st.seconds["prune_seconds"] += time.perf_counter() - t0
-    st.row.update(out.get("trials", {}))
-    st.row["lomp_l1"] = p["lomp_l1"]
-    st.tables["curves"] = list(out.get("curves", []))
-    st.tables["spectra"] += list(out.get("spectra", []))
+    st.row.update(limit.limit_columns(prediction, actual))
+    st.row["lomp_l1"] = l1
+    st.tables["curves"] = limit.curve_rows(curve["removed_frac"], curve["test_acc"], curve["test_loss"],
+                                           curve["train_loss"], weights, spectrum, eps, policy)
 
 
 STEPS: dict[str, Callable[[TrialState], None]] = {
@@ -407,12 +443,12 @@ STEPS: dict[str, Callable[[TrialState], None]] = {
     "obtain": step_obtain,
     "sparsity": step_sparsity,
     "hessian": step_hessian,
-    "lomp": step_lomp,
+    "limit": step_limit,
 }
 
 PIPELINES: dict[str, tuple[str, ...]] = {
     "point": ("seed", "data", "model", "obtain", "sparsity", "hessian"),
-    "limit": ("seed", "data", "model", "lomp", "sparsity"),
+    "limit": ("seed", "data", "model", "limit", "sparsity"),
 }
 
 

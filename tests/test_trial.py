@@ -165,11 +165,11 @@ def test_divergence_is_a_result(tmp_path):
 
 def test_slq_of_dense_and_pruned_models(tmp_path):
     todo = cells(tmp_path, pruner=["magnitude/global"], sparsity=[0.5, 0.9], prune={"protocol": "none"},
-                 hessian={"enabled": True, "models": "both", "probes": 2, "iterations": 6, "max_samples": 64})
+                 hessian={"enabled": True, "models": "both", "probes": 2, "iterations": 4, "max_samples": 32})
     rows = [run_cell(c, Where(str(tmp_path))) for c in todo]
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
     for cell, row in zip(todo, rows):
-        assert row["hessian_model"] == "pruned" and row["slq_probes"] == 2 and row["slq_iterations"] == 6
+        assert row["hessian_model"] == "pruned" and row["slq_probes"] == 2 and row["slq_iterations"] == 4
         assert row["hessian_lambda_min"] <= row["hessian_lambda_max"]
         spectra = store.read_cell_table(str(tmp_path), "t", "spectra", cell.cell_id).to_pandas()
         assert set(spectra["hessian_model"]) == {"dense", "pruned"}
@@ -205,3 +205,40 @@ def test_slq_columns_equal_a_direct_slq_call(tmp_path):
     assert row["hessian_model"] == "dense"
     for k, v in direct.summary().items():
         assert row[k] == pytest.approx(v, rel=1e-6), k
+
+
+def test_limit_cell_curve_prediction_and_actual_limit(tmp_path):
+    from pruning import limit
+
+    grid = [0.0, 0.3, 0.6, 0.9]
+    spec = build_spec({"name": "t", "kind": "limit", "model": "lenet300100", "dataset": "synthetic",
+                       "storage": str(tmp_path), "data": {"options": OPTIONS},
+                       "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "weight_decay": 0.0},
+                       "prune": {"lomp_l1": 1e-4, "limit_grid": grid, "limit_tolerance_pp": 5.0},
+                       "hessian": {"enabled": True, "models": "dense", "probes": 2, "iterations": 5,
+                                   "max_samples": 64}})
+    [cell] = expand(spec)
+    assert cell.pruner == "lomp" and cell.sparsity is None
+    row = run_cell(cell, Where(str(tmp_path)))
+    assert row["status"] == "ok", row["error"]
+    assert row["lomp_l1"] == 1e-4 and row["epsilon_source"] == "batch_loss_std"
+    assert row["predicted_removed_frac"] + row["predicted_kept_frac"] == pytest.approx(1.0)
+    assert 0.0 <= row["predicted_removed_frac"] <= 1.0
+    assert row["band_kept_frac_low"] <= row["predicted_kept_frac"] <= row["band_kept_frac_high"]
+    curve = store.read_cell_table(str(tmp_path), "t", "curves", cell.cell_id).to_pandas()
+    assert curve["removed_frac"].tolist() == grid
+    assert np.allclose(curve["removed_frac"] + curve["kept_frac"], 1.0)
+    # oracle: the actual limits re-read from the stored curve by the two rules
+    dense_acc = row["dense_test_acc"]
+    strict = curve[curve.test_acc > dense_acc].removed_frac
+    tol = curve[curve.test_acc >= dense_acc - 0.05 - 1e-12].removed_frac
+    assert row["actual_removed_frac_strict"] == (strict.max() if len(strict) else 0.0)
+    assert row["actual_removed_frac_tol"] == (tol.max() if len(tol) else 0.0)
+    assert curve.test_acc.iloc[0] == pytest.approx(dense_acc)  # removing nothing changes nothing
+    # ε recomputed independently from the cached LOMP model
+    m, entry, _ = dense_model(tmp_path, cell)
+    train, _ = splits()
+    assert row["epsilon"] == pytest.approx(limit.batch_loss_std(m, train, batch_size=32), rel=1e-9)
+    epochs = store.read_cell_table(str(tmp_path), "t", "epochs", cell.cell_id).to_pylist()
+    assert {e["phase"] for e in epochs} == {"lomp"}
+    assert row["hessian_model"] == "dense" and row["zero_mass"] is not None
