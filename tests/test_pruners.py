@@ -224,6 +224,19 @@ def test_exponential_and_imp_schedules_by_hand():
     assert imp_schedule(1000, 0.0, 0.2, None) == []
 
 
+def test_lowest_selects_the_smallest_with_random_ties():
+    from pruning.pruners.common import lowest
+
+    scores = torch.tensor([3.0, 1.0, 2.0, 1.0, 1.0, 5.0])
+    picks = {tuple(lowest(scores, 2, seed).tolist()) for seed in range(20)}
+    assert all(set(p) <= {1, 3, 4} and len(set(p)) == 2 for p in picks) and len(picks) > 1
+    four = lowest(scores, 4, 0)
+    assert sorted(four[:3].tolist()) == [1, 3, 4] and four[3] == 2
+    big = torch.randint(0, 50, (5000,), generator=torch.Generator().manual_seed(0)).double()
+    got = lowest(big, 1234, 7)
+    assert torch.equal(big[got], big.sort().values[:1234]) and got.unique().numel() == 1234
+
+
 def test_iterative_order_prunes_the_planned_counts_and_ranks_rounds_first():
     layout = Layout.of(mlp())
     seen = []
