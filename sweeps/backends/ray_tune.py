@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -306,12 +307,21 @@ def absolute(where: Where) -> Where:
     return dataclasses.replace(where, data_root=root)
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The exception raised in the trial, out of Ray's RayTaskError wrappers."""
+    seen = set()
+    while getattr(error, "cause", None) is not None and id(error) not in seen:
+        seen.add(id(error))
+        error = error.cause
+    return error
+
+
 def tune_errors(results: Any) -> dict[str, str]:
     """cell_id → one-line error of every errored Tune result (a trial that crashed or exhausted retries)."""
     out = {}
     for r in results or []:
         if r.error is not None and r.config and "cell" in r.config:
-            out[r.config["cell"]["cell_id"]] = one_line(r.error)
+            out[r.config["cell"]["cell_id"]] = re.sub(r"\x1b\[[0-9;]*m", "", one_line(root_cause(r.error)))
     return out
 
 
