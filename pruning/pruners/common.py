@@ -34,7 +34,12 @@ def device_of(model: nn.Module) -> torch.device:
 
 
 def current_keep(model: nn.Module) -> torch.Tensor:
-    """(N,) bool: the model's current mask, flat. Pruners never revive a weight already pruned."""
+    """(N,) bool: the model's current mask, flat.
+
+    Score and iterative pruners rank already-pruned weights first, so they are never revived by a
+    larger removal; a quota pruner re-keeps one only if its quota gives a layer more survivors than
+    the layer still has.
+    """
     return flatten(masks_lib.get_masks(model)).cpu()
 
 
