@@ -1,0 +1,639 @@
+"""Hessian spectrum by stochastic Lanczos quadrature (SLQ), ALGORITHMS.md §6–§7.
+
+Data flow: `LocalHVPBackend` turns (model, loss, data) into Hessian-vector products of the summed
+per-sample loss, B probes at a time → `slq` normalizes them by the sample count (mean loss over the
+whole data set), optionally deflates coordinates whose Hessian rows vanish (the zero mass q), and
+runs Lanczos with full reorthogonalization → `SLQResult` holds Ritz nodes θ and weights τ per probe
+and computes every quadrature sum from them directly (no binning).
+
+Why a backend Protocol: the operator is the only part that touches data. A data-parallel backend
+(one per exact, non-overlapping shard; `sweeps/` builds one on Ray) returns the *sum* of its
+per-sample HVPs and its sample count; the coordinator adds the sums and divides by the total count,
+so sharded and local runs agree to rounding. Probe-parallel runs agree too: probe j's start vector
+depends only on (seed, j), and `SLQResult.merge` concatenates runs in probe order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.linalg import eigh_tridiagonal
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, linearize, vjp, vmap
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[Tensor, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+# --- the operator --------------------------------------------------------------------------------
+
+@runtime_checkable
+class HVPBackend(Protocol):
+    """The Hessian operator as SLQ sees it.
+
+    Contract (what a Ray or any other backend must implement):
+    - `dim`: the number D of parameters the Hessian is taken over (the same ordered parameter set
+      on every shard: `hessian_param_names(model, params)`, flattened in that order).
+    - `hvp_sum(V)`: V is a (D, B) tensor of B directions (any float dtype, any device). Return
+      `(S, n)` where S (D, B) is Σ over the samples this backend covers of ∇²ℓ_i · V (the Hessian
+      of each sample's loss, *summed*, never averaged), and n is how many samples that was. The
+      caller divides Σ S by Σ n, so shards must be exact and non-overlapping, the model in eval
+      mode, no augmentation, and the same fixed data every call (Lanczos needs a fixed operator).
+    """
+
+    dim: int
+
+    def hvp_sum(self, V: Tensor) -> tuple[Tensor, int]: ...
+
+
+def hessian_param_names(model: nn.Module, params: Sequence[str] | str | None = None) -> list[str]:
+    """Names of the parameters the Hessian is taken over, in `named_parameters()` order.
+
+    None: every trainable parameter not owned by a BatchNorm layer (ALGORITHMS.md §6: BN affine
+    parameters are excluded by default). "prunable": the weights of the Conv/Linear layers only
+    (`weight_orig` for a masked layer). Otherwise an explicit list of names.
+    """
+    named = dict(model.named_parameters())
+    if params is None:
+        bn = {n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)}
+        return [n for n, p in named.items() if p.requires_grad and n.rpartition(".")[0] not in bn]
+    if isinstance(params, str):
+        if params != "prunable":
+            raise ValueError(f"params {params!r}: choose None, 'prunable' or a list of parameter names")
+        from pruning.masks import prunable_layers
+
+        out = []
+        for name, module in prunable_layers(model):
+            leaf = "weight_orig" if hasattr(module, "weight_mask") else "weight"
+            out.append(f"{name}.{leaf}" if name else leaf)
+        return out
+    unknown = [p for p in params if p not in named]
+    if unknown:
+        raise ValueError(f"params {unknown}: not parameters of the model; choose from {sorted(named)}")
+    if not params:
+        raise ValueError("params: empty list; choose None, 'prunable' or parameter names")
+    return [n for n in named if n in set(params)]
+
+
+def _to_batches(data, batch_size: int, device: torch.device) -> list[Batch]:
+    """A Split (normalized, fixed order, no augmentation) or an iterable of (x, y) batches → list."""
+    if hasattr(data, "batches"):
+        it: Iterable[Batch] = data.batches(batch_size, shuffle=False, device=device, augment=False)
+    else:
+        it = data
+    batches = [(x.to(device), y.to(device)) for x, y in it]
+    if sum(len(y) for _, y in batches) == 0:
+        raise ValueError("data: empty data set; the Hessian needs at least one sample")
+    return batches
+
+
+def _activation_bytes_per_sample(model: nn.Module, x: Tensor) -> int:
+    """Bytes of every leaf module's output for one sample: a proxy for what a cached HVP keeps."""
+    total = [0]
+
+    def hook(_m, _i, out):
+        if isinstance(out, Tensor):
+            total[0] += out[:1].numel() * out.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+class LocalHVPBackend:
+    """Exact HVPs of the summed loss over a fixed list of batches, B probes per data pass.
+
+    Modes (registry `HVP_MODES`; `bench/slq_vs_pyhessian.py` times them):
+    - "fwd_rev": `vmap(jvp(grad(f)))`, forward-over-reverse, recomputed per call;
+    - "rev_rev": `vmap(vjp(grad(f)))`, reverse-over-reverse, recomputed per call;
+    - "fwd_rev_cached": `torch.func.linearize(grad(f))` once per batch, then only the tangent
+      pass per call: the forward and first backward that every Lanczos step shares are kept.
+    "auto" times the candidates on the first batch and keeps the fastest (`_pick`): which one wins
+    depends on the architecture, dtype and device, so it is measured, not guessed.
+    In every mode one forward + first backward serves all B directions (vmap over the probe dim).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn | None,
+        data,
+        *,
+        params: Sequence[str] | str | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 1024,
+        mode: str = "auto",
+        cache_bytes: int = 2 << 30,
+    ):
+        if mode not in HVP_MODES and mode != "auto":
+            raise ValueError(f"hvp mode {mode!r}: choose from {sorted(HVP_MODES) + ['auto']}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.loss_fn = loss_fn or F.cross_entropy
+        self.names = hessian_param_names(model, params)
+        named = dict(model.named_parameters())
+        self.primals = {n: named[n].detach() for n in self.names}
+        self.fixed = {n: p.detach() for n, p in named.items() if n not in self.primals}
+        self.fixed.update(dict(model.named_buffers()))
+        self.shapes = [self.primals[n].shape for n in self.names]
+        self.sizes = [self.primals[n].numel() for n in self.names]
+        self.dim = int(sum(self.sizes))
+        self.dtype = next(iter(self.primals.values())).dtype
+        self.batches = _to_batches(data, batch_size, self.device)
+        self.count = int(sum(len(y) for _, y in self.batches))
+        self._cache: dict[int, Callable] = {}  # batch index -> linearized HVP (fwd_rev_cached)
+        self.mode = self._pick(cache_bytes) if mode == "auto" else mode
+        log.info("hvp backend: dim=%d samples=%d batches=%d mode=%s", self.dim, self.count,
+                 len(self.batches), self.mode)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        model: nn.Module,
+        state_dict: Mapping[str, Tensor],
+        batches: Sequence[Batch],
+        *,
+        loss_fn: LossFn | None = None,
+        **kwargs,
+    ) -> LocalHVPBackend:
+        """A backend for one data shard: `model` (any instance of the architecture) takes the
+        weights in `state_dict` (masked or not), and `batches` is this shard's list of (x, y).
+
+        This is what a data-parallel worker needs: ship the state dict and its shard, build the
+        backend there, answer `hvp_sum` calls; sum the answers on the coordinator.
+        """
+        from pruning.masks import load_state_dict
+
+        load_state_dict(model, state_dict)
+        return cls(model, loss_fn, list(batches), **kwargs)
+
+    # flat (D, B) <-> per-parameter (B, *shape)
+    def _split(self, V: Tensor) -> dict[str, Tensor]:
+        out, start = {}, 0
+        for name, shape, n in zip(self.names, self.shapes, self.sizes):
+            out[name] = V[start : start + n].T.reshape(V.shape[1], *shape)
+            start += n
+        return out
+
+    def _join(self, parts: Mapping[str, Tensor], b: int) -> Tensor:
+        return torch.cat([parts[n].reshape(b, -1) for n in self.names], dim=1).T  # (D, B)
+
+    def _grad_fn(self, x: Tensor, y: Tensor) -> Callable:
+        def summed_loss(p: dict[str, Tensor]) -> Tensor:
+            out = functional_call(self.model, {**self.fixed, **p}, (x,))
+            return self.loss_fn(out, y) * y.shape[0]  # loss_fn gives the batch mean: × n = sum
+
+        return grad(summed_loss)
+
+    def _products(self, mode: str, i: int, T: dict[str, Tensor]) -> dict[str, Tensor]:
+        x, y = self.batches[i]
+        if mode == "fwd_rev":
+            g = self._grad_fn(x, y)
+            return vmap(lambda t: jvp(g, (self.primals,), (t,))[1])(T)
+        if mode == "rev_rev":
+            return vmap(vjp(self._grad_fn(x, y), self.primals)[1])(T)[0]
+        if i not in self._cache:
+            with warnings.catch_warnings():  # torch.fx notes the traced constants it keeps: expected
+                warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
+                self._cache[i] = linearize(self._grad_fn(x, y), self.primals)[1]
+        return vmap(self._cache[i])(T)
+
+    def _pick(self, cache_bytes: int) -> str:
+        """Time each candidate mode on the first batch (2 calls, 2 directions) and keep the fastest.
+
+        The cached mode is a candidate only when its estimated memory (4× the activations of the
+        whole data set, a heuristic) fits `cache_bytes`; its one-off build is not counted, since it
+        is amortized over all Lanczos steps.
+        """
+        candidates = ["fwd_rev", "rev_rev"]
+        need = 4 * _activation_bytes_per_sample(self.model, self.batches[0][0]) * self.count
+        if need <= cache_bytes:
+            candidates.append("fwd_rev_cached")
+        T = self._split(torch.zeros(self.dim, 2, dtype=self.dtype, device=self.device))
+        seconds = {}
+        for m in candidates:
+            self._products(m, 0, T)  # warm-up (and the cache build)
+            t0 = time.perf_counter()
+            self._products(m, 0, T)
+            seconds[m] = time.perf_counter() - t0
+        log.info("hvp mode timings on batch 0: %s", {k: round(v, 5) for k, v in seconds.items()})
+        if "fwd_rev_cached" != min(seconds, key=seconds.get):
+            self._cache.clear()
+        return min(seconds, key=seconds.get)
+
+    def hvp_sum(self, V: Tensor) -> tuple[Tensor, int]:
+        """(Σ_i ∇²ℓ_i V, n) over this backend's samples; V is (D, B)."""
+        if V.ndim != 2 or V.shape[0] != self.dim:
+            raise ValueError(f"V: shape {tuple(V.shape)}, expected ({self.dim}, B)")
+        b = V.shape[1]
+        T = self._split(V.to(device=self.device, dtype=self.dtype))
+        total = torch.zeros(self.dim, b, dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            for i in range(len(self.batches)):
+                total += self._join(self._products(self.mode, i, T), b)
+        return total, self.count
+
+
+HVP_MODES = ("fwd_rev", "rev_rev", "fwd_rev_cached")
+
+
+class DeflatedBackend:
+    """The operator restricted to the coordinates `keep` (zero-mass coordinates removed).
+
+    Exact when the removed rows of H vanish: then H = 0 ⊕ H_KK and spec(H) = {0}^|Z| ∪ spec(H_KK).
+    """
+
+    def __init__(self, inner: HVPBackend, keep: Tensor):
+        self.inner, self.keep = inner, keep
+        self.dim = int(keep.numel())
+
+    def hvp_sum(self, V: Tensor) -> tuple[Tensor, int]:
+        full = torch.zeros(self.inner.dim, V.shape[1], dtype=V.dtype, device=V.device)
+        full[self.keep] = V
+        S, n = self.inner.hvp_sum(full)
+        return S[self.keep.to(S.device)], n
+
+
+def mean_hvp(backends: HVPBackend | Sequence[HVPBackend], V: Tensor) -> Tensor:
+    """H V for the mean loss: add every backend's sum, divide by the total sample count."""
+    backends = [backends] if not isinstance(backends, Sequence) else backends
+    total, count = None, 0
+    for b in backends:
+        S, n = b.hvp_sum(V)
+        S = S.to(device=V.device, dtype=torch.float64 if V.dtype == torch.float64 else S.dtype)
+        total = S if total is None else total + S
+        count += n
+    if count == 0:
+        raise ValueError("data: the backends cover no samples")
+    return total / count
+
+
+class SumOfBackends:
+    """Several shard backends as one (sums and counts add): the local view of data parallelism."""
+
+    def __init__(self, backends: Sequence[HVPBackend]):
+        dims = {b.dim for b in backends}
+        if len(dims) != 1:
+            raise ValueError(f"backends: dims {sorted(dims)} differ; shards must share the parameter set")
+        self.backends, self.dim = list(backends), dims.pop()
+
+    def hvp_sum(self, V: Tensor) -> tuple[Tensor, int]:
+        parts = [b.hvp_sum(V) for b in self.backends]
+        return sum(S.to(V.device) for S, _ in parts), sum(n for _, n in parts)
+
+
+# --- zero mass -----------------------------------------------------------------------------------
+
+def zero_rows(backend: HVPBackend, *, probes: int = 2, seed: int = 0, tol: float = 1e-10,
+              device: str | torch.device = "cpu") -> Tensor:
+    """Boolean (D,) mask of coordinates whose Hessian row vanishes on the data.
+
+    Why Gaussian probes: (H v)_i = Σ_j H_ij v_j, and E[(Hv)_i²] = ‖H_i,:‖². With Gaussian v a
+    non-zero row gives (Hv)_i = 0 with probability 0, so a row is declared zero when its estimated
+    norm is ≤ `tol` × the largest (dead units, always-zero inputs and masked weights give exact
+    zeros). Zero eigenvalues that do not come from zero rows (symmetries) are not found: q is a
+    lower bound of the true zero mass.
+    """
+    g = torch.Generator().manual_seed(_probe_seed(seed, -1))
+    V = torch.randn(backend.dim, probes, generator=g, dtype=torch.float64).to(device)
+    S, _ = backend.hvp_sum(V)
+    norms = S.double().pow(2).mean(dim=1).sqrt()
+    top = float(norms.max())
+    return norms <= tol * top if top > 0 else torch.ones_like(norms, dtype=torch.bool)
+
+
+# --- Lanczos -------------------------------------------------------------------------------------
+
+def _probe_seed(seed: int, j: int) -> int:
+    """A 63-bit seed depending only on (seed, j): probe j is the same in any split of the probes."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(j) + 1]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def rademacher(dim: int, seed: int, j: int) -> Tensor:
+    """Probe j of `seed`: ±1 entries (float64, CPU), independent of how probes are batched."""
+    g = torch.Generator().manual_seed(_probe_seed(seed, j))
+    return torch.randint(0, 2, (dim,), generator=g, dtype=torch.int8).to(torch.float64) * 2 - 1
+
+
+def basis_bytes(batch_probes: int, iterations: int, dim: int, dtype: torch.dtype) -> int:
+    """Memory of the preallocated Lanczos bases: batch_probes × iterations × dim."""
+    return batch_probes * iterations * dim * torch.empty((), dtype=dtype).element_size()
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def lanczos(
+    matvec: Callable[[Tensor], Tensor],
+    V0: Tensor,
+    iterations: int,
+    *,
+    basis_dtype: torch.dtype = torch.float64,
+    basis_device: str | torch.device = "cpu",
+    pin: bool = False,
+    breakdown_tol: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lanczos on B start vectors at once; returns alphas (B, m), betas (B, m), steps (B,).
+
+    `matvec` maps (B_active, D) directions to (B_active, D) products. Full reorthogonalization by
+    two classical Gram–Schmidt passes against a preallocated (B, m, D) basis keeps the Ritz nodes
+    free of ghost copies. Breakdown (β ≤ tol·max‖Hq‖: an invariant subspace was found) stops that
+    probe; its later steps are not computed. Scalars are float64.
+    """
+    B, D = V0.shape
+    m = iterations
+    dev = torch.device(basis_device)
+    Q = torch.empty(B, m, D, dtype=basis_dtype, device=dev, pin_memory=pin)  # (probes, iters, params)
+    tol = breakdown_tol if breakdown_tol is not None else math.sqrt(torch.finfo(basis_dtype).eps)
+    alphas = np.zeros((B, m))
+    betas = np.zeros((B, m))
+    steps = np.zeros(B, dtype=np.int64)
+    scale = np.zeros(B)
+    q = (V0 / V0.norm(dim=1, keepdim=True)).to(basis_dtype)  # (B, D), on the compute device
+    q_prev = torch.zeros_like(q)
+    active = list(range(B))
+    for k in range(m):
+        Q[active, k] = q[active].to(dev)
+        w = matvec(q[active]).to(basis_dtype)  # (b, D)
+        for r, b in enumerate(active):
+            wb = w[r]
+            scale[b] = max(scale[b], float(wb.norm()))
+            alpha = float(torch.dot(q[b], wb))
+            wb = wb - alpha * q[b] - (betas[b, k - 1] if k else 0.0) * q_prev[b]
+            Qb = Q[b, : k + 1].to(wb.device)  # (k+1, D)
+            for _ in range(2):  # two classical Gram–Schmidt passes
+                wb = wb - Qb.T @ (Qb @ wb)
+            beta = float(wb.norm())
+            alphas[b, k], betas[b, k] = alpha, beta
+            steps[b] = k + 1
+            q_prev[b] = q[b]
+            q[b] = wb / beta if beta > 0 else wb
+        active = [b for b in active if betas[b, k] > tol * scale[b]]
+        if not active:
+            break
+    return alphas, betas, steps
+
+
+def ritz(alphas: np.ndarray, betas: np.ndarray, steps: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes θ and weights τ (squared first eigenvector components) per probe, padded to m.
+
+    A probe that broke down after k < m steps gets nodes 0 with weight 0 in slots k..m−1.
+    """
+    P = len(steps)
+    nodes, weights = np.zeros((P, m)), np.zeros((P, m))
+    for p, k in enumerate(steps):
+        k = int(k)
+        if k == 1:
+            theta, U = alphas[p, :1], np.ones((1, 1))
+        else:
+            theta, U = eigh_tridiagonal(alphas[p, :k], betas[p, : k - 1])
+        nodes[p, :k], weights[p, :k] = theta, U[0] ** 2
+    return nodes, weights
+
+
+# --- results -------------------------------------------------------------------------------------
+
+@dataclass
+class SLQResult:
+    """Ritz nodes and weights of P probes; every spectral sum comes from them directly.
+
+    The represented spectrum is that of the full operator (dimension `full_dim`): a point mass
+    `zero_mass` = q at 0 (the deflated zero-row coordinates) plus (1 − q) × the quadrature measure
+    of the deflated operator (dimension `dim`).
+    """
+
+    nodes: np.ndarray         # (P, m) Ritz values θ, float64; padded with 0 after a breakdown
+    weights: np.ndarray       # (P, m) τ, each row sums to 1; padding has weight 0
+    steps: np.ndarray         # (P,) Lanczos steps actually taken per probe
+    probe_ids: np.ndarray     # (P,) j of each probe (its start vector depends on (seed, j) only)
+    dim: int                  # operator dimension after deflation
+    full_dim: int             # dimension before deflation
+    zero_mass: float          # q = deflated / full_dim
+    seed: int
+    iterations: int
+    seconds: float = 0.0      # wall time of the whole run (zero detection included)
+    hvp_seconds: float = 0.0  # time spent in the operator
+    lanczos_seconds: float = 0.0  # time spent in Lanczos proper (reorthogonalization, scalars)
+    n_hvp: int = 0            # single Hessian-vector products computed
+    data_passes: int = 0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def probes(self) -> int:
+        return int(len(self.probe_ids))
+
+    def _valid(self) -> np.ndarray:
+        return np.arange(self.nodes.shape[1])[None, :] < self.steps[:, None]
+
+    def quadrature(self, f: Callable[[np.ndarray], np.ndarray]) -> float:
+        """mean over probes of Σ_j τ_j f(θ_j) on the deflated operator (no zero mass)."""
+        valid = self._valid()
+        vals = np.zeros_like(self.nodes)
+        vals[valid] = np.asarray(f(self.nodes[valid]), dtype=np.float64)
+        return float((self.weights * vals).sum(axis=1).mean())
+
+    def expect(self, f: Callable[[np.ndarray], np.ndarray]) -> float:
+        """(1/D) tr f(H) ≈ q f(0) + (1 − q) · mean_p Σ_j τ_j f(θ_j)."""
+        q = self.zero_mass
+        zero = float(np.asarray(f(np.zeros(1)))[0]) if q > 0 else 0.0
+        return q * zero + (1 - q) * self.quadrature(f)
+
+    def trace(self) -> float:
+        """tr H ≈ D_full · E[λ] (the deflated rows contribute exactly 0)."""
+        return self.full_dim * self.expect(lambda t: t)
+
+    def lambda_max(self) -> float:
+        top = float(self.nodes[self._valid()].max())
+        return max(top, 0.0) if self.zero_mass > 0 else top
+
+    def lambda_min(self) -> float:
+        low = float(self.nodes[self._valid()].min())
+        return min(low, 0.0) if self.zero_mass > 0 else low
+
+    def density(self, grid: np.ndarray, sigma: float) -> np.ndarray:
+        """Gaussian-smoothed spectral density on `grid`, for plots only (never for sums)."""
+        grid = np.asarray(grid, dtype=np.float64)
+        valid = self._valid()
+        theta, tau = self.nodes[valid], self.weights[valid] / self.probes
+        kern = lambda c: np.exp(-((grid[:, None] - c) ** 2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))  # noqa: E731
+        dens = (1 - self.zero_mass) * (kern(theta[None, :]) * tau[None, :]).sum(axis=1)
+        return dens + self.zero_mass * kern(np.zeros((1, 1)))[:, 0]
+
+    def spectra_rows(self) -> list[dict]:
+        """Rows of sweeps/schema.py SPECTRA (without cell_id, sweep, hessian_model, schema_version)."""
+        rows = []
+        for p, j in enumerate(self.probe_ids):
+            for i in range(int(self.steps[p])):
+                rows.append({"probe": int(j), "node_index": i, "node": float(self.nodes[p, i]),
+                             "weight": float(self.weights[p, i]), "zero_mass": self.zero_mass,
+                             "dim": self.dim})
+        return rows
+
+    def summary(self) -> dict:
+        """The SLQ columns of sweeps/schema.py TRIALS."""
+        return {"slq_probes": self.probes, "slq_iterations": self.iterations, "slq_dim": self.full_dim,
+                "hessian_trace": self.trace(), "hessian_lambda_max": self.lambda_max(),
+                "hessian_lambda_min": self.lambda_min(), "zero_mass": self.zero_mass}
+
+    @staticmethod
+    def merge(results: Sequence[SLQResult]) -> SLQResult:
+        """Join probe-parallel runs (same seed, operator and iterations) into one, in probe order."""
+        if not results:
+            raise ValueError("merge: no results")
+        first = results[0]
+        for r in results[1:]:
+            for key in ("seed", "dim", "full_dim", "iterations", "zero_mass"):
+                if getattr(r, key) != getattr(first, key):
+                    raise ValueError(f"merge: {key} differs ({getattr(r, key)} vs {getattr(first, key)})")
+        ids = np.concatenate([r.probe_ids for r in results])
+        if len(set(ids.tolist())) != len(ids):
+            raise ValueError(f"merge: duplicate probe ids {sorted(ids.tolist())}")
+        order = np.argsort(ids, kind="stable")
+        cat = lambda key: np.concatenate([getattr(r, key) for r in results])[order]  # noqa: E731
+        return replace(
+            first, nodes=cat("nodes"), weights=cat("weights"), steps=cat("steps"), probe_ids=ids[order],
+            seconds=sum(r.seconds for r in results), hvp_seconds=sum(r.hvp_seconds for r in results),
+            lanczos_seconds=sum(r.lanczos_seconds for r in results),
+            n_hvp=sum(r.n_hvp for r in results), data_passes=sum(r.data_passes for r in results),
+            info=dict(first.info),
+        )
+
+
+# --- the public entry point ----------------------------------------------------------------------
+
+def slq(
+    model: nn.Module | None,
+    loss_fn: LossFn | None,
+    data,
+    *,
+    probes: int,
+    iterations: int,
+    seed: int = 0,
+    params: Sequence[str] | str | None = None,
+    backend: HVPBackend | None = None,
+    probe_offset: int = 0,
+    batch_probes: int | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1024,
+    hvp_mode: str = "auto",
+    deflate: bool = True,
+    zero_tol: float = 1e-10,
+    zero_probes: int = 2,
+    keep: Tensor | None = None,
+    basis_dtype: torch.dtype | None = None,
+    basis_on_host: bool = False,
+    max_basis_bytes: int | None = None,
+) -> SLQResult:
+    """Stochastic Lanczos quadrature of the Hessian of the mean loss over the whole `data`.
+
+    Probes j = probe_offset … probe_offset+probes−1 start from Rademacher vectors that depend only
+    on (seed, j), so `SLQResult.merge` of runs over disjoint offsets equals one run over all.
+    `batch_probes` probes (default min(probes, 8)) share each data pass. With `deflate`, coordinates
+    whose Hessian rows vanish (`zero_rows`) are removed and reported as `zero_mass` (pass `keep`,
+    a boolean (D,) mask, to reuse one detection across probe-parallel runs). The Lanczos bases
+    (batch_probes × iterations × dim, in `basis_dtype`, default the parameters' dtype) are sized
+    and logged first; a request above `max_basis_bytes` (default: half the free memory of the
+    basis device) fails before any product is computed.
+    """
+    t_start = time.perf_counter()
+    if probes < 1:
+        raise ValueError(f"probes {probes}: must be ≥ 1")
+    if iterations < 1:
+        raise ValueError(f"iterations {iterations}: must be ≥ 1")
+    device = torch.device(device)
+    if backend is None:
+        if model is None:
+            raise ValueError("slq: give a model (with loss_fn and data) or a backend")
+        backend = LocalHVPBackend(model, loss_fn, data, params=params, device=device,
+                                  batch_size=batch_size, mode=hvp_mode)
+    dtype = basis_dtype or getattr(backend, "dtype", torch.float64)
+    full_dim = backend.dim
+    hvp_time = [0.0, 0, 0]  # seconds, products, passes
+
+    def timed(op: HVPBackend, V: Tensor) -> Tensor:
+        t0 = time.perf_counter()
+        out = mean_hvp(op, V)
+        hvp_time[0] += time.perf_counter() - t0
+        hvp_time[1] += V.shape[1]
+        hvp_time[2] += 1
+        return out
+
+    if keep is None and deflate:
+        keep = ~zero_rows(_TimedBackend(backend, hvp_time), probes=zero_probes, seed=seed,
+                          tol=zero_tol, device=device)
+    if keep is not None and bool(keep.all()):
+        keep = None
+    op: HVPBackend = backend if keep is None else DeflatedBackend(backend, keep.nonzero().squeeze(1))
+    dim = op.dim
+    if iterations >= dim:
+        raise ValueError(f"iterations {iterations}: must be < the operator dimension {dim}")
+    zero_mass = 1.0 - dim / full_dim
+    bp = min(probes, batch_probes or 8)
+    basis_device = torch.device("cpu") if basis_on_host else device
+    need = basis_bytes(bp, iterations, dim, dtype)
+    limit = max_basis_bytes if max_basis_bytes is not None else _available_bytes(basis_device) // 2
+    log.info("slq: dim=%d (full %d, zero mass %.4f) probes=%d×%d iterations=%d basis %.3f GiB on %s "
+             "(limit %.3f GiB)", dim, full_dim, zero_mass, probes, bp, iterations, need / 2**30,
+             basis_device, limit / 2**30)
+    if need > limit:
+        raise ValueError(
+            f"slq basis: {bp} probes × {iterations} iterations × {dim} params × "
+            f"{torch.empty((), dtype=dtype).element_size()} B = {need / 2**30:.2f} GiB > limit "
+            f"{limit / 2**30:.2f} GiB; lower batch_probes/iterations or use basis_dtype=float32"
+        )
+    pin = basis_on_host and device.type == "cuda"
+    all_alpha, all_beta, all_steps = [], [], []
+    for start in range(0, probes, bp):
+        ids = range(probe_offset + start, probe_offset + min(start + bp, probes))
+        V0 = torch.stack([rademacher(dim, seed, j) for j in ids]).to(device=device, dtype=dtype)
+        a, b, s = lanczos(lambda q: timed(op, q.T.contiguous()).T, V0, iterations,
+                          basis_dtype=dtype, basis_device=basis_device, pin=pin)
+        all_alpha.append(a), all_beta.append(b), all_steps.append(s)
+    alphas, betas, steps = (np.concatenate(x) for x in (all_alpha, all_beta, all_steps))
+    nodes, weights = ritz(alphas, betas, steps, iterations)
+    seconds = time.perf_counter() - t_start
+    return SLQResult(
+        nodes=nodes, weights=weights, steps=steps,
+        probe_ids=np.arange(probe_offset, probe_offset + probes), dim=dim, full_dim=full_dim,
+        zero_mass=zero_mass, seed=seed, iterations=iterations, seconds=seconds,
+        hvp_seconds=hvp_time[0], lanczos_seconds=seconds - hvp_time[0], n_hvp=hvp_time[1],
+        data_passes=hvp_time[2],
+        info={"hvp_mode": getattr(backend, "mode", type(backend).__name__), "batch_probes": bp,
+              "basis_dtype": str(dtype).removeprefix("torch."), "basis_bytes": need},
+    )
+
+
+class _TimedBackend:
+    """Counts the zero-detection pass in the operator time."""
+
+    def __init__(self, inner: HVPBackend, acc: list):
+        self.inner, self.acc, self.dim = inner, acc, inner.dim
+
+    def hvp_sum(self, V: Tensor) -> tuple[Tensor, int]:
+        t0 = time.perf_counter()
+        out = self.inner.hvp_sum(V)
+        self.acc[0] += time.perf_counter() - t0
+        self.acc[1] += V.shape[1]
+        self.acc[2] += 1
+        return out

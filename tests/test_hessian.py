@@ -1,0 +1,233 @@
+"""SLQ and HVPs against independent oracles: torch.func.hessian + eigh, closed forms."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian
+
+from pruning.hessian import (
+    HVP_MODES, HVPBackend, LocalHVPBackend, SLQResult, SumOfBackends, hessian_param_names, mean_hvp,
+    rademacher, slq, zero_rows,
+)
+from pruning.limit import g_of_r
+
+
+def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names=None) -> torch.Tensor:
+    """Dense Hessian of the mean cross-entropy by torch.func.hessian of a flat parameter vector."""
+    names = names or hessian_param_names(model)
+    named = dict(model.named_parameters())
+    shapes = [named[n].shape for n in names]
+    flat0 = torch.cat([named[n].detach().reshape(-1) for n in names])
+
+    def f(flat):
+        parts, i = {}, 0
+        for n, s in zip(names, shapes):
+            k = int(np.prod(s))
+            parts[n] = flat[i : i + k].view(s)
+            i += k
+        return nn.functional.cross_entropy(functional_call(model, parts, (x,)), y)
+
+    return hessian(f)(flat0)
+
+
+def tiny_mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 4)).double()
+
+
+def tiny_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(3, 4, 3), nn.Tanh(),
+        nn.Flatten(), nn.Linear(4, 3),
+    ).double()
+
+
+def tiny_data(shape, n=40, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g, dtype=torch.float64)
+    return x, torch.randint(0, classes, (n,), generator=g)
+
+
+@pytest.fixture(scope="module")
+def digits_mlp():
+    """MLP 64→24→10 (1,810 parameters) on 300 digits, briefly trained, float64, with its exact H."""
+    from pruning.data import load
+
+    train, _ = load("digits")
+    x, y = train.tensors()
+    x, y = x[:300].double().flatten(1), y[:300]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    H = exact_hessian(model, x, y)
+    return model, x, y, torch.linalg.eigvalsh(H).numpy()
+
+
+def g_exact(ev, eps, r):
+    return float(np.mean(2 * eps / (2 * eps + r**2 * np.abs(ev))))
+
+
+@pytest.mark.parametrize("mode", HVP_MODES)
+@pytest.mark.parametrize("build,shape", [(tiny_mlp, (6,)), (tiny_cnn, (1, 6, 6))])
+def test_hvp_equals_exact_hessian(build, shape, mode):
+    model = build()
+    x, y = tiny_data(shape, classes=3 if build is tiny_cnn else 4)
+    H = exact_hessian(model, x, y)
+    be = LocalHVPBackend(model, None, [(x[:15], y[:15]), (x[15:], y[15:])], mode=mode)
+    assert isinstance(be, HVPBackend) and be.dim == H.shape[0]
+    V = torch.randn(be.dim, 3, dtype=torch.float64)
+    S, n = be.hvp_sum(V)
+    assert n == 40
+    torch.testing.assert_close(S / n, H @ V, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(mean_hvp(be, V), H @ V, rtol=1e-10, atol=1e-12)
+
+
+def test_param_subsets_exclude_batchnorm():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    assert hessian_param_names(model) == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert hessian_param_names(model, "prunable") == ["0.weight", "3.weight"]
+    with pytest.raises(ValueError, match="params"):
+        hessian_param_names(model, ["nope"])
+
+
+def test_data_parallel_shards_sum_to_local():
+    model = tiny_mlp()
+    x, y = tiny_data((6,))
+    whole = LocalHVPBackend(model, None, [(x, y)])
+    shards = SumOfBackends([
+        LocalHVPBackend.from_state_dict(tiny_mlp(1), model.state_dict(), [(x[:13], y[:13])]),
+        LocalHVPBackend.from_state_dict(tiny_mlp(2), model.state_dict(), [(x[13:], y[13:])]),
+    ])
+    V = torch.randn(whole.dim, 2, dtype=torch.float64)
+    torch.testing.assert_close(mean_hvp(shards, V), mean_hvp(whole, V), rtol=1e-12, atol=1e-14)
+
+
+def test_slq_matches_eigh_and_tightens(digits_mlp):
+    """Trace, extremes and G(R) vs exact eigh; errors shrink as probes and iterations grow."""
+    model, x, y, ev = digits_mlp
+    assert ev.min() < -1e-6  # a case with negative eigenvalues
+    data = [(x, y)]
+    small = slq(model, None, data, probes=2, iterations=8, seed=3, deflate=False, hvp_mode="rev_rev")
+    big = slq(model, None, data, probes=12, iterations=40, seed=3, hvp_mode="rev_rev")
+    for r in (small, big):
+        np.testing.assert_allclose(r.weights.sum(axis=1), 1.0, atol=1e-10)
+    # extreme eigenvalues: Lanczos converges to them first
+    assert abs(big.lambda_max() - ev.max()) < 1e-6 * ev.max()
+    assert abs(big.lambda_min() - ev.min()) < 1e-3 * ev.max()
+    assert abs(small.lambda_max() - ev.max()) < 0.05 * ev.max()
+    # trace: Hutchinson's standard deviation with Rademacher probes is ≤ ‖H‖_F sqrt(2/P)
+    sd = np.sqrt((ev**2).sum() * 2 / big.probes)
+    assert abs(big.trace() - ev.sum()) < 3 * sd
+    # G(R) where the quadrature can resolve f (R²·λmax/2ε up to ~10³; see docs/zero_mass.md)
+    errs = {}
+    for eps, radii in ((0.01, (0.25, 0.5, 1.0)), (0.1, (0.5, 1.0, 2.0))):
+        for rr in radii:
+            e_big = abs(g_of_r(big, eps, rr) - g_exact(ev, eps, rr))
+            e_small = abs(g_of_r(small, eps, rr) - g_exact(ev, eps, rr))
+            errs[(eps, rr)] = (e_small, e_big)
+            assert e_big < 0.01, (eps, rr, e_big)
+    assert np.mean([b for _, b in errs.values()]) < 0.5 * np.mean([s for s, _ in errs.values()])
+
+
+def test_batched_probes_equal_sequential_and_merge():
+    model = tiny_mlp()
+    x, y = tiny_data((6,))
+    kw = dict(probes=4, iterations=12, seed=7, deflate=False, hvp_mode="rev_rev")
+    batched = slq(model, None, [(x, y)], batch_probes=4, **kw)
+    single = slq(model, None, [(x, y)], batch_probes=1, **kw)
+    np.testing.assert_allclose(batched.nodes, single.nodes, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(batched.weights, single.weights, rtol=1e-8, atol=1e-11)
+    parts = [slq(model, None, [(x, y)], probes=2, iterations=12, seed=7, deflate=False, probe_offset=o,
+                 hvp_mode="rev_rev")
+             for o in (2, 0)]
+    merged = SLQResult.merge(parts)
+    assert merged.probe_ids.tolist() == [0, 1, 2, 3] and merged.n_hvp == batched.n_hvp
+    np.testing.assert_allclose(merged.nodes, batched.nodes, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(merged.weights, batched.weights, rtol=1e-8, atol=1e-11)
+    assert merged.trace() == pytest.approx(batched.trace(), rel=1e-10)
+    with pytest.raises(ValueError, match="duplicate"):
+        SLQResult.merge([parts[0], parts[0]])
+    # probe j depends on (seed, j) only
+    assert torch.equal(rademacher(50, 7, 3), rademacher(50, 7, 3))
+    assert not torch.equal(rademacher(50, 7, 3), rademacher(50, 7, 4))
+
+
+class DiagBackend:
+    """H = diag(d) summed over `n` identical samples: Rademacher SLQ on it is exact."""
+
+    def __init__(self, d, n=3):
+        self.d, self.n, self.dim = torch.as_tensor(d, dtype=torch.float64), n, len(d)
+
+    def hvp_sum(self, V):
+        return self.n * self.d[:, None] * V.double(), self.n
+
+
+def test_breakdown_pads_and_stays_exact():
+    d = np.repeat([-1.0, 0.5, 2.0], 20)
+    r = slq(None, None, None, backend=DiagBackend(d), probes=3, iterations=10, deflate=False)
+    assert (r.steps == 3).all()  # three distinct eigenvalues: invariant subspace after 3 steps
+    assert (r.weights[:, 3:] == 0).all() and (r.nodes[:, 3:] == 0).all()
+    np.testing.assert_allclose(np.sort(r.nodes[:, :3], axis=1), [[-1, 0.5, 2]] * 3, atol=1e-12)
+    assert r.trace() == pytest.approx(d.sum(), rel=1e-12)
+    assert r.expect(np.exp) == pytest.approx(np.exp(d).mean(), rel=1e-12)
+    assert (r.lambda_min(), r.lambda_max()) == pytest.approx((-1.0, 2.0))
+    grid = np.linspace(-3, 4, 2001)
+    assert np.trapezoid(r.density(grid, 0.1), grid) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_zero_rows_are_deflated_exactly():
+    d = np.concatenate([np.zeros(30), np.linspace(1, 3, 70)])
+    be = DiagBackend(d)
+    assert zero_rows(be).sum() == 30
+    r = slq(None, None, None, backend=be, probes=2, iterations=5)
+    assert r.zero_mass == pytest.approx(0.3) and r.dim == 70 and r.full_dim == 100
+    assert r.trace() == pytest.approx(d.sum(), rel=1e-12)
+    assert r.expect(lambda t: 1 / (1 + t)) == pytest.approx(np.mean(1 / (1 + d)), rel=1e-3)
+
+
+def test_zero_mass_correction_on_dead_units(digits_mlp):
+    """Units dead on the data have zero Hessian rows; deflating them fixes G(R) at large R."""
+    model, x, y, _ = digits_mlp
+    model = nn.Sequential(*[m for m in model]).double()
+    dead = torch.arange(10)
+    with torch.no_grad():
+        model[0].bias[dead] = -1e3  # pre-activations < 0 on every sample
+    H = exact_hessian(model, x, y)
+    ev = torch.linalg.eigvalsh(H).numpy()
+    q_true = float((H == 0).all(dim=1).double().mean())  # oracle: exactly zero rows of the exact H
+    assert q_true >= len(dead) * (64 + 1 + 10) / 1810  # every parameter of a dead unit, at least
+    assert np.mean(np.abs(ev) < 1e-12 * ev.max()) >= q_true  # the exact spectrum has that mass at 0
+    kw = dict(probes=8, iterations=30, seed=1, hvp_mode="rev_rev")
+    plain = slq(model, None, [(x, y)], deflate=False, **kw)
+    fixed = slq(model, None, [(x, y)], deflate=True, **kw)
+    assert fixed.zero_mass == pytest.approx(q_true, abs=1e-12) and plain.zero_mass == 0
+    for eps, rr in [(0.1, 0.5), (0.1, 1.0), (0.01, 4.0), (0.01, 16.0), (0.05, 128.0)]:
+        exact = g_exact(ev, eps, rr)
+        e_plain = abs(g_of_r(plain, eps, rr) - exact)
+        e_fixed = abs(g_of_r(fixed, eps, rr) - exact)
+        if eps == 0.1:  # both resolve f here (R²·λmax/2ε ≤ ~30)
+            assert max(e_plain, e_fixed) < 0.03, (rr, exact, e_plain, e_fixed)
+        else:  # plain SLQ loses the point mass at 0; the correction restores most of it
+            assert e_fixed < 0.5 * e_plain, (rr, exact, e_plain, e_fixed)
+
+
+def test_bad_input():
+    model = tiny_mlp()
+    x, y = tiny_data((6,))
+    dim = LocalHVPBackend(model, None, [(x, y)]).dim
+    with pytest.raises(ValueError, match="iterations"):
+        slq(model, None, [(x, y)], probes=1, iterations=dim, deflate=False)
+    with pytest.raises(ValueError, match="probes"):
+        slq(model, None, [(x, y)], probes=0, iterations=3)
+    with pytest.raises(ValueError, match="empty"):
+        slq(model, None, [(x[:0], y[:0])], probes=1, iterations=3)
+    with pytest.raises(ValueError, match="GiB"):
+        slq(model, None, [(x, y)], probes=2, iterations=3, max_basis_bytes=100)
+    with pytest.raises(ValueError, match="hvp mode"):
+        LocalHVPBackend(model, None, [(x, y)], mode="nope")
