@@ -89,17 +89,24 @@ def _epoch_rows(phase: str, epochs: list[dict[str, Any]]) -> list[dict[str, Any]
     return [{"phase": phase, **{k: e.get(k) for k in keep}} for e in epochs]
 
 
+def _reporter(st: TrialState, phase: str) -> Callable[[dict[str, Any]], None] | None:
+    """The per-epoch callback of a training phase: forwards plain metrics to `report`."""
+    if st.report is None:
+        return None
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        st.report({"cell_id": st.cell.cell_id, "phase": phase,
+                   **{k: v for k, v in record.items() if isinstance(v, (int, float, str))}})
+
+    return on_epoch
+
+
 def _train(st: TrialState, model: Any, cfg: Any, phase: str) -> Any:
     """Train with per-epoch reporting; records epochs rows and time; raises Diverged on NaN/inf."""
     from pruning.train import train
 
-    def on_epoch(record: dict[str, Any]) -> None:
-        if st.report is not None:
-            st.report({"cell_id": st.cell.cell_id, "phase": phase,
-                       **{k: v for k, v in record.items() if isinstance(v, (int, float, str))}})
-
     result = train(model, st.train_split, st.test_split, cfg, device=st.device, seed=st.cell.seed,
-                   on_epoch=on_epoch)
+                   on_epoch=_reporter(st, phase))
     st.tables["epochs"] += _epoch_rows(phase, result.epochs)
     st.seconds["train_seconds"] += result.seconds
     _set_metrics(st.row, result)
@@ -133,12 +140,14 @@ def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
         net = models.build(st.cell.model, input_shape=st.train_split.input_shape,
                            num_classes=st.train_split.num_classes)
         net.load_state_dict(st.init_state)
-        r = train(net, st.train_split, st.test_split, cfg, device=st.device, seed=st.cell.seed)
+        phase = "lomp" if cfg.l1 else "dense"
+        r = train(net, st.train_split, st.test_split, cfg, device=st.device, seed=st.cell.seed,
+                  on_epoch=_reporter(st, phase))
         metrics = {"status": r.status, "seconds": float(r.seconds), "batch_losses": list(r.batch_losses)}
         for k in ("test_acc", "test_loss", "train_acc", "train_loss"):
             metrics[k] = float(getattr(r, k))
         return {"state": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                "metrics": metrics, "epochs": _epoch_rows("lomp" if cfg.l1 else "dense", r.epochs)}
+                "metrics": metrics, "epochs": _epoch_rows(phase, r.epochs)}
 
     entry, st.trained_dense_here = DenseCache(st.where.storage).get_or_compute(
         st.dense_key, DENSE_ITEM, compute, describe=fields_)
@@ -175,10 +184,11 @@ def _prune(st: TrialState, **extra: Any) -> Any:
     if cell.prune.get("rounds") is not None:
         options["rounds"] = cell.prune["rounds"]
     data = st.train_split if getattr(info, "needs_data", False) else None
-    t0 = time.perf_counter()
+    t0, trained0 = time.perf_counter(), st.seconds["train_seconds"]
     result = prune(st.model, cell.pruner, cell.sparsity, target=cell.target, data=data,
                    seed=cell.seed, **options, **extra)
-    st.seconds["prune_seconds"] += time.perf_counter() - t0
+    # IMP trains inside `prune`; that time is already in train_seconds
+    st.seconds["prune_seconds"] += time.perf_counter() - t0 - (st.seconds["train_seconds"] - trained0)
     return result
 
 

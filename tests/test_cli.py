@@ -113,3 +113,32 @@ def test_console_entry_point_exit_codes(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sweeps.cli", "frobnicate"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_progress_lines_and_eta():
+    import io
+
+    from sweeps.cells import expand
+    from sweeps.progress import Progress, duration
+    from sweeps.spec import build_spec
+
+    cell = expand(build_spec({"name": "p", "model": "lenet300100", "pruner": "magnitude/global",
+                              "sparsity": 0.9, "storage": "/tmp"}))[0]
+    now = [100.0]
+    out = io.StringIO()
+    p = Progress(4, stream=out, clock=lambda: now[0], tty=False)
+    p.skipped(cell)
+    p.started(cell)
+    now[0] += 30.0
+    p.finished(cell, {"status": "ok", "test_acc": 0.91234, "direct_compression": 10.0,
+                      "effective_compression": float("inf"), "total_seconds": 30.0})
+    assert p.eta() == pytest.approx(60.0)  # 30 s per cell, 2 cells left
+    p.started(cell)
+    now[0] += 10.0
+    p.finished(cell, {"status": "failed", "error": "ValueError: boom"})
+    lines = out.getvalue().splitlines()
+    assert lines[0] == ("ok lenet300100/digits magnitude/global s=0.9 seed=0  acc 0.9123  direct x10  "
+                        "effective xinf  (30s)  [2/4, 1 already done] ETA 1m00s")
+    assert lines[1].startswith("FAILED lenet300100/digits magnitude/global s=0.9 seed=0: ValueError: boom")
+    assert "\r" not in out.getvalue() and "\033" not in out.getvalue()  # plain text off a terminal
+    assert [duration(s) for s in (5, 65, 3725)] == ["5s", "1m05s", "1h02m"]

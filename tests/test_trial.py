@@ -57,6 +57,9 @@ def test_dense_cell_row_matches_its_checkpoint(tmp_path):
     assert row["test_acc"] == pytest.approx(acc, abs=1e-12) and row["test_loss"] == pytest.approx(loss, rel=1e-6)
     assert row["dense_test_acc"] == row["test_acc"]
     assert json.loads(row["config"])["seed"] == 0
+    assert [(r["cell_id"], r["phase"], r["epoch"]) for r in reports] == [(cell.cell_id, "dense", 0),
+                                                                         (cell.cell_id, "dense", 1)]
+    assert reports[-1]["test_acc"] == row["test_acc"]
     stored = store.trial_row(str(tmp_path), "t", cell.cell_id)
     assert stored["test_acc"] == row["test_acc"] and stored["backend"] == "serial"
     assert stored["started_at"] <= stored["finished_at"]
@@ -242,3 +245,42 @@ def test_limit_cell_curve_prediction_and_actual_limit(tmp_path):
     epochs = store.read_cell_table(str(tmp_path), "t", "epochs", cell.cell_id).to_pylist()
     assert {e["phase"] for e in epochs} == {"lomp"}
     assert row["hessian_model"] == "dense" and row["zero_mass"] is not None
+
+
+RACE = """
+import sys
+from sweeps.spec import load_spec
+from sweeps.cells import expand
+from sweeps.trial import Where, run_cell
+cells = [c for c in expand(load_spec(sys.argv[1])) if c.sparsity == float(sys.argv[2])]
+row = run_cell(cells[0], Where(sys.argv[3]))
+assert row["status"] == "ok", row["error"]
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_racing_for_one_dense_model_train_it_once(tmp_path):
+    """Two cells of a post-training pruner, in two processes at once, share one dense training."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    spec = tmp_path / "race.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "t", "model": "lenet300100", "dataset": "synthetic", "pruner": "magnitude/global",
+        "sparsity": [0.5, 0.9], "data": {"options": OPTIONS}, "prune": {"protocol": "none"},
+        "train": {"epochs": 6, "batch_size": 8, "lr": 0.05}}))
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(spec), s, str(tmp_path / "r")], cwd=root,
+                              env=env, stderr=subprocess.PIPE, text=True) for s in ("0.5", "0.9")]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    [key] = os.listdir(tmp_path / "r" / "_cache" / "dense")
+    assert DenseCache(str(tmp_path / "r")).computations(key) == 1
+    rows = [store.read_table(str(tmp_path / "r"), "t", "trials").to_pylist()]
+    assert len(rows[0]) == 2 and len({r["dense_test_acc"] for r in rows[0]}) == 1
