@@ -27,7 +27,7 @@ ID_LENGTH = 16  # hex digits of sha256: 64 bits, collision-free for any realisti
 
 # prune-section fields each kind of cell uses (others are dropped from the cell)
 _LOMP_PRUNE = ("lomp_l1",)
-_LIMIT_PRUNE = ("lomp_l1", "limit_grid", "epsilon", "eigen_policy", "limit_tolerance_pp", "options")
+_LIMIT_PRUNE = ("lomp_l1", "limit_grid", "epsilon", "eigen_policy", "limit_tolerance_pp")
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,16 @@ def lomp_l1_defaults() -> dict[str, float]:
     return dict(table) if isinstance(table, Mapping) else dict(AUTHORS_LOMP_L1)
 
 
+def loader_options(dataset: str) -> list[str]:
+    """Keyword options of a data set's loader (`seed` fixes its split; `root` comes from data.root)."""
+    import inspect
+
+    from pruning.data import DATASETS
+
+    params = inspect.signature(DATASETS[dataset].loader).parameters
+    return [p for p in params if p != "root"]
+
+
 def check_pair(model: str, dataset: str, options: Mapping[str, Any]) -> str | None:
     """Why `model` cannot run on `dataset` (one line), or None when it can."""
     from pruning import data, models
@@ -533,6 +543,11 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
     for m, d in pairs:
         if m in known_models and d in known_data and (why := check_pair(m, d, data.options)):
             problems.append(why)
+    for d in sorted({d for _, d in pairs} & set(known_data)):
+        allowed = loader_options(d)
+        for key in sorted(set(data.options) - set(allowed)):
+            problems.append(f"data.options: unknown {key!r} for dataset {d!r}; allowed: "
+                            f"{', '.join(allowed) or 'none'}")
 
     default_pruner = ("lomp",) if kind == "limit" else _NO
     pruners = _axis(raw, "pruner", str, problems, default=default_pruner)
@@ -556,6 +571,9 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
             problems.append("sparsity: not used by kind 'limit' (its grid is prune.limit_grid); remove it")
         if not hessian.enabled:
             problems.append("hessian.enabled: kind 'limit' predicts from the Hessian spectrum; set it to true")
+        if "effective" in targets:
+            problems.append("target: kind 'limit' prunes to direct (global magnitude) fractions; "
+                            "use target: direct")
         if tuple(pruners) != ("lomp",):
             problems.append(f"pruner: kind 'limit' runs 'lomp' only, got {list(pruners)}")
     elif any(p != "dense" for p in pruners) and not sparsity:

@@ -64,7 +64,6 @@ class TrialState:
     model: Any = None
     init_state: dict[str, Any] | None = None
     dense_key: str | None = None
-    trained_dense_here: bool = False
     seconds: dict[str, float] = field(
         default_factory=lambda: {"train_seconds": 0.0, "prune_seconds": 0.0, "hessian_seconds": 0.0})
 
@@ -149,7 +148,7 @@ def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
         return {"state": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                 "metrics": metrics, "epochs": _epoch_rows(phase, r.epochs)}
 
-    entry, st.trained_dense_here = DenseCache(st.where.storage).get_or_compute(
+    entry, _ = DenseCache(st.where.storage).get_or_compute(
         st.dense_key, DENSE_ITEM, compute, describe=fields_)
     st.row["dense_test_acc"] = entry["metrics"]["test_acc"]
     return entry
