@@ -1,0 +1,80 @@
+"""LOMP end to end on a small net: curve values vs independent pruning, restore, consistency."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pruning import masks as masks_lib
+from pruning.data import load
+from pruning.limit import actual_limit, predict_limit
+from pruning.lomp import LOMP_L1, default_l1, global_magnitude_masks, run_lomp
+from pruning.train import TrainConfig, evaluate
+from sweeps.schema import CURVES, TRIALS
+
+
+@pytest.fixture(scope="module")
+def lomp_run():
+    train, test = load("digits")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=0.05, schedule="constant", weight_decay=5e-4, momentum=0.0)
+    res = run_lomp(model, train, test, cfg, l1=1e-4, sparsities=[0.5, 0.2, 0.8, 0.95], probes=4,
+                   iterations=16, seed=0, slq_options={"hvp_mode": "rev_rev"})
+    return model, train, test, res
+
+
+def test_lomp_curve_and_limits(lomp_run):
+    model, train, test, res = lomp_run
+    assert [r["removed_frac"] for r in res.curve] == [0.0, 0.2, 0.5, 0.8, 0.95]
+    for row in res.curve:
+        assert set(row) <= set(CURVES.names) and row["kept_frac"] == pytest.approx(1 - row["removed_frac"])
+    assert res.curve[0]["g_of_r"] == pytest.approx(1.0, abs=1e-12) and res.curve[0]["r"] == 0.0
+    assert all(a["r"] <= b["r"] for a, b in zip(res.curve, res.curve[1:]))
+    # the trained model is untouched by the curve (dense, same accuracy)
+    assert not any(masks_lib.is_masked(m) for _, m in masks_lib.prunable_layers(model))
+    assert evaluate(model, test)[1] == res.dense_test_acc == res.curve[0]["test_acc"]
+    # an independent one-shot pruning at 50%: zero the smallest half of |w| by a quantile
+    pruned = copy.deepcopy(model)
+    flat = torch.cat([m.weight.detach().abs().reshape(-1) for _, m in masks_lib.prunable_layers(pruned)])
+    cut = torch.sort(flat).values[flat.numel() // 2 - 1]
+    with torch.no_grad():
+        for _, m in masks_lib.prunable_layers(pruned):
+            m.weight[m.weight.abs() <= cut] = 0.0
+    loss, acc = evaluate(pruned, test)
+    assert acc == res.curve[2]["test_acc"] and loss == pytest.approx(res.curve[2]["test_loss"], rel=1e-6)
+    # prediction and actual limit are the library functions on the same inputs
+    again = predict_limit(masks_lib.weights(model), res.spectrum, res.prediction.epsilon)
+    assert again.removed_frac == res.prediction.removed_frac
+    assert res.prediction.epsilon_source == "batch_loss_std" and res.prediction.epsilon > 0
+    acc_curve = [r["test_acc"] for r in res.curve]
+    assert res.actual == actual_limit([r["removed_frac"] for r in res.curve], acc_curve, acc_curve[0])
+    cols = res.columns()
+    assert set(cols) <= set(TRIALS.names) and cols["lomp_l1"] == 1e-4
+    assert cols["predicted_removed_frac"] + cols["predicted_kept_frac"] == pytest.approx(1.0)
+    assert cols["slq_dim"] == sum(p.numel() for p in model.parameters())
+    assert res.train_result.status == "ok" and set(res.seconds) >= {"train", "hessian", "curve", "total"}
+
+
+def test_lomp_defaults_and_bad_input():
+    assert default_l1("fc5") == 5e-5 and LOMP_L1["vgg16"] == 1e-4 and LOMP_L1["resnet50"] == 2e-5
+    with pytest.raises(ValueError, match="l1"):
+        default_l1("lenet5")
+    train, test = load("digits")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    cfg = TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="sparsities"):
+        run_lomp(model, train, test, cfg, l1=1e-4, sparsities=[1.0])
+    with pytest.raises(ValueError, match="epsilon"):
+        run_lomp(model, train, test, cfg, l1=1e-4, sparsities=[0.5], epsilon=0.0)
+    with pytest.raises(ValueError, match="eigen_policy"):
+        run_lomp(model, train, test, cfg, l1=1e-4, sparsities=[0.5], policy="x")
+
+
+def test_global_magnitude_masks_counts():
+    w = {"a": torch.tensor([[0.1, -3.0], [0.2, 0.0]]), "b": torch.tensor([5.0, -0.05, 1.0])}
+    m = global_magnitude_masks(w, 3 / 7)
+    assert m["a"].tolist() == [[False, True], [True, False]] and m["b"].tolist() == [True, False, True]
+    assert sum(int((~v).sum()) for v in global_magnitude_masks(w, 0.3).values()) == int(np.ceil(0.3 * 7))
