@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 import pandas as pd
+import pyarrow.fs as pafs
 
 from analysis import tables as T
 from analysis.load import Store, load_table, resolve
@@ -50,8 +51,7 @@ def load_frames(store: Store, names: Sequence[str], *, strict: bool, use_cache: 
 
 def default_out(store: Store) -> str:
     """`<sweep>/_analysis` for one local sweep ('_' marks it as no result), else ./prunetune_analysis."""
-    local = type(store.filesystem).__name__ == "LocalFileSystem"
-    if local and len(store.sweeps) == 1:
+    if isinstance(store.filesystem, pafs.LocalFileSystem) and len(store.sweeps) == 1:
         return os.path.join(store.sweeps[0], "_analysis")
     return os.path.join("prunetune_analysis", "_".join(store.names)[:80] or "sweeps")
 

@@ -8,7 +8,10 @@ silently dropped — and (3) survive one truncated file from a crashed writer: i
 warning and skipped, so one bad cell never hides a thousand good ones (`strict=True` raises instead).
 
 Files are read in a thread pool (pyarrow releases the GIL while decoding; remote filesystems are
-latency-bound), then concatenated once with pyarrow's schema promotion.
+latency-bound), then concatenated once with pyarrow's schema promotion. Opening a file costs about a
+millisecond however small it is, so rows already read are kept in a consolidated per-sweep cache
+(`analysis.cache`, under the hidden `<sweep>/_analysis/`) and the next read opens only new or
+changed files.
 """
 
 from __future__ import annotations
