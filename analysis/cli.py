@@ -139,8 +139,8 @@ def summary(storage: str | None = None, sweep: str | None = None, *, out: str | 
     target = out or default_out(store)
     paths = plot_all(frames, target)
     print(f"plots: {len(paths)} PNG file(s) in {target}", file=stream)
-    print(f"more: prunetune tables {store.label} --format latex|csv --out DIR; prunetune plot {store.label}",
-          file=stream)
+    where = f"{store.label} --storage {storage}" if sweep is not None and storage is not None else store.label
+    print(f"more: prunetune tables {where} --format latex|csv --out DIR; prunetune plot {where}", file=stream)
     return paths
 
 

@@ -375,3 +375,9 @@ def test_storage_root_may_be_a_uri(store: Path) -> None:
     assert resolve("golden", storage=f"file://{store}").names == ["golden"]
     with pytest.raises(ValueError, match="choose from golden"):
         resolve("nope", storage=f"file://{store}")
+
+
+def test_an_infinite_level_is_blank_not_an_error(golden: pd.DataFrame) -> None:
+    acc = T.accuracy_at_compression(golden, levels=[10, math.inf])
+    assert acc[acc["level"] == math.inf]["mean"].isna().all()
+    assert "compression=inf" in T.render("accuracy", {"accuracy": acc}, "md")
