@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from analysis import cache as cache_module
 from analysis import load as load_module
 from analysis.load import load_table, load_tables, resolve, table_files
 from analysis_fixtures import GOLDEN, trial, write_file, write_store
@@ -217,8 +218,10 @@ def test_cache_sees_rewritten_and_deleted_files(store: Path, counted: list[str])
     assert df.loc[df["cell_id"] == row["cell_id"], "test_acc"].tolist() == [0.123]
 
 
-def test_young_files_are_read_but_not_cached(store: Path, counted: list[str]) -> None:
-    sweep = store / "golden"                                           # files just written: "racy"
+def test_young_files_are_read_but_not_cached(store: Path, counted: list[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_module, "RACY_NS", 10**18)              # every file counts as just written
+    sweep = store / "golden"
     load_table(sweep, "trials")
     counted.clear()
     load_table(sweep, "trials")
