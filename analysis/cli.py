@@ -133,8 +133,8 @@ def summary(storage: str | None = None, sweep: str | None = None, *, out: str | 
     levels = T.auto_levels(frames["trials"])
     for name in T.TABLE_SPECS:
         tidy = T.build(name, frames, levels=levels)
-        if not _has_values(tidy):
-            continue
+        if not _has_values(tidy) or (name == "lomp" and not (tidy["lomp"]["pruner"] == "lomp").any()):
+            continue  # nothing of this kind in the sweep (a LOMP table without LOMP says nothing)
         print(T.render(name, tidy, "md"), file=stream)
     target = out or default_out(store)
     paths = plot_all(frames, target)

@@ -116,6 +116,7 @@ def test_cli_plot_and_summary(store: Path, tmp_path: Path, capsys: pytest.Captur
     text = stream.getvalue()
     assert len(paths) == len(plots.PLOTS)
     assert "matched direct_compression" in text and "pruning limit over seeds" in text
+    assert "LOMP vs baselines" in text                                 # the limit cell's curve gives LOMP points
     assert f"plots: {len(paths)} PNG file(s) in {tmp_path / 'summary'}" in text
 
 
