@@ -69,6 +69,7 @@ def run_spec(spec_file: str | os.PathLike, *, storage: str | None, backend: str 
     cells = expand(spec)
     runner = make_backend(spec.backend, spec)
     store.write_spec(spec.storage, spec.name, dump_yaml(spec))
+    store.clean_temp_files(spec.storage, spec.name)
     print(f"sweep {spec.name!r}: {len(cells)} cells on backend {spec.backend!r}, results in "
           f"{spec.storage}/{spec.name}", file=sys.stderr)
     progress = Progress(len(cells))

@@ -18,6 +18,7 @@ import functools
 import io
 import os
 import secrets
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -199,6 +200,32 @@ def dataset(storage: str, sweep: str, table: str) -> pads.Dataset:
     loc = locate(storage)
     return pads.dataset(loc.join(sweep, table), filesystem=loc.fs, format="parquet",
                         schema=schemas.schema(table))
+
+
+def clean_temp_files(storage: str, sweep: str, *, older_than: float = 3600.0) -> int:
+    """Remove hidden temp files (`.<cell_id>.<random>.tmp`) left by writers killed mid-write.
+
+    Only local stores have them (object PUTs leave nothing), and only files older than
+    `older_than` seconds are removed, so writers still running elsewhere are never disturbed.
+    Readers ignore these files anyway; this only reclaims space. Returns how many were removed.
+    """
+    loc = locate(storage)
+    if not loc.local:
+        return 0
+    now, removed = time.time(), 0
+    for table in schemas.TABLES:
+        directory = loc.join(sweep, table)
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            if name.startswith(".") and name.endswith(".tmp") and now - os.path.getmtime(path) > older_than:
+                try:
+                    os.unlink(path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def spec_path(storage: str, sweep: str) -> str:

@@ -271,27 +271,10 @@ def _imp_options(st: TrialState) -> dict[str, Any]:
     return {"train_fn": train_fn, "rewind_state": st.init_state}
 
 
-def _refresh_masked_weights(model: Any) -> None:
-    """Recompute `weight = weight_orig * weight_mask` outside autograd.
-
-    Why: after a training step that was not followed by a forward pass (a divergence breaks out
-    mid-epoch), `weight` still carries the autograd graph, and copying the model (as the
-    effective-sparsity evaluator does) refuses non-leaf tensors. Adapter for pruning.sparsity.
-    """
-    import torch
-    from pruning import masks
-
-    with torch.no_grad():
-        for _, module in masks.prunable_layers(model):
-            if hasattr(module, "weight_mask"):
-                module.weight = module.weight_orig * module.weight_mask
-
-
 def step_sparsity(st: TrialState) -> None:
     """Direct and effective sparsity of the final masks, and the per-layer rows."""
     from pruning.sparsity import sparsity_report
 
-    _refresh_masked_weights(st.model)
     report = sparsity_report(st.model)
     st.row.update(report.trial_columns())
     st.tables["layers"] = report.layer_rows()

@@ -134,3 +134,14 @@ def test_read_table_of_an_empty_sweep_has_the_schema(tmp_path):
     t = store.read_table(str(tmp_path), "nothing", "layers")
     assert t.num_rows == 0 and t.schema == schema.LAYERS
     assert isinstance(t, pa.Table)
+
+
+def test_old_temp_files_are_cleaned_new_ones_kept(tmp_path):
+    write(tmp_path, "a")
+    d = tmp_path / "s" / "trials"
+    old, new = d / ".b.0001.tmp", d / ".c.0002.tmp"
+    old.write_bytes(b"x")
+    new.write_bytes(b"x")
+    os.utime(old, (1, 1))
+    assert store.clean_temp_files(str(tmp_path), "s") == 1
+    assert sorted(os.listdir(d)) == [".c.0002.tmp", "a.parquet"]
