@@ -130,7 +130,7 @@ def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
     from pruning import models
     from pruning.train import train
 
-    cfg = st.train_config(**({"l1": l1} if l1 else {}))
+    cfg = st.train_config(**(lomp_recipe(l1) if l1 else {}))
     fields_ = dense_fields(model=st.cell.model, dataset=st.cell.dataset, data_options=st.cell.data,
                            seed=st.cell.seed, train=cfg.to_dict())
     st.dense_key = key_of(fields_)
@@ -152,6 +152,12 @@ def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
         st.dense_key, DENSE_ITEM, compute, describe=fields_)
     st.row["dense_test_acc"] = entry["metrics"]["test_acc"]
     return entry
+
+
+def lomp_recipe(l1: float) -> dict[str, Any]:
+    """TrainConfig changes of LOMP training, as `pruning.lomp.run_lomp` applies them: the L1 term,
+    momentum 0.9 and no weight decay (ALGORITHMS.md §7)."""
+    return {"l1": float(l1), "momentum": 0.9, "weight_decay": 0.0}
 
 
 def use_dense(st: TrialState, entry: dict[str, Any]) -> None:
@@ -371,40 +377,22 @@ def _dense_slq(st: TrialState, *, l1: float | None = None) -> Any:
 DEFAULT_LIMIT_GRID = tuple(round(0.5 + 0.005 * i, 6) for i in range(100))  # removed fractions 0.5…0.995
 
 
-def _curve(st: TrialState, grid: tuple[float, ...]) -> dict[str, list[float]]:
-    """One-shot global magnitude pruning of the trained LOMP model at each removed fraction (no
-    retraining): test accuracy/loss and training loss per point."""
-    from pruning import masks
-    from pruning.pruners import prune
-    from pruning.train import evaluate
-
-    dense_state = copy.deepcopy(st.model.state_dict())
-    out: dict[str, list[float]] = {"removed_frac": [], "test_acc": [], "test_loss": [], "train_loss": []}
-    for s in grid:
-        masks.load_state_dict(st.model, dense_state)
-        prune(st.model, "lomp", s, target="direct", seed=st.cell.seed)
-        test_loss, test_acc = evaluate(st.model, st.test_split, device=st.device)
-        train_loss, _ = evaluate(st.model, st.train_split, device=st.device)
-        for k, v in zip(out, (s, test_acc, test_loss, train_loss)):
-            out[k].append(float(v))
-    masks.load_state_dict(st.model, dense_state)
-    masks.remove_masks(st.model)
-    return out
-
-
 def step_limit(st: TrialState) -> None:
-    """A limit cell (ALGORITHMS.md §7): LOMP training (cached), ε, the dense SLQ (cached), the
-    predicted limit with its bands, and the actual limit from the one-shot magnitude curve.
+    """A limit cell (ALGORITHMS.md §7): LOMP training, ε, the dense SLQ, the predicted limit with
+    its bands, and the actual limit from the one-shot global-magnitude curve (no retraining).
 
-    Glue over `pruning.limit` (the theory) and `pruning.pruners` (the 'lomp' pruner is global
-    magnitude); the trials row describes the unpruned LOMP model, the curve the pruned ones.
+    The same steps as `pruning.lomp.run_lomp`, composed here from its parts (`pruning_curve`,
+    `pruning.limit`) because a sweep needs three things run_lomp does not offer: the LOMP model and
+    its SLQ come from the dense cache (shared with point cells of the `lomp` pruner), the SLQ can
+    use the backend's distributed HVPs, and `hessian.max_samples` bounds its data. The trials row
+    describes the unpruned LOMP model; the curve (0 added, as run_lomp does) the pruned ones.
     """
     from pruning import limit, masks
+    from pruning.lomp import pruning_curve
 
     p = st.cell.prune
     l1 = float(p["lomp_l1"])
-    entry = _dense(st, l1=l1)
-    use_dense(st, entry)
+    use_dense(st, _dense(st, l1=l1))
     if p.get("epsilon") is not None:
         eps, source = float(p["epsilon"]), "given"
     else:
@@ -417,15 +405,13 @@ def step_limit(st: TrialState) -> None:
     policy = p.get("eigen_policy", "abs")
     t0 = time.perf_counter()
     prediction = limit.predict_limit(weights, spectrum, eps, policy=policy, epsilon_source=source)
-    grid = tuple(p.get("limit_grid") or DEFAULT_LIMIT_GRID)
-    curve = _curve(st, grid)
-    actual = limit.actual_limit(curve["removed_frac"], curve["test_acc"], entry["metrics"]["test_acc"],
-                                tolerance_pp=float(p.get("limit_tolerance_pp", 0.1)))
+    grid = sorted({0.0, *(p.get("limit_grid") or DEFAULT_LIMIT_GRID)})
+    accs, losses, train_losses = pruning_curve(st.model, st.train_split, st.test_split, grid, device=st.device)
+    actual = limit.actual_limit(grid, accs, accs[0], tolerance_pp=float(p.get("limit_tolerance_pp", 0.1)))
     st.seconds["prune_seconds"] += time.perf_counter() - t0
     st.row.update(limit.limit_columns(prediction, actual))
     st.row["lomp_l1"] = l1
-    st.tables["curves"] = limit.curve_rows(curve["removed_frac"], curve["test_acc"], curve["test_loss"],
-                                           curve["train_loss"], weights, spectrum, eps, policy)
+    st.tables["curves"] = limit.curve_rows(grid, accs, losses, train_losses, weights, spectrum, eps, policy)
 
 
 STEPS: dict[str, Callable[[TrialState], None]] = {

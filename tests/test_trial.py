@@ -239,9 +239,18 @@ def test_limit_cell_curve_prediction_and_actual_limit(tmp_path):
     assert row["actual_removed_frac_tol"] == (tol.max() if len(tol) else 0.0)
     assert curve.test_acc.iloc[0] == pytest.approx(dense_acc)  # removing nothing changes nothing
     # ε recomputed independently from the cached LOMP model
-    m, entry, _ = dense_model(tmp_path, cell)
+    m, entry, key = dense_model(tmp_path, cell)
     train, _ = splits()
     assert row["epsilon"] == pytest.approx(limit.batch_loss_std(m, train, batch_size=32), rel=1e-9)
+    # the prediction recomputed from the cached LOMP model and its cached spectrum
+    from sweeps.trial import slq_from_plain
+
+    [slq_item] = [p.name for p in (tmp_path / "_cache" / "dense" / key).glob("slq-*.pt")]
+    spectrum = slq_from_plain(DenseCache(str(tmp_path)).load(key, slq_item))
+    again = limit.predict_limit(masks_lib.weights(m), spectrum, row["epsilon"], epsilon_source="batch_loss_std")
+    assert row["predicted_removed_frac"] == again.removed_frac
+    assert row["trace_bound_removed_frac"] == again.trace_bound_removed_frac
+    assert entry["metrics"]["test_acc"] == row["dense_test_acc"]
     epochs = store.read_cell_table(str(tmp_path), "t", "epochs", cell.cell_id).to_pylist()
     assert {e["phase"] for e in epochs} == {"lomp"}
     assert row["hessian_model"] == "dense" and row["zero_mass"] is not None
