@@ -325,7 +325,8 @@ def parse_section(cls: type, raw: Any, section: str, problems: list[str]) -> Any
     try:
         return cls(**values)
     except (ValueError, TypeError) as e:  # TrainConfig checks its own value ranges
-        problems.append(f"{section}: {e}")
+        for part in str(e).split("; "):
+            problems.append(part if part.startswith(f"{section}.") else f"{section}: {part}")
         return cls()
 
 
