@@ -293,3 +293,21 @@ def test_two_processes_racing_for_one_dense_model_train_it_once(tmp_path):
     assert DenseCache(str(tmp_path / "r")).computations(key) == 1
     rows = [store.read_table(str(tmp_path / "r"), "t", "trials").to_pylist()]
     assert len(rows[0]) == 2 and len({r["dense_test_acc"] for r in rows[0]}) == 1
+
+
+def test_cells_on_an_object_store(tmp_path):
+    """A pyarrow.fs URI as storage: tables and the dense cache live in the object store."""
+    root = "mock:///bucket/results"
+    todo = cells(tmp_path, storage=root, pruner="magnitude/global", sparsity=[0.5, 0.9],
+                 prune={"protocol": "none"})
+    for cell in todo:
+        assert run_cell(cell, Where(root))["status"] == "ok"
+        assert store.is_done(root, "t", cell.cell_id)
+    assert store.read_table(root, "t", "trials").num_rows == 2
+    assert store.read_table(root, "t", "layers").num_rows == 2 * 3
+    loc = store.locate(root)
+    import pyarrow.fs as pafs
+
+    keys = [i.base_name for i in loc.fs.get_file_info(pafs.FileSelector(loc.join("_cache", "dense")))]
+    assert len(keys) == 1 and DenseCache(root).computations(keys[0]) == 1
+    assert not (tmp_path / "_cache").exists()
