@@ -40,8 +40,9 @@ def write_spec(tmp_path: Path, name: str = "e2e", **changes) -> Path:
 
 
 def files(tmp_path: Path, sweep: str = "e2e", table: str = "trials") -> dict[str, float]:
+    """Visible result files (hidden `.<cell_id>.<random>.tmp` files of interrupted writes excluded)."""
     d = tmp_path / "results" / sweep / table
-    return {p.name: p.stat().st_mtime_ns for p in d.iterdir()} if d.exists() else {}
+    return {p.name: p.stat().st_mtime_ns for p in d.glob("*.parquet") if not p.name.startswith(".")}
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +163,9 @@ def test_failed_cells_are_listed_kept_and_retried(tmp_path, monkeypatch, capsys)
 
 @pytest.mark.slow
 def test_sigkill_mid_run_leaves_nothing_partial_and_is_redone(tmp_path):
+    # cells slow enough (~0.5 s of training each) that the kill lands inside one
     spec = write_spec(tmp_path, pruner=["dense", "random/uniform"], sparsity=[0.5, 0.8, 0.9],
-                      seed=[0, 1], train={"epochs": 3, "batch_size": 16, "lr": 0.05})
+                      seed=[0, 1], train={"epochs": 20, "batch_size": 8, "lr": 0.05})
     n_cells = len(expand(load_spec(spec)))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(spec)], cwd=ROOT, env=env,
@@ -171,12 +173,15 @@ def test_sigkill_mid_run_leaves_nothing_partial_and_is_redone(tmp_path):
     trials = tmp_path / "results" / "e2e" / "trials"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(files(tmp_path)) < 2:
-        time.sleep(0.05)
-    time.sleep(0.3)  # well inside the next cell
+        time.sleep(0.01)
+    time.sleep(0.1)  # inside the third cell
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = files(tmp_path)
     assert 2 <= len(done) < n_cells
+    # a write cut short leaves at most a hidden temp file, never a partial .parquet
+    assert all(p.name.endswith(".parquet") or (p.name.startswith(".") and p.name.endswith(".tmp"))
+               for p in trials.iterdir())
     # readers see only complete files: every visible file reads back, temp files are hidden
     for name in done:
         assert pq.read_table(trials / name).num_rows == 1
