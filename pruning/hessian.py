@@ -117,6 +117,10 @@ def _activation_bytes_per_sample(model: nn.Module, x: Tensor) -> int:
     return total[0]
 
 
+HVP_MODES = ("fwd_rev", "rev_rev", "fwd_rev_cached", "rev_rev_cached")
+AUTO_ROUNDS = 3  # calls per candidate before "auto" settles (the first of each is a warm-up)
+
+
 class LocalHVPBackend:
     """Exact HVPs of the summed loss over a fixed list of batches, B probes per data pass.
 
@@ -124,9 +128,13 @@ class LocalHVPBackend:
     - "fwd_rev": `vmap(jvp(grad(f)))`, forward-over-reverse, recomputed per call;
     - "rev_rev": `vmap(vjp(grad(f)))`, reverse-over-reverse, recomputed per call;
     - "fwd_rev_cached": `torch.func.linearize(grad(f))` once per batch, then only the tangent
-      pass per call: the forward and first backward that every Lanczos step shares are kept.
-    "auto" times the candidates on the first batch and keeps the fastest (`_pick`): which one wins
-    depends on the architecture, dtype and device, so it is measured, not guessed.
+      pass per call: the forward and first backward that every Lanczos step shares are kept;
+    - "rev_rev_cached": `vjp(grad(f))` once per batch, its pullback reused by every call.
+    "auto" picks per architecture by measuring, online: the first calls rotate through the
+    candidates (the two cached modes when the estimated cache, 4× the activations of the data set,
+    fits `cache_bytes`; else the two recomputing ones), each call giving exact products, and the
+    fastest call per direction after each one's warm-up wins. Which mode wins depends on architecture, dtype and
+    device (see docs/benchmarks_slq.md), so it is measured, not guessed; `mode` shows the winner.
     In every mode one forward + first backward serves all B directions (vmap over the probe dim).
     """
 
@@ -158,10 +166,16 @@ class LocalHVPBackend:
         self.dtype = next(iter(self.primals.values())).dtype
         self.batches = _to_batches(data, batch_size, self.device)
         self.count = int(sum(len(y) for _, y in self.batches))
-        self._cache: dict[int, Callable] = {}  # batch index -> linearized HVP (fwd_rev_cached)
-        self.mode = self._pick(cache_bytes) if mode == "auto" else mode
-        log.info("hvp backend: dim=%d samples=%d batches=%d mode=%s", self.dim, self.count,
-                 len(self.batches), self.mode)
+        self._cache: dict[tuple[str, int], Callable] = {}  # (mode, batch) -> kept HVP function
+        self.mode = mode
+        self._trials: list[tuple[str, float]] = []  # auto: (mode, seconds per direction) per call
+        self._candidates = list(HVP_MODES[:2])
+        if mode == "auto":
+            need = 4 * _activation_bytes_per_sample(self.model, self.batches[0][0]) * self.count
+            if need <= cache_bytes:
+                self._candidates = list(HVP_MODES[2:])
+        log.info("hvp backend: dim=%d samples=%d batches=%d mode=%s %s", self.dim, self.count,
+                 len(self.batches), self.mode, self._candidates if mode == "auto" else "")
 
     @classmethod
     def from_state_dict(
@@ -209,49 +223,52 @@ class LocalHVPBackend:
             return vmap(lambda t: jvp(g, (self.primals,), (t,))[1])(T)
         if mode == "rev_rev":
             return vmap(vjp(self._grad_fn(x, y), self.primals)[1])(T)[0]
-        if i not in self._cache:
-            with warnings.catch_warnings():  # torch.fx notes the traced constants it keeps: expected
-                warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
-                self._cache[i] = linearize(self._grad_fn(x, y), self.primals)[1]
-        return vmap(self._cache[i])(T)
+        key = (mode, i)
+        if key not in self._cache:
+            if mode == "fwd_rev_cached":
+                with warnings.catch_warnings():  # torch.fx notes the traced constants it keeps
+                    warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
+                    self._cache[key] = linearize(self._grad_fn(x, y), self.primals)[1]
+            else:
+                pullback = vjp(self._grad_fn(x, y), self.primals)[1]
+                self._cache[key] = lambda t, pb=pullback: pb(t)[0]
+        return vmap(self._cache[key])(T)
 
-    def _pick(self, cache_bytes: int) -> str:
-        """Time each candidate mode on the first batch (2 calls, 2 directions) and keep the fastest.
+    def _next_mode(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return self._candidates[len(self._trials) % len(self._candidates)]
 
-        The cached mode is a candidate only when its estimated memory (4× the activations of the
-        whole data set, a heuristic) fits `cache_bytes`; its one-off build is not counted, since it
-        is amortized over all Lanczos steps.
-        """
-        candidates = ["fwd_rev", "rev_rev"]
-        need = 4 * _activation_bytes_per_sample(self.model, self.batches[0][0]) * self.count
-        if need <= cache_bytes:
-            candidates.append("fwd_rev_cached")
-        T = self._split(torch.zeros(self.dim, 2, dtype=self.dtype, device=self.device))
-        seconds = {}
-        for m in candidates:
-            self._products(m, 0, T)  # warm-up (and the cache build)
-            t0 = time.perf_counter()
-            self._products(m, 0, T)
-            seconds[m] = time.perf_counter() - t0
-        log.info("hvp mode timings on batch 0: %s", {k: round(v, 5) for k, v in seconds.items()})
-        if "fwd_rev_cached" != min(seconds, key=seconds.get):
-            self._cache.clear()
-        return min(seconds, key=seconds.get)
+    def _record(self, mode: str, seconds: float) -> None:
+        """Auto mode: after `AUTO_ROUNDS` calls per candidate, keep the one with the fastest call
+        after its first (the first builds caches and warms up). Min, not mean: on a shared machine
+        noise only ever adds time."""
+        self._trials.append((mode, seconds))
+        if len(self._trials) < AUTO_ROUNDS * len(self._candidates):
+            return
+        second: dict[str, float] = {}
+        for m, t in self._trials[len(self._candidates):]:
+            second[m] = min(t, second.get(m, math.inf))
+        self.mode = min(second, key=second.get)
+        self._cache = {k: v for k, v in self._cache.items() if k[0] == self.mode}
+        log.info("hvp mode: %s (seconds per direction, best timed call: %s)", self.mode,
+                 {k: round(v, 6) for k, v in second.items()})
 
     def hvp_sum(self, V: Tensor) -> tuple[Tensor, int]:
         """(Σ_i ∇²ℓ_i V, n) over this backend's samples; V is (D, B)."""
         if V.ndim != 2 or V.shape[0] != self.dim:
             raise ValueError(f"V: shape {tuple(V.shape)}, expected ({self.dim}, B)")
         b = V.shape[1]
+        mode = self._next_mode()
+        t0 = time.perf_counter()
         T = self._split(V.to(device=self.device, dtype=self.dtype))
         total = torch.zeros(self.dim, b, dtype=self.dtype, device=self.device)
         with torch.no_grad():
             for i in range(len(self.batches)):
-                total += self._join(self._products(self.mode, i, T), b)
+                total += self._join(self._products(mode, i, T), b)
+        if self.mode == "auto":
+            self._record(mode, (time.perf_counter() - t0) / b)
         return total, self.count
-
-
-HVP_MODES = ("fwd_rev", "rev_rev", "fwd_rev_cached")
 
 
 class DeflatedBackend:

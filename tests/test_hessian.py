@@ -231,3 +231,15 @@ def test_bad_input():
         slq(model, None, [(x, y)], probes=2, iterations=3, max_basis_bytes=100)
     with pytest.raises(ValueError, match="hvp mode"):
         LocalHVPBackend(model, None, [(x, y)], mode="nope")
+
+
+def test_auto_mode_settles_and_stays_exact():
+    model = tiny_mlp()
+    x, y = tiny_data((6,))
+    H = exact_hessian(model, x, y)
+    be = LocalHVPBackend(model, None, [(x, y)], mode="auto")
+    V = torch.randn(be.dim, 2, dtype=torch.float64)
+    for _ in range(7):  # 3 rounds × 2 candidates, then the winner
+        torch.testing.assert_close(mean_hvp(be, V), H @ V, rtol=1e-10, atol=1e-12)
+    assert be.mode in ("fwd_rev_cached", "rev_rev_cached")
+    assert {k[0] for k in be._cache} == {be.mode}  # the loser's cache is freed

@@ -1,0 +1,184 @@
+"""SLQ speed and agreement: prunetune's `slq` vs PyHessian's `density`, same model/data/probes/iterations.
+
+    .venv/bin/pip install pyhessian          # bench-only; never a runtime dependency
+    .venv/bin/python bench/slq_vs_pyhessian.py [--probes 8] [--iterations 64] [--cases lenet resnet]
+
+Cases: LeNet-300-100 on digits (1,437 training images, 8×8) and a small CIFAR-shaped ResNet (option-A
+basic blocks, 8/16/32 channels, one block per stage, BatchNorm) on synthetic 3×32×32 data. Every
+method runs in its own subprocess (clean peak-RSS, no shared caches), one at a time:
+- ours: `pruning.hessian.slq` over all parameters (BN included, as PyHessian does), no deflation;
+- floor: the same number of bare `hvp_sum` calls (B directions each) in the HVP mode `slq` settled on;
+  our SLQ time minus this floor is Lanczos itself (reorthogonalization, scalars, bookkeeping);
+- modes: per HVP mode, the best of 3 timed passes after a first one (which builds caches);
+- pyhessian_batch: PyHessian with the whole training set as its single batch (graph kept);
+- pyhessian_loader: PyHessian's data-loader mode over 4 batches (recomputes per product).
+PyHessian 0.1 calls `torch.eig`, removed from torch: we install a shim in this process only, mapping
+`torch.eig(T, eigenvectors=True)` to `torch.linalg.eigh` (T is symmetric tridiagonal), returning
+eigenvalues in PyHessian's (n, 2) real/imaginary layout.
+Ratios are PyHessian time / our time, measured in the same run. Timed numbers only, no asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pruning.data import load  # noqa: E402
+from pruning.hessian import HVP_MODES, LocalHVPBackend, SLQResult, slq  # noqa: E402
+from pruning.models import CifarBasicBlock, build  # noqa: E402
+
+
+def small_resnet(num_classes: int = 10) -> nn.Module:
+    """A CIFAR-shaped ResNet small enough for a 2-core bench: stem 8, stages 8/16/32, one block each."""
+    blocks, in_planes = [], 8
+    for planes, stride in [(8, 1), (16, 2), (32, 2)]:
+        blocks.append(CifarBasicBlock(in_planes, planes, stride))
+        in_planes = planes
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), *blocks,
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
+
+
+def setup(case: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    if case == "lenet":
+        train, _ = load("digits")
+        model = build("lenet300100", input_shape=train.input_shape, num_classes=10)
+    elif case == "resnet":
+        train, _ = load("synthetic", input_shape=(3, 32, 32), num_classes=10, n_train=32, n_test=8)
+        model = small_resnet()
+        with torch.no_grad():  # non-trivial BN statistics for the eval-mode operator
+            model.train()
+            model(train.tensors()[0])
+    else:
+        raise ValueError(f"case {case!r}: choose from lenet, resnet")
+    x, y = train.tensors()
+    return model.eval(), x, y
+
+
+def _shim_torch_eig() -> None:
+    def eig(t: torch.Tensor, eigenvectors: bool = False):
+        w, v = torch.linalg.eigh(t)
+        return torch.stack([w, torch.zeros_like(w)], dim=1), v
+
+    torch.eig = eig  # type: ignore[attr-defined]
+
+
+def spectrum_stats(nodes: np.ndarray, weights: np.ndarray, dim: int) -> dict:
+    r = SLQResult(nodes=nodes, weights=weights, steps=np.full(len(nodes), nodes.shape[1]),
+                  probe_ids=np.arange(len(nodes)), dim=dim, full_dim=dim, zero_mass=0.0, seed=0,
+                  iterations=nodes.shape[1])
+    return {"lambda_max": r.lambda_max(), "lambda_min": r.lambda_min(), "trace": r.trace()}
+
+
+def run_one(method: str, case: str, probes: int, iterations: int) -> dict:
+    model, x, y = setup(case)
+    names = [n for n, _ in model.named_parameters()]
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out: dict = {"method": method, "case": case, "dim": sum(p.numel() for p in model.parameters())}
+    t0 = time.perf_counter()
+    if method == "ours":
+        r = slq(model, nn.functional.cross_entropy, [(x, y)], probes=probes, iterations=iterations,
+                params=names, deflate=False, batch_probes=probes)
+        out.update(spectrum_stats(r.nodes, r.weights, r.dim), hvp_mode=r.info["hvp_mode"],
+                   hvp_seconds=r.hvp_seconds, passes=r.data_passes)
+    elif method.startswith("floor:"):  # floor:<mode picked by ours>
+        be = LocalHVPBackend(model, None, [(x, y)], params=names, mode=method.split(":")[1])
+        V = torch.randn(be.dim, probes)
+        for _ in range(iterations):
+            be.hvp_sum(V)
+        out.update(hvp_mode=be.mode)
+    elif method == "modes":
+        for mode in HVP_MODES:
+            be = LocalHVPBackend(model, None, [(x, y)], params=names, mode=mode)
+            V = torch.randn(be.dim, probes)
+            tb = time.perf_counter()
+            be.hvp_sum(V)  # first pass: includes the cache build of the cached modes
+            out[mode + "_first"] = time.perf_counter() - tb
+            times = []
+            for _ in range(3):
+                tm = time.perf_counter()
+                be.hvp_sum(V)
+                times.append(time.perf_counter() - tm)
+            out[mode] = min(times)
+    else:
+        _shim_torch_eig()
+        from pyhessian import hessian as pyh
+
+        crit = nn.CrossEntropyLoss()
+        if method == "pyhessian_batch":
+            h = pyh(model, crit, data=(x, y), cuda=False)
+        else:
+            n = len(y)
+            step = math.ceil(n / 4)
+            h = pyh(model, crit, dataloader=[(x[i : i + step], y[i : i + step]) for i in range(0, n, step)],
+                    cuda=False)
+        torch.manual_seed(1)
+        ev, w = h.density(iter=iterations, n_v=probes)
+        out.update(spectrum_stats(np.array(ev, dtype=np.float64), np.array(w, dtype=np.float64), out["dim"]))
+    out["seconds"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_over_setup_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--probes", type=int, default=8)
+    ap.add_argument("--iterations", type=int, default=64)
+    ap.add_argument("--cases", nargs="+", default=["lenet", "resnet"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="also write all results to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(run_one(args.one, args.cases[0], args.probes, args.iterations)))
+        return
+    results = []
+    for case in args.cases:
+        res = {}
+        for method in ("modes", "ours", "floor", "pyhessian_batch", "pyhessian_loader"):
+            if method == "floor":
+                method = "floor:" + res["ours"]["hvp_mode"]
+            cmd = [sys.executable, __file__, "--one", method, "--cases", case, "--probes", str(args.probes),
+                   "--iterations", str(args.iterations), "--threads", str(args.threads)]
+            line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            res[method.split(":")[0]] = r = json.loads(line)
+            print(f"  {case}/{method}: {r['seconds']:.1f} s", file=sys.stderr, flush=True)
+        results.append(res)
+        o, f, pb, pl = res["ours"], res["floor"], res["pyhessian_batch"], res["pyhessian_loader"]
+        print(f"\n## {case}: D={o['dim']}, {args.probes} probes × {args.iterations} iterations, "
+              f"{args.threads} threads; HVP mode picked: {o['hvp_mode']}")
+        print("| method | seconds | ratio vs ours | peak RSS MB (over setup) | λmax | λmin | trace |")
+        print("|---|---|---|---|---|---|---|")
+        for name, r in (("ours (slq)", o), ("PyHessian single batch", pb), ("PyHessian data loader (4 batches)", pl)):
+            print(f"| {name} | {r['seconds']:.2f} | {r['seconds'] / o['seconds']:.2f}× | "
+                  f"{r['peak_rss_mb']:.0f} ({r['peak_rss_over_setup_mb']:.0f}) | {r['lambda_max']:.4g} | "
+                  f"{r['lambda_min']:.4g} | {r['trace']:.4g} |")
+        print(f"| bare HVP floor ({f['hvp_mode']}, same passes) | {f['seconds']:.2f} | — | "
+              f"{f['peak_rss_mb']:.0f} ({f['peak_rss_over_setup_mb']:.0f}) | | | |")
+        share = (o["seconds"] - f["seconds"]) / o["seconds"]
+        print(f"\nours / floor = {o['seconds'] / f['seconds']:.3f} (time outside the HVPs: {100 * share:.1f}% "
+              f"of our SLQ time; in-run HVP time {o['hvp_seconds']:.2f} s)")
+        m = res["modes"]
+        print("HVP modes, one pass of " + str(args.probes) + " directions (s): " + ", ".join(
+            f"{k} {m[k]:.3f} (first {m[k + '_first']:.3f})" for k in HVP_MODES))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
