@@ -105,7 +105,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def locate_sweep(name_or_path: str, storage: str | None) -> tuple[str, str]:
-    """(storage, sweep) from a sweep name, a sweep directory, a stored spec.yaml or a user spec."""
+    """(storage, sweep) from a sweep name, a sweep directory or URI, a stored spec.yaml or a user spec."""
+    from sweeps.spec import is_uri
+
+    if is_uri(name_or_path):  # s3://bucket/results/my_sweep
+        root, _, sweep = name_or_path.rstrip("/").rpartition("/")
+        return root, sweep
     path = Path(name_or_path)
     if path.is_dir():
         if not (path / "spec.yaml").exists():

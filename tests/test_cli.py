@@ -142,3 +142,13 @@ def test_progress_lines_and_eta():
     assert lines[1].startswith("FAILED lenet300100/digits magnitude/global s=0.9 seed=0: ValueError: boom")
     assert "\r" not in out.getvalue() and "\033" not in out.getvalue()  # plain text off a terminal
     assert [duration(s) for s in (5, 65, 3725)] == ["5s", "1m05s", "1h02m"]
+
+
+def test_status_of_a_sweep_in_an_object_store(tmp_path, capsys):
+    from sweeps.cli import locate_sweep
+
+    assert locate_sweep("s3://bucket/results/my_sweep/", None) == ("s3://bucket/results", "my_sweep")
+    spec = tiny_spec(tmp_path, pruner="dense", seed=0, storage="mock:///b/r")
+    assert main(["run", str(spec)]) == 0
+    assert main(["status", "mock:///b/r/tiny"]) == 0
+    assert "1 cells — 1 done" in capsys.readouterr().out
