@@ -15,6 +15,7 @@ configuration into several ids.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -88,6 +89,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@functools.cache
 def _defaults() -> dict[str, dict[str, Any]]:
     from sweeps.spec import train_config_class
 
