@@ -191,15 +191,29 @@ def test_driver_interrupted_mid_sweep_then_resume(tmp_path, sig):
 # ----------------------------------------------------------------------------- two nodes
 
 
-@pytest.fixture(scope="module")
-def two_nodes():
-    """A head with no CPUs (nothing runs on it, as in cluster.yaml) and two 2-CPU worker nodes."""
+def start_cluster(workers):
+    """A head with no CPUs (nothing runs on it, as in cluster.yaml) and `workers` 2-CPU nodes."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    nodes = [cluster.add_node(num_cpus=2) for _ in range(workers)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
+    return cluster, nodes
+
+
+@pytest.fixture
+def two_nodes():
+    cluster, nodes = start_cluster(2)
+    yield cluster, nodes
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture
+def three_nodes():
+    """After one node is removed, two remain: room for the retried trial's three bundles."""
+    cluster, nodes = start_cluster(3)
     yield cluster, nodes
     ray.shutdown()
     cluster.shutdown()
@@ -219,7 +233,7 @@ def test_two_node_run_spreads_hvp_workers_over_both_nodes(two_nodes, tmp_path):
     summary = backend.run(expand(spec), Where(storage=spec.storage), progress=quiet(1))
     assert summary.ok and len(summary.done) == 1
     hvp_nodes = set(backend.results[0].metrics["hvp_nodes"].split(","))
-    assert hvp_nodes == {n.unique_id for n in nodes}  # 3 one-CPU bundles cannot fit on one 2-CPU node
+    assert hvp_nodes == {n.node_id for n in nodes}  # 3 one-CPU bundles cannot fit on one 2-CPU node
     row = store.trial_row(spec.storage, spec.name, summary.done[0])
     assert row["slq_probes"] == 2 and row["hessian_trace"] is not None
 
@@ -241,7 +255,7 @@ def _node_of(pid, raylets):
 
 
 def remove_an_hvp_node(cluster, nodes, done, removed):
-    """Once HVP workers run, remove a node that hosts one of them but not the trial; add a new node."""
+    """Once HVP workers run, remove a node that hosts one of them but not the trial."""
     while not done.is_set() and not removed:
         raylets = {n.all_processes["raylet"][0].process.pid: n for n in nodes}
         procs = [(int(p), _cmd(int(p))) for p in os.listdir("/proc") if p.isdigit()]
@@ -251,13 +265,12 @@ def remove_an_hvp_node(cluster, nodes, done, removed):
         if victims:
             cluster.remove_node(victims[0], allow_graceful=False)
             removed.append(victims[0])
-            cluster.add_node(num_cpus=2)  # the autoscaler's replacement
             return
         time.sleep(0.05)
 
 
-def test_hvp_node_removed_mid_slq_fails_the_trial_cleanly_and_it_is_retried(two_nodes, tmp_path):
-    cluster, nodes = two_nodes
+def test_hvp_node_removed_mid_slq_fails_the_trial_cleanly_and_it_is_retried(three_nodes, tmp_path):
+    cluster, nodes = three_nodes
     spec = slq_spec(tmp_path, "node-lost", iterations=40, max_samples=800)
     counter = CountRecoveries()
     backend = RayBackend.from_spec(spec, RayOptions(max_failures=2), callbacks=[counter])
@@ -274,4 +287,4 @@ def test_hvp_node_removed_mid_slq_fails_the_trial_cleanly_and_it_is_retried(two_
     assert summary.ok and len(summary.done) == 1
     row = store.trial_row(spec.storage, spec.name, summary.done[0])
     assert row["status"] == "ok" and row["error"] is None and row["slq_probes"] == 2
-    assert removed[0].unique_id not in backend.results[0].metrics["hvp_nodes"]
+    assert removed[0].node_id not in backend.results[0].metrics["hvp_nodes"]
