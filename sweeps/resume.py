@@ -15,6 +15,7 @@ trainable returns at once for them).
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from sweeps.backends.base import RunSummary
 from sweeps.backends.ray_tune import (
     RUN_PREFIX, ProgressCallback, RayBackend, RayOptions, absolute, collect, tune_root,
 )
-from sweeps.cells import expand
+from sweeps.cells import Cell, expand
 from sweeps.progress import Progress
 from sweeps.spec import build_spec, default_storage
 from sweeps.trial import Where
@@ -80,6 +81,11 @@ def restore(backend: RayBackend, where: Where, path: str | None) -> bool:
     return True
 
 
+def _written_since(storage: str, cell: Cell, when: datetime) -> bool:
+    row = store.trial_row(storage, cell.sweep, cell.cell_id)
+    return row is not None and row.get("finished_at") is not None and row["finished_at"] >= when
+
+
 def resume(name_or_path: str, *, storage: str | None = None, options: RayOptions | None = None,
            progress: Progress | None = None, **backend_kwargs) -> RunSummary:
     """Continue a stored Ray sweep until every cell is done (or failed); see the module docstring.
@@ -106,13 +112,20 @@ def resume(name_or_path: str, *, storage: str | None = None, options: RayOptions
     if not pending:
         return summary
     backend = RayBackend.from_spec(spec, options, **backend_kwargs)
+    started = datetime.now(timezone.utc)
     with backend.session():
         where = absolute(where)
         callback = ProgressCallback({c.cell_id: c for c in pending}, where.storage, progress)
         if restore(backend, where, latest_experiment(spec.storage, spec.name)):
             restored = collect(pending, where, backend.results, RunSummary(), callback)
+            # a cell the restored experiment ran to a failed row keeps it (Tune already retried
+            # it); cells with no row, or with a failed row older than this call, run afresh
+            missing = [c for c in pending if not _written_since(spec.storage, c, started)]
+            missing_ids = {c.cell_id for c in missing}
             summary.done += restored.done
-            pending = [c for c in pending if c.cell_id not in set(restored.done)]
+            summary.failed += [cid for cid in restored.failed if cid not in missing_ids]
+            summary.errors.update({cid: e for cid, e in restored.errors.items() if cid not in missing_ids})
+            pending = missing
         if pending:
             fresh = RunSummary()
             backend.results = backend.tuner(pending, where, callback).fit()

@@ -210,3 +210,39 @@ def test_serial_and_ray_write_the_same_trials_rows(fake_gpus, tmp_path):
             else:
                 assert r[k] == s[k] or (s[k] != s[k] and r[k] != r[k]), k
         assert s["hessian_trace"] is not None if cell.pruner != "dense" else True
+
+
+def test_resume_reruns_failed_and_missing_cells_only(fake_gpus, tmp_path):
+    """A finished sweep with one failed cell: `resume` restores the Tune experiment (nothing left in
+    it to run), then runs the stale failed cell afresh; the ok cell's file is never rewritten."""
+    from sweeps.resume import resume
+    from sweeps.spec import dump_yaml
+
+    spec = make_spec(tmp_path)
+    store.write_spec(spec.storage, spec.name, dump_yaml(spec))
+    cells = expand(spec)
+    good = recording_run_fn(str(tmp_path / "logs"), 1)
+
+    def failing(cell, where, **kw):
+        if cell.sparsity == 0.8:
+            from sweeps import store as st
+            from sweeps.trial import identity_columns
+
+            row = {**identity_columns(cell), "status": "failed", "error": "RuntimeError: flaky"}
+            st.write_cell(where.storage, cell.sweep, cell.cell_id, {"trials": [row]})
+            return row
+        return good(cell, where, **kw)
+
+    first = RayBackend.from_spec(spec, run_fn=failing).run(cells, Where(storage=spec.storage),
+                                                             progress=quiet_progress(2))
+    [bad] = first.failed
+    assert first.errors[bad] == "RuntimeError: flaky"
+    ok_id = first.done[0]
+    ok_file = os.path.join(spec.storage, "rt", "trials", f"{ok_id}.parquet")
+    stamp = os.stat(ok_file).st_mtime_ns
+
+    summary = resume(os.path.join(spec.storage, "rt"), run_fn=good, progress=quiet_progress(2))
+    assert summary.ok and summary.done == [bad] and summary.skipped == [ok_id]
+    assert store.trial_row(spec.storage, "rt", bad)["status"] == "ok"
+    assert os.stat(ok_file).st_mtime_ns == stamp
+    assert len(store.read_table(spec.storage, "rt", "trials")) == 2
