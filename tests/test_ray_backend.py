@@ -77,6 +77,29 @@ def test_unmeetable_gpu_request_is_refused_before_anything_starts(tmp_path):
         RayBackend(cpus=1, hessian_workers=3).check_local(num_cpus=2, num_gpus=0)
 
 
+def test_cli_pieces_parse_into_options_and_reject_bad_input(tmp_path, capsys):
+    import argparse
+
+    from sweeps import ray_cli
+
+    parser = argparse.ArgumentParser()
+    ray_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["resume", "demo", "--max-concurrent", "3", "--num-gpus", "2", "--dashboard"])
+    assert args.func is ray_cli.cmd_resume
+    assert ray_cli.options_from_args(args) == RayOptions(num_gpus=2, max_concurrent=3, dashboard=True)
+
+    assert ray_cli.main(["resume", "nope", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: resume: no sweep 'nope' in ")
+    assert ray_cli.main(["resume", "nope", "--max-concurrent", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: max_concurrent: 0; must be ≥ 1"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: nosuchmodel\n")
+    assert ray_cli.main(["run", str(bad), "--storage", str(tmp_path)]) == 2
+    assert "model: unknown 'nosuchmodel'" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
 # ----------------------------------------------------------------------------- fake GPUs
 
 
