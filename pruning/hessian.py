@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.linalg import eigh_tridiagonal
+from scipy.linalg import eigh_tridiagonal, solve_banded
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, linearize, vjp, vmap
 
@@ -117,7 +117,7 @@ def _activation_bytes_per_sample(model: nn.Module, x: Tensor) -> int:
     return total[0]
 
 
-HVP_MODES = ("fwd_rev", "rev_rev", "fwd_rev_cached", "rev_rev_cached")
+HVP_MODES = ("fwd_rev", "rev_rev", "autograd", "fwd_rev_cached", "rev_rev_cached", "autograd_cached")
 AUTO_ROUNDS = 3  # calls per candidate before "auto" settles (the first of each is a warm-up)
 
 
@@ -129,10 +129,12 @@ class LocalHVPBackend:
     - "rev_rev": `vmap(vjp(grad(f)))`, reverse-over-reverse, recomputed per call;
     - "fwd_rev_cached": `torch.func.linearize(grad(f))` once per batch, then only the tangent
       pass per call: the forward and first backward that every Lanczos step shares are kept;
-    - "rev_rev_cached": `vjp(grad(f))` once per batch, its pullback reused by every call.
+    - "rev_rev_cached": `vjp(grad(f))` once per batch, its pullback reused by every call;
+    - "autograd" / "autograd_cached": torch.autograd double backward, one per direction, from a
+      gradient graph built per call / kept per batch (see `_autograd_products`).
     "auto" picks per architecture by measuring, online: the first calls rotate through the
-    candidates (the two cached modes when the estimated cache, 4× the activations of the data set,
-    fits `cache_bytes`; else the two recomputing ones), each call giving exact products, and the
+    candidates (the three cached modes when the estimated cache, 4× the activations of the data
+    set, fits `cache_bytes`; else the three recomputing ones), each call giving exact products, and the
     fastest call per direction after each one's warm-up wins. Which mode wins depends on architecture, dtype and
     device (see docs/benchmarks_slq.md), so it is measured, not guessed; `mode` shows the winner.
     In every mode one forward + first backward serves all B directions (vmap over the probe dim).
@@ -169,11 +171,11 @@ class LocalHVPBackend:
         self._cache: dict[tuple[str, int], Callable] = {}  # (mode, batch) -> kept HVP function
         self.mode = mode
         self._trials: list[tuple[str, float]] = []  # auto: (mode, seconds per direction) per call
-        self._candidates = list(HVP_MODES[:2])
+        self._candidates = list(HVP_MODES[:3])
         if mode == "auto":
             need = 4 * _activation_bytes_per_sample(self.model, self.batches[0][0]) * self.count
             if need <= cache_bytes:
-                self._candidates = list(HVP_MODES[2:])
+                self._candidates = list(HVP_MODES[3:])
         log.info("hvp backend: dim=%d samples=%d batches=%d mode=%s %s", self.dim, self.count,
                  len(self.batches), self.mode, self._candidates if mode == "auto" else "")
 
@@ -223,6 +225,8 @@ class LocalHVPBackend:
             return vmap(lambda t: jvp(g, (self.primals,), (t,))[1])(T)
         if mode == "rev_rev":
             return vmap(vjp(self._grad_fn(x, y), self.primals)[1])(T)[0]
+        if mode.startswith("autograd"):
+            return self._autograd_products(mode, i, T)
         key = (mode, i)
         if key not in self._cache:
             if mode == "fwd_rev_cached":
@@ -233,6 +237,30 @@ class LocalHVPBackend:
                 pullback = vjp(self._grad_fn(x, y), self.primals)[1]
                 self._cache[key] = lambda t, pb=pullback: pb(t)[0]
         return vmap(self._cache[key])(T)
+
+    def _autograd_products(self, mode: str, i: int, T: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Reverse-over-reverse with torch.autograd: the gradient graph (create_graph) is built once
+        per batch (kept across calls in "autograd_cached") and each direction is one more backward.
+
+        Why besides torch.func: a torch.func pullback is itself differentiable and vmap adds
+        batching overhead, which on CPU made it several times slower than this loop on MLPs
+        (docs/benchmarks_slq.md); the forward and first backward are still shared by all B.
+        """
+        key = (mode, i)
+        with torch.enable_grad():
+            if key not in self._cache:
+                x, y = self.batches[i]
+                leaves = [self.primals[n].detach().requires_grad_(True) for n in self.names]
+                out = functional_call(self.model, {**self.fixed, **dict(zip(self.names, leaves))}, (x,))
+                g = torch.autograd.grad(self.loss_fn(out, y) * y.shape[0], leaves, create_graph=True)
+                self._cache[key] = (leaves, g)
+            leaves, g = self._cache[key]
+            b = next(iter(T.values())).shape[0]
+            cols = [torch.autograd.grad(g, leaves, [T[n][j] for n in self.names], retain_graph=True)
+                    for j in range(b)]
+        if mode == "autograd":
+            del self._cache[key]
+        return {n: torch.stack([c[k] for c in cols]) for k, n in enumerate(self.names)}
 
     def _next_mode(self) -> str:
         if self.mode != "auto":
@@ -389,25 +417,36 @@ def lanczos(
     scale = np.zeros(B)
     q = (V0 / V0.norm(dim=1, keepdim=True)).to(basis_dtype)  # (B, D), on the compute device
     q_prev = torch.zeros_like(q)
-    active = list(range(B))
+    active = np.arange(B)
+    # Batched over the active probes, so each step is a handful of large ops (on a busy CPU every
+    # small parallel op costs a thread wake-up, and a per-probe loop multiplies them by B).
     for k in range(m):
-        Q[active, k] = q[active].to(dev)
-        w = matvec(q[active]).to(basis_dtype)  # (b, D)
-        for r, b in enumerate(active):
-            wb = w[r]
-            scale[b] = max(scale[b], float(wb.norm()))
-            alpha = float(torch.dot(q[b], wb))
-            wb = wb - alpha * q[b] - (betas[b, k - 1] if k else 0.0) * q_prev[b]
-            Qb = Q[b, : k + 1].to(wb.device)  # (k+1, D)
-            for _ in range(2):  # two classical Gram–Schmidt passes
-                wb = wb - Qb.T @ (Qb @ wb)
-            beta = float(wb.norm())
-            alphas[b, k], betas[b, k] = alpha, beta
-            steps[b] = k + 1
-            q_prev[b] = q[b]
-            q[b] = wb / beta if beta > 0 else wb
-        active = [b for b in active if betas[b, k] > tol * scale[b]]
-        if not active:
+        full = len(active) == B
+        idx = torch.as_tensor(active, device=q.device)
+        qa = q if full else q[idx]                                   # (b, D)
+        Q[:, k] = q.to(dev)
+        w = matvec(qa).to(basis_dtype)                                # (b, D)
+        norms = w.norm(dim=1)
+        alpha = (qa * w).sum(dim=1)                                   # (b,)
+        beta_prev = torch.as_tensor(betas[active, k - 1] if k else np.zeros(len(active)),
+                                    dtype=basis_dtype, device=w.device)
+        w -= alpha[:, None] * qa + beta_prev[:, None] * (q_prev if full else q_prev[idx])
+        Qa = (Q[:, : k + 1] if full else Q[torch.as_tensor(active, device=dev), : k + 1]).to(w.device)
+        for _ in range(2):  # two classical Gram–Schmidt passes: w -= Qᵀ (Q w)
+            c = torch.bmm(Qa, w[:, :, None])                          # (b, k+1, 1)
+            w = torch.baddbmm(w[:, :, None], Qa.transpose(1, 2), c, alpha=-1).squeeze(2)
+        beta = w.norm(dim=1)
+        scalars = torch.stack([norms, alpha, beta]).double().cpu().numpy()  # one sync per step
+        scale[active] = np.maximum(scale[active], scalars[0])
+        alphas[active, k], betas[active, k] = scalars[1], scalars[2]
+        steps[active] = k + 1
+        safe = torch.where(beta > 0, beta, torch.ones_like(beta))
+        if full:
+            q_prev, q = q, w / safe[:, None]
+        else:
+            q_prev[idx], q[idx] = qa, w / safe[:, None]
+        active = active[betas[active, k] > tol * scale[active]]
+        if len(active) == 0:
             break
     return alphas, betas, steps
 
@@ -455,6 +494,8 @@ class SLQResult:
     n_hvp: int = 0            # single Hessian-vector products computed
     data_passes: int = 0
     info: dict = field(default_factory=dict)
+    alphas: np.ndarray | None = None  # (P, m) Lanczos diagonals (for `radau`)
+    betas: np.ndarray | None = None   # (P, m) off-diagonals; betas[p, steps−1] is the next β
 
     @property
     def probes(self) -> int:
@@ -497,6 +538,39 @@ class SLQResult:
         dens = (1 - self.zero_mass) * (kern(theta[None, :]) * tau[None, :]).sum(axis=1)
         return dens + self.zero_mass * kern(np.zeros((1, 1)))[:, 0]
 
+    def radau(self, anchor: float = 0.0) -> SLQResult:
+        """The Gauss–Radau rule with one node fixed at `anchor` (default 0), from the same Lanczos run.
+
+        Why: for f(λ) = 2ε/(2ε + R²λ) on a PSD spectrum (f completely monotone), the Gauss rule
+        (this result) is a lower bound of (1/D) tr f(H) and the Radau rule anchored at the bottom
+        of the spectrum an upper bound (Golub & Meurant, *Matrices, Moments and Quadrature*). Where
+        the two agree the quadrature is resolved; where they split (large R, much mass near 0) the
+        truth lies between. With negative eigenvalues this is a heuristic bracket, not a bound.
+        The rule: extend the Jacobi matrix T_k by one row so that `anchor` is an eigenvalue,
+        φ = anchor + δ_k with (T_k − anchor·I) δ = β_k² e_k. Probes that broke down keep Gauss.
+        """
+        if self.alphas is None or self.betas is None:
+            raise ValueError("radau: this result carries no Lanczos coefficients (alphas/betas)")
+        P, m = self.nodes.shape
+        nodes, weights = np.zeros((P, m + 1)), np.zeros((P, m + 1))
+        steps = self.steps.copy()
+        for p in range(P):
+            k = int(self.steps[p])
+            a, b = self.alphas[p, :k], self.betas[p, :k]
+            if b[-1] <= math.sqrt(np.finfo(np.float64).eps) * max(np.abs(a).max(), 1e-300):
+                nodes[p, :k], weights[p, :k] = self.nodes[p, :k], self.weights[p, :k]
+                continue
+            band = np.zeros((3, k))
+            band[0, 1:], band[1], band[2, :-1] = b[:-1], a - anchor, b[:-1]
+            rhs = np.zeros(k)
+            rhs[-1] = b[-1] ** 2
+            delta = solve_banded((1, 1), band, rhs)
+            theta, U = eigh_tridiagonal(np.append(a, anchor + delta[-1]), b)
+            nodes[p, : k + 1], weights[p, : k + 1] = theta, U[0] ** 2
+            steps[p] = k + 1
+        return replace(self, nodes=nodes, weights=weights, steps=steps, alphas=None, betas=None,
+                       info={**self.info, "rule": f"radau@{anchor}"})
+
     def spectra_rows(self) -> list[dict]:
         """Rows of sweeps/schema.py SPECTRA (without cell_id, sweep, hessian_model, schema_version)."""
         rows = []
@@ -528,8 +602,10 @@ class SLQResult:
             raise ValueError(f"merge: duplicate probe ids {sorted(ids.tolist())}")
         order = np.argsort(ids, kind="stable")
         cat = lambda key: np.concatenate([getattr(r, key) for r in results])[order]  # noqa: E731
+        coeffs = all(r.alphas is not None for r in results)
         return replace(
             first, nodes=cat("nodes"), weights=cat("weights"), steps=cat("steps"), probe_ids=ids[order],
+            alphas=cat("alphas") if coeffs else None, betas=cat("betas") if coeffs else None,
             seconds=sum(r.seconds for r in results), hvp_seconds=sum(r.hvp_seconds for r in results),
             lanczos_seconds=sum(r.lanczos_seconds for r in results),
             n_hvp=sum(r.n_hvp for r in results), data_passes=sum(r.data_passes for r in results),
@@ -637,7 +713,8 @@ def slq(
         hvp_seconds=hvp_time[0], lanczos_seconds=seconds - hvp_time[0], n_hvp=hvp_time[1],
         data_passes=hvp_time[2],
         info={"hvp_mode": getattr(backend, "mode", type(backend).__name__), "batch_probes": bp,
-              "basis_dtype": str(dtype).removeprefix("torch."), "basis_bytes": need},
+              "basis_dtype": str(dtype).removeprefix("torch."), "basis_bytes": need, "rule": "gauss"},
+        alphas=alphas, betas=betas,
     )
 
 

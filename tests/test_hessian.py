@@ -239,7 +239,23 @@ def test_auto_mode_settles_and_stays_exact():
     H = exact_hessian(model, x, y)
     be = LocalHVPBackend(model, None, [(x, y)], mode="auto")
     V = torch.randn(be.dim, 2, dtype=torch.float64)
-    for _ in range(7):  # 3 rounds × 2 candidates, then the winner
+    for _ in range(10):  # 3 rounds × 3 candidates, then the winner
         torch.testing.assert_close(mean_hvp(be, V), H @ V, rtol=1e-10, atol=1e-12)
-    assert be.mode in ("fwd_rev_cached", "rev_rev_cached")
+    assert be.mode in ("fwd_rev_cached", "rev_rev_cached", "autograd_cached")
     assert {k[0] for k in be._cache} == {be.mode}  # the loser's cache is freed
+
+
+def test_radau_brackets_psd_spectrum():
+    """Gauss ≤ truth ≤ Radau(0) for the completely monotone 2ε/(2ε + R²λ) on a PSD spectrum."""
+    d = np.concatenate([np.full(40, 1e-9), np.geomspace(1e-4, 5.0, 160)])
+    gauss = slq(None, None, None, backend=DiagBackend(d), probes=3, iterations=6, deflate=False)
+    radau = gauss.radau()
+    assert radau.nodes.shape == (3, 7) and np.abs(radau.nodes[:, :7]).min() < 1e-12  # node at 0
+    np.testing.assert_allclose(radau.weights.sum(axis=1), 1.0, atol=1e-12)
+    for j in (1, 2, 3):  # both rules integrate low-degree polynomials exactly (v_i² = 1 here)
+        assert radau.expect(lambda t: t**j) == pytest.approx(np.mean(d**j), rel=1e-9)
+    for r in (1.0, 10.0, 100.0):
+        exact = np.mean(0.02 / (0.02 + r * r * d))
+        assert g_of_r(gauss, 0.01, r) <= exact + 1e-12 <= g_of_r(radau, 0.01, r) + 2e-12
+    merged = SLQResult.merge([gauss])
+    assert merged.radau().nodes.shape == (3, 7)
