@@ -4,7 +4,7 @@
 
 The same sweep (lenet300100 on digits, magnitude/global at cells/2 sparsities × 2 seeds, finetune
 1 epoch) runs twice into fresh storages: serially in this process, then as Ray Tune trials on a
-local Ray with `--num-cpus` one-CPU slots. Reported, with the serial run as the in-run baseline:
+local Ray with `--num-cpus` one-CPU slots, with and without Tune's actor reuse. Reported, with the serial run as the in-run baseline:
 
 - busy: Σ of the cells' own `total_seconds` (time inside `run_cell`);
 - overhead per cell = (wall × slots − busy) / cells: slot-seconds a cell costs beyond its own work
@@ -78,34 +78,36 @@ def main() -> None:
     import ray
     import torch
 
-    from sweeps.backends.ray_tune import RayBackend
+    from sweeps.backends.ray_tune import RayBackend, RayOptions
     from sweeps.backends.serial import SerialBackend
 
     root = Path(args.out or tempfile.mkdtemp(prefix="sweep-overhead-"))
     torch.set_num_threads(1)  # one CPU per cell in both backends
     serial = measure(SerialBackend(), make_spec(str(root / "serial"), args.cells, args.epochs), slots=1)
 
-    t0 = time.perf_counter()
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1")
-    ray_start = time.perf_counter() - t0
-    try:
-        spec = make_spec(str(root / "ray"), args.cells, args.epochs)
-        on_ray = measure(RayBackend.from_spec(spec), spec, slots=args.num_cpus)
-    finally:
-        ray.shutdown()
-    on_ray["ray_start_s"] = ray_start
+    results = {"serial": serial}
+    for reuse in (True, False):
+        t0 = time.perf_counter()
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+        ray_start = time.perf_counter() - t0
+        name = "ray" if reuse else "ray, no actor reuse"
+        try:
+            spec = make_spec(str(root / name.replace(", ", "-").replace(" ", "-")), args.cells, args.epochs)
+            backend = RayBackend.from_spec(spec, RayOptions(reuse_actors=reuse))
+            results[name] = {**measure(backend, spec, slots=args.num_cpus), "ray_start_s": ray_start}
+        finally:
+            ray.shutdown()
 
-    print(json.dumps({"serial": serial, "ray": on_ray}, indent=2))
-    print(f"\n| backend | cells | slots | wall s | busy s | overhead/cell s | slot efficiency | "
-          f"dense trainings | dense-cache saved s |\n|---|---|---|---|---|---|---|---|---|")
-    for name, m in (("serial", serial), ("ray", on_ray)):
+    print(json.dumps(results, indent=2))
+    print("\n| backend | cells | slots | wall s | busy s | overhead/cell s | slot efficiency | "
+          "dense trainings | dense-cache saved s | wall / serial |\n|---|---|---|---|---|---|---|---|---|---|")
+    for name, m in results.items():
         print(f"| {name} | {m['cells']} | {m['slots']} | {m['wall_s']:.1f} | {m['busy_s']:.1f} | "
               f"{m['overhead_per_cell_s']:.2f} | {m['slot_efficiency']:.2f} | {m['dense_trainings']} | "
-              f"{m['dense_cache_saved_s']:.1f} |")
-    print(f"\nray start {ray_start:.1f} s (excluded); wall ratio ray/serial "
-          f"{on_ray['wall_s'] / serial['wall_s']:.2f}; overhead/cell ray − serial "
-          f"{on_ray['overhead_per_cell_s'] - serial['overhead_per_cell_s']:.2f} s")
+              f"{m['dense_cache_saved_s']:.1f} | {m['wall_s'] / serial['wall_s']:.1f} |")
+    print("\nray start (excluded from wall): " + ", ".join(
+        f"{k} {m['ray_start_s']:.1f} s" for k, m in results.items() if "ray_start_s" in m))
 
 
 if __name__ == "__main__":

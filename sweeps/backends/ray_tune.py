@@ -14,6 +14,10 @@ whose cell is already done returns at once, and the summary is read back from th
 Devices come from `ray.get_gpu_ids()` (cuda:0 when Ray assigned a GPU share), never from
 `torch.cuda.is_available()`: on a GPU node a trial that asked for no GPU must stay on CPU.
 A local Ray is bound to 127.0.0.1 with no dashboard unless asked for one.
+
+Why `reuse_actors` by default: a fresh process per trial re-imports torch and reloads its data set,
+seconds per cell that dwarf a small cell's own work (bench/sweep_overhead.py measures both). A
+reused process changes no result: every cell seeds all RNGs from its own config first.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class RayOptions:
     max_concurrent: int | None = None  # at most this many trials at once (None: as resources allow)
     dashboard: bool = False           # local Ray only: start the dashboard (bound to 127.0.0.1)
     max_failures: int = 2             # Tune retries of a trial whose process, node or HVP worker died
+    reuse_actors: bool = True         # run the next trial in a finished trial's process (see below)
 
     def __post_init__(self) -> None:
         checks = [
@@ -272,6 +277,7 @@ class RayBackend:
             self.trainable(where),
             param_space={"cell": tune.grid_search([c.to_dict() for c in cells])},
             tune_config=tune.TuneConfig(max_concurrent_trials=self.options.max_concurrent,
+                                        reuse_actors=self.options.reuse_actors,
                                         trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=run_name, storage_path=tune_root(where.storage, cells[0].sweep),
                                       failure_config=tune.FailureConfig(max_failures=self.options.max_failures),
