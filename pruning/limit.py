@@ -190,6 +190,7 @@ class LimitPrediction:
     n_weights: int
     dim: int                       # Hessian dimension D (full, before deflation)
     eta: float = 0.05
+    radau_removed_frac: float | None = None  # s* with the Gauss–Radau rule: the bracket's upper end
 
     def columns(self) -> dict:
         """The prediction columns of sweeps/schema.py TRIALS."""
@@ -215,6 +216,10 @@ def predict_limit(
 
     G uses the full Hessian dimension (zero mass included). The band is kept_frac ± a_η/√D and
     the trace bound solves s = B(R(s)) with Jensen's B ≤ G, so it lies below s* (both ours).
+    When the SLQ result carries its Lanczos coefficients, `radau_removed_frac` is s* with the
+    Gauss–Radau rule (`SLQResult.radau`): Gauss under-counts near-zero curvature at large R and
+    Radau over-counts it, so [removed_frac, radau_removed_frac] brackets the exact s* on the
+    nets of docs/zero_mass.md; a wide bracket says the prediction is not resolved.
     """
     eps = check_epsilon(epsilon)
     check_policy(policy)
@@ -227,11 +232,16 @@ def predict_limit(
     s_bound = solve_fixed_point(lambda s: s - bound(dist(s)))
     half = kinematic_halfwidth(slq_result.full_dim, eta)
     kept = 1.0 - s_star
+    s_radau = None
+    if slq_result.alphas is not None:  # [Gauss, Radau] brackets s* where the rules bound G
+        upper = slq_result.radau()
+        s_radau = solve_fixed_point(lambda s: s - g_of_r(upper, eps, dist(s), policy))
     return LimitPrediction(
         removed_frac=s_star, kept_frac=kept, epsilon=eps, epsilon_source=epsilon_source,
         policy=policy, zero_mass=slq_result.zero_mass, r=dist(s_star), g_of_r=g(s_star),
         band_kept_frac_low=max(0.0, kept - half), band_kept_frac_high=min(1.0, kept + half),
         trace_bound_removed_frac=s_bound, n_weights=dist.n, dim=slq_result.full_dim, eta=eta,
+        radau_removed_frac=s_radau,
     )
 
 
