@@ -418,8 +418,8 @@ def lanczos(
     q = (V0 / V0.norm(dim=1, keepdim=True)).to(basis_dtype)  # (B, D), on the compute device
     q_prev = torch.zeros_like(q)
     active = np.arange(B)
-    # Batched over the active probes, so each step is a handful of large ops (on a busy CPU every
-    # small parallel op costs a thread wake-up, and a per-probe loop multiplies them by B).
+    # Elementwise work is batched over the active probes; the reorthogonalization is one gemv per
+    # probe and pass (on CPU a per-probe gemv streams Q several times faster than a bmm with n = 1).
     for k in range(m):
         full = len(active) == B
         idx = torch.as_tensor(active, device=q.device)
@@ -431,10 +431,10 @@ def lanczos(
         beta_prev = torch.as_tensor(betas[active, k - 1] if k else np.zeros(len(active)),
                                     dtype=basis_dtype, device=w.device)
         w -= alpha[:, None] * qa + beta_prev[:, None] * (q_prev if full else q_prev[idx])
-        Qa = (Q[:, : k + 1] if full else Q[torch.as_tensor(active, device=dev), : k + 1]).to(w.device)
-        for _ in range(2):  # two classical Gram–Schmidt passes: w -= Qᵀ (Q w)
-            c = torch.bmm(Qa, w[:, :, None])                          # (b, k+1, 1)
-            w = torch.baddbmm(w[:, :, None], Qa.transpose(1, 2), c, alpha=-1).squeeze(2)
+        bases = [Q[p, : k + 1].to(w.device) for p in active]          # b × (k+1, D) views
+        for _ in range(2):  # two classical Gram–Schmidt passes: w -= Qᵀ (Q w), gemv per probe
+            c = [Qp @ w[r] for r, Qp in enumerate(bases)]             # (k+1,) each
+            w = w - torch.stack([Qp.T @ c[r] for r, Qp in enumerate(bases)])
         beta = w.norm(dim=1)
         scalars = torch.stack([norms, alpha, beta]).double().cpu().numpy()  # one sync per step
         scale[active] = np.maximum(scale[active], scalars[0])
