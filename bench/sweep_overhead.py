@@ -88,7 +88,7 @@ def main() -> None:
     results = {"serial": serial}
     for reuse in (True, False):
         t0 = time.perf_counter()
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1")
         ray_start = time.perf_counter() - t0
         name = "ray" if reuse else "ray, no actor reuse"

@@ -105,7 +105,7 @@ def test_cli_pieces_parse_into_options_and_reject_bad_input(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def fake_gpus():
-    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -251,8 +251,10 @@ class RayBackend:
         num_cpus = self.options.num_cpus if self.options.num_cpus is not None else os.cpu_count() or 1
         num_gpus = self.options.num_gpus if self.options.num_gpus is not None else local_gpus()
         self.check_local(num_cpus, num_gpus)
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=self.options.dashboard,
-                 dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
+        # address="local": a new Ray of our own, even when another one runs on this machine
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                 include_dashboard=self.options.dashboard, dashboard_host="127.0.0.1",
+                 _node_ip_address="127.0.0.1")
         return True
 
     def check_connected(self) -> None:
