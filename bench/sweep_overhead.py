@@ -3,8 +3,9 @@
     python bench/sweep_overhead.py [--cells 16] [--num-cpus 2] [--epochs 2] [--out DIR]
 
 The same sweep (lenet300100 on digits, magnitude/global at cells/2 sparsities × 2 seeds, finetune
-1 epoch) runs twice into fresh storages: serially in this process, then as Ray Tune trials on a
-local Ray with `--num-cpus` one-CPU slots, with and without Tune's actor reuse. Reported, with the serial run as the in-run baseline:
+1 epoch) runs three times into fresh storages: serially in this process, then as Ray Tune trials on a
+local Ray with `--num-cpus` one-CPU slots, with and without Tune's actor reuse. Reported, with the
+serial run as the in-run baseline:
 
 - busy: Σ of the cells' own `total_seconds` (time inside `run_cell`);
 - overhead per cell = (wall × slots − busy) / cells: slot-seconds a cell costs beyond its own work

@@ -1,8 +1,8 @@
 """The Ray Tune backend: every pending cell is one Tune trial of a grid search, on one machine or a cluster.
 
-    cells ─▶ skip the done ones (store) ─▶ check resources ─▶ Tuner(grid over cells, one placement group
-    per trial: bundle 0 = the trial, bundles 1..W = its HVP workers) ─▶ fit() ─▶ compare the store with
-    the grid ─▶ RunSummary (every missing or failed cell named by its cell_id)
+    cells ─▶ skip the done ones (store) ─▶ check resources ─▶ Tuner(grid over cells, one placement
+    group per trial: bundle 0 = the trial, bundles 1..W = its HVP workers) ─▶ fit() ─▶ compare the
+    store with the grid ─▶ RunSummary (every missing or failed cell named by its cell_id)
 
 Why Tune and still our own store: Tune schedules trials on the resources they declare (fractional
 GPUs, multi-node placement groups), retries trials whose process or node died
@@ -59,7 +59,7 @@ RUN_PREFIX = "run-"
 class RayOptions:
     """Where and how wide the Ray backend runs (never part of a cell's identity)."""
 
-    address: str | None = None        # an existing cluster ("auto", "ray://head:10001"); None: $RAY_ADDRESS, else a local Ray
+    address: str | None = None        # a cluster ("auto", "ray://head:10001"); None: $RAY_ADDRESS or a local Ray
     num_cpus: float | None = None     # local Ray only: CPUs it offers (None: all of this machine's)
     num_gpus: float | None = None     # local Ray only: GPUs it offers (None: detected); fake GPUs for tests
     max_concurrent: int | None = None  # at most this many trials at once (None: as resources allow)
