@@ -13,7 +13,9 @@ whose cell is already done returns at once, and the summary is read back from th
 
 Devices come from `ray.get_gpu_ids()` (cuda:0 when Ray assigned a GPU share), never from
 `torch.cuda.is_available()`: on a GPU node a trial that asked for no GPU must stay on CPU.
-A local Ray is bound to 127.0.0.1 with no dashboard unless asked for one.
+A local Ray is always our own (`address="local"`), advertises 127.0.0.1 and has no dashboard unless
+asked for one (then on 127.0.0.1); Ray 2.60's gRPC servers still listen on all interfaces, which
+Ray's token authentication (default for local Ray since 2.59) protects: see docs/cluster.md.
 
 Why `reuse_actors` by default: a fresh process per trial re-imports torch and reloads its data set,
 seconds per cell that dwarf a small cell's own work (bench/sweep_overhead.py measures both). A
