@@ -100,6 +100,20 @@ def test_cli_pieces_parse_into_options_and_reject_bad_input(tmp_path, capsys):
     assert not ray.is_initialized()
 
 
+def test_data_root_is_made_absolute_for_trials_that_run_in_their_own_directories(tmp_path, monkeypatch):
+    from sweeps.backends.ray_tune import absolute
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PRUNETUNE_DATA", raising=False)
+    assert absolute(Where(storage="/s", data_root="data")).data_root == str(tmp_path / "data")
+    from pruning.data import DEFAULT_ROOT
+
+    assert absolute(Where(storage="/s")).data_root == os.path.abspath(DEFAULT_ROOT)  # the loader's default
+    monkeypatch.setenv("PRUNETUNE_DATA", "rel")
+    assert absolute(Where(storage="/s")).data_root == str(tmp_path / "rel")
+    assert absolute(Where(storage="/s", data_root="s3://b/data")).data_root == "s3://b/data"
+
+
 # ----------------------------------------------------------------------------- fake GPUs
 
 

@@ -86,12 +86,26 @@ def descendants(pid):
     return out
 
 
-def kill_all(pids):
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def _start_time(pid):
+    """Field 22 of /proc/PID/stat: with the pid, it identifies one process (pids get reused)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def identities(pids):
+    return [(p, _start_time(p)) for p in pids]
+
+
+def kill_all(procs):
+    """SIGKILL the processes we recorded, each only if it is still the same process."""
+    for pid, started in procs:
+        if started is not None and _start_time(pid) == started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # ----------------------------------------------------------------------------- trial worker killed
@@ -156,7 +170,7 @@ def test_driver_interrupted_mid_sweep_then_resume(tmp_path, sig):
             assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no cell finished in time"
             time.sleep(0.2)
-        started = descendants(driver.pid)
+        started = identities(descendants(driver.pid))
         before = trial_files(storage, name)
         driver.send_signal(sig)
         rc = driver.wait(timeout=120)

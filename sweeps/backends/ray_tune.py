@@ -308,11 +308,14 @@ class RayBackend:
 
 
 def absolute(where: Where) -> Where:
-    """Trials run in their own directories: a relative local data root must not depend on that."""
-    root = where.data_root
-    if root is None:
-        root = os.environ.get("PRUNETUNE_DATA")
-    if root is not None and not is_uri(root):
+    """The data root as the driver sees it, absolute: trials run in their own directories.
+
+    Resolved here (spec, else $PRUNETUNE_DATA, else the loader's default) so that every trial
+    process, on any node, looks in the same place as the user's shell would."""
+    from pruning.data import DEFAULT_ROOT
+
+    root = where.data_root or os.environ.get("PRUNETUNE_DATA") or str(DEFAULT_ROOT)
+    if not is_uri(root):
         root = os.path.abspath(os.path.expanduser(root))
     return dataclasses.replace(where, data_root=root)
 
