@@ -54,14 +54,16 @@ def options_from_args(args: argparse.Namespace) -> Any:
                       max_failures=args.max_failures)
 
 
-def print_summary(sweep: str, summary: RunSummary, *, hint: bool = True) -> int:
+def print_summary(sweep: str, summary: RunSummary, *, storage: str | None = None) -> int:
     """The closing lines of a run: counts, each failed/missing cell with its error; the exit code."""
     print(f"sweep {sweep!r}: {len(summary.done)} done, {len(summary.failed)} failed or missing, "
           f"{len(summary.skipped)} already done", file=sys.stderr)
     for cid in summary.failed:
         print(f"  failed {cid}: {summary.errors.get(cid)}", file=sys.stderr)
-    if summary.failed and hint:
-        print(f"continue with: prunetune resume {sweep} (failed cells are retried)", file=sys.stderr)
+    if summary.failed:
+        where = f" --storage {storage}" if storage else ""
+        print(f"continue with: prunetune resume {sweep}{where} (failed and missing cells run again)",
+              file=sys.stderr)
     return EXIT_FAILED_CELLS if summary.failed else 0
 
 
@@ -83,7 +85,7 @@ def run_spec(spec_file: str | os.PathLike, *, storage: str | None, options: Any)
     progress = Progress(len(cells))
     summary = backend.run(cells, Where(storage=spec.storage, data_root=spec.data.root), progress=progress)
     progress.close()
-    return print_summary(spec.name, summary)
+    return print_summary(spec.name, summary, storage=spec.storage)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -94,7 +96,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.resume import locate, resume
 
     summary = resume(args.sweep, storage=args.storage, options=options_from_args(args))
-    return print_summary(locate(args.sweep, args.storage).sweep, summary)
+    located = locate(args.sweep, args.storage)
+    return print_summary(located.sweep, summary, storage=located.storage)
 
 
 def register(subparsers: Any) -> None:
