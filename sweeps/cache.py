@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import pickle
 import json
+import logging
 import os
+import pickle
 import secrets
 import socket
 import threading
@@ -35,6 +36,8 @@ from typing import Any
 import torch
 
 from sweeps import store
+
+log = logging.getLogger(__name__)
 
 DENSE_ITEM = "dense.pt"
 LOG_NAME = "computed.log"
@@ -104,9 +107,14 @@ class DenseCache:
         try:
             with self.loc.fs.open_input_file(self.path(key, item)) as f:
                 data = f.read()
+        except (FileNotFoundError, OSError):
+            return None
+        try:
             return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-        except (FileNotFoundError, OSError, RuntimeError, EOFError, ValueError,
-                pickle.UnpicklingError):
+        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+            # a torn or foreign file is recomputed, but say so: silence here once hid a format bug
+            log.warning("dense cache %s/%s unreadable, recomputing: %s", key, item,
+                        str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
             return None
 
     def save(self, key: str, item: str, value: Mapping[str, Any],

@@ -294,16 +294,18 @@ def _slq_split(st: TrialState) -> Any:
     return dataclasses.replace(split, x=split.x[:n], y=split.y[:n], _device_cache={})
 
 
-_SLQ_ARRAYS = ("nodes", "weights", "steps", "probe_ids")
 
 
 def slq_to_plain(r: Any) -> dict[str, Any]:
     """An SLQResult as tensors and plain values (what `torch.load(weights_only=True)` accepts)."""
     import torch
 
+    import numpy as np
+
     out = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
-    for k in _SLQ_ARRAYS:
-        out[k] = torch.from_numpy(out[k].copy())
+    for k, v in out.items():  # every array field (nodes, weights, steps, alphas, …) as a tensor
+        if isinstance(v, np.ndarray):
+            out[k] = torch.from_numpy(v.copy())
     out["info"] = {k: v for k, v in out["info"].items() if isinstance(v, (int, float, str, bool))}
     return out
 
@@ -311,7 +313,9 @@ def slq_to_plain(r: Any) -> dict[str, Any]:
 def slq_from_plain(d: dict[str, Any]) -> Any:
     from pruning.hessian import SLQResult
 
-    return SLQResult(**{k: (v.numpy() if k in _SLQ_ARRAYS else v) for k, v in d.items()})
+    import torch
+
+    return SLQResult(**{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in d.items()})
 
 
 def _run_slq(st: TrialState, model: Any) -> Any:
