@@ -417,34 +417,39 @@ def lanczos(
     scale = np.zeros(B)
     q = (V0 / V0.norm(dim=1, keepdim=True)).to(basis_dtype)  # (B, D), on the compute device
     q_prev = torch.zeros_like(q)
+    coef = torch.empty(B, m, dtype=basis_dtype, device=q.device)   # Gram–Schmidt coefficients
     active = np.arange(B)
-    # Elementwise work is batched over the active probes; the reorthogonalization is one gemv per
-    # probe and pass (on CPU a per-probe gemv streams Q several times faster than a bmm with n = 1).
+    # In-place ops on preallocated buffers, elementwise work batched over the probes and one gemv per
+    # probe and pass for the reorthogonalization: on a busy CPU every fresh allocation (page faults)
+    # and every extra parallel op costs milliseconds, and a bmm with n = 1 streams Q slower than gemv.
     for k in range(m):
         full = len(active) == B
         idx = torch.as_tensor(active, device=q.device)
-        qa = q if full else q[idx]                                   # (b, D)
-        Q[:, k] = q.to(dev)
-        w = matvec(qa).to(basis_dtype)                                # (b, D)
-        norms = w.norm(dim=1)
-        alpha = (qa * w).sum(dim=1)                                   # (b,)
-        beta_prev = torch.as_tensor(betas[active, k - 1] if k else np.zeros(len(active)),
-                                    dtype=basis_dtype, device=w.device)
-        w -= alpha[:, None] * qa + beta_prev[:, None] * (q_prev if full else q_prev[idx])
-        bases = [Q[p, : k + 1].to(w.device) for p in active]          # b × (k+1, D) views
-        for _ in range(2):  # two classical Gram–Schmidt passes: w -= Qᵀ (Q w), gemv per probe
-            c = [Qp @ w[r] for r, Qp in enumerate(bases)]             # (k+1,) each
-            w = w - torch.stack([Qp.T @ c[r] for r, Qp in enumerate(bases)])
-        beta = w.norm(dim=1)
+        Q[:, k].copy_(q)
+        qa = q if full else q[idx]                                    # (b, D)
+        w = matvec(qa).to(basis_dtype).contiguous()                   # (b, D)
+        norms = torch.linalg.vector_norm(w, dim=1)
+        alpha = torch.stack([torch.dot(qa[r], w[r]) for r in range(len(active))])
+        w.addcmul_(qa, alpha[:, None], value=-1)
+        if k:
+            beta_prev = torch.as_tensor(betas[active, k - 1], dtype=basis_dtype, device=w.device)
+            w.addcmul_(q_prev if full else q_prev[idx], beta_prev[:, None], value=-1)
+        for r, p in enumerate(active):  # two classical Gram–Schmidt passes: w -= Qᵀ (Q w)
+            Qp, cp = Q[p, : k + 1].to(w.device), coef[p, : k + 1]
+            for _ in range(2):
+                torch.mv(Qp, w[r], out=cp)
+                w[r].addmv_(Qp.T, cp, alpha=-1)
+        beta = torch.linalg.vector_norm(w, dim=1)
         scalars = torch.stack([norms, alpha, beta]).double().cpu().numpy()  # one sync per step
         scale[active] = np.maximum(scale[active], scalars[0])
         alphas[active, k], betas[active, k] = scalars[1], scalars[2]
         steps[active] = k + 1
-        safe = torch.where(beta > 0, beta, torch.ones_like(beta))
+        w.div_(torch.where(beta > 0, beta, torch.ones_like(beta))[:, None])
         if full:
-            q_prev, q = q, w / safe[:, None]
+            q_prev.copy_(q)
+            q.copy_(w)
         else:
-            q_prev[idx], q[idx] = qa, w / safe[:, None]
+            q_prev[idx], q[idx] = qa, w
         active = active[betas[active, k] > tol * scale[active]]
         if len(active) == 0:
             break
