@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sweeps import prune_cli
 from sweeps.spec import SpecError, default_storage
 
 EXIT_USAGE = 2
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--root", required=True, help="directory to download into")
     dl.set_defaults(func=cmd_data_download)
 
+    prune_cli.register(sub)  # `prune`: one model, one pruner, one target; prints the report
     if ray_cli is not None:
         ray_cli.register(sub)  # `resume NAME_OR_PATH` for Ray sweeps
     try:
