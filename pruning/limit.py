@@ -200,6 +200,7 @@ class LimitPrediction:
             "predicted_kept_frac": self.kept_frac, "band_kept_frac_low": self.band_kept_frac_low,
             "band_kept_frac_high": self.band_kept_frac_high,
             "trace_bound_removed_frac": self.trace_bound_removed_frac,
+            "predicted_removed_frac_radau": self.radau_removed_frac,
         }
 
 

@@ -92,6 +92,8 @@ TRIALS = pa.schema(
         ("started_at", _TS),
         ("finished_at", _TS),
         ("schema_version", pa.int32()),
+        # added after version 1 (nullable; older files read back with nulls)
+        ("predicted_removed_frac_radau", pa.float64()),  # Gauss–Radau end of the s* bracket (ours)
     ]
 )
 
