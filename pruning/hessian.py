@@ -136,7 +136,7 @@ class LocalHVPBackend:
     candidates (the three cached modes when the estimated cache, 4× the activations of the data
     set, fits `cache_bytes`; else the three recomputing ones), each call giving exact products, and the
     fastest call per direction after each one's warm-up wins. Which mode wins depends on architecture, dtype and
-    device (see docs/benchmarks_slq.md), so it is measured, not guessed; `mode` shows the winner.
+    device (see docs/benchmarks.md, SLQ section), so it is measured, not guessed; `mode` shows the winner.
     In every mode one forward + first backward serves all B directions (vmap over the probe dim).
     """
 
@@ -244,7 +244,7 @@ class LocalHVPBackend:
 
         Why besides torch.func: a torch.func pullback is itself differentiable and vmap adds
         batching overhead, which on CPU made it several times slower than this loop on MLPs
-        (docs/benchmarks_slq.md); the forward and first backward are still shared by all B.
+        (docs/benchmarks.md, SLQ section); the forward and first backward are still shared by all B.
         """
         key = (mode, i)
         with torch.enable_grad():
