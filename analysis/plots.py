@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import matplotlib
 from matplotlib.figure import Figure
 
 from analysis.tables import ACC_SCALE, VIEWS, interpolate, ok_rows, replicate_ids
@@ -24,11 +25,13 @@ MAX_PANELS = 12          # limit/spectrum panels per figure; more cells are left
 GRID_POINTS = 64         # points of the interpolation grid of a mean curve
 
 
-def _figure(n_panels: int, width: float = 5.0, height: float = 3.6) -> tuple[Figure, list]:
+def _figure(n_panels: int, width: float = 6.5, height: float = 3.6) -> tuple[Figure, list]:
     cols = min(3, max(n_panels, 1))
     rows = math.ceil(max(n_panels, 1) / cols)
     fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel()).tolist()
+    for ax in axes:  # 20 distinct colours: the 15 pruners of a paper grid must not share one
+        ax.set_prop_cycle(color=matplotlib.colormaps["tab20"].colors)
     for ax in axes[n_panels:]:
         ax.set_visible(False)
     return fig, axes[:max(n_panels, 1)]
@@ -86,9 +89,14 @@ def accuracy_vs_compression(trials: pd.DataFrame, out: str | os.PathLike,
         ax.set_xlabel(view)
         ax.set_ylabel("test_acc (%)")
         ax.set_title(f"{model} / {dataset}")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        _outside_legend(ax)
     return _save(fig, out)
+
+
+def _outside_legend(ax) -> None:
+    """Legend to the right of the panel: with 15 pruners an inside legend hides the data."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
 
 
 def effective_vs_direct(trials: pd.DataFrame, out: str | os.PathLike) -> str:
@@ -104,24 +112,26 @@ def effective_vs_direct(trials: pd.DataFrame, out: str | os.PathLike) -> str:
         finite = np.concatenate([d_all[np.isfinite(d_all)], e_all[np.isfinite(e_all)]])
         finite = finite[finite > 0]
         top = finite.max() * 2 if finite.size else 10.0
+        disconnected = False
         for (pruner, target), p in g.groupby(["pruner", "target"], dropna=False, sort=True):
             d, e = p["direct_compression"].to_numpy(float), p["effective_compression"].to_numpy(float)
             ok = np.isfinite(d) & np.isfinite(e)
             dots = ax.scatter(d[ok], e[ok], s=14, label=_label(pruner, target))
             cut = np.isfinite(d) & np.isposinf(e)
             if cut.any():
-                ax.scatter(d[cut], np.full(cut.sum(), top), marker="^", s=30, color=dots.get_facecolor()[0],
-                           label=f"{_label(pruner, target)}: ∞ (disconnected)")
+                ax.scatter(d[cut], np.full(cut.sum(), top), marker="^", s=30, color=dots.get_facecolor()[0])
+                disconnected = True
         if finite.size:
             lo, hi = finite.min() / 1.5, top * 1.2
             ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="effective = direct")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        if disconnected:  # one legend entry for the top-edge triangles, in the pruners' colours
+            ax.scatter([], [], marker="^", s=30, color="grey", label="▲ on top: ∞ (disconnected)")
         ax.set_xlabel("direct_compression")
         ax.set_ylabel("effective_compression")
         ax.set_title(f"{model} / {dataset}")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        _outside_legend(ax)
     return _save(fig, out)
 
 
