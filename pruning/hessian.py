@@ -31,6 +31,11 @@ from scipy.linalg import eigh_tridiagonal, solve_banded
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, linearize, vjp, vmap
 
+# torch's forward-mode AD scripts its decompositions on first use and warns that torch.jit.script is
+# deprecated: torch's own internals, nothing a caller can act on (and every Ray worker would print it).
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+
 log = logging.getLogger(__name__)
 
 Batch = tuple[Tensor, Tensor]

@@ -24,7 +24,7 @@ import yaml
 from ray import tune
 
 from sweeps import store
-from sweeps.backends.base import RunSummary
+from sweeps.backends.base import RunSummary, pending_cells
 from sweeps.backends.ray_tune import (
     RUN_PREFIX, ProgressCallback, RayBackend, RayOptions, absolute, collect, tune_root,
 )
@@ -102,13 +102,7 @@ def resume(name_or_path: str, *, storage: str | None = None, options: RayOptions
     where = Where(storage=spec.storage, data_root=spec.data.root)
     progress = progress or Progress(len(cells))
     summary = RunSummary()
-    pending = []
-    for cell in cells:
-        if store.is_done(spec.storage, cell.sweep, cell.cell_id):
-            summary.skipped.append(cell.cell_id)
-            progress.skipped(cell)
-        else:
-            pending.append(cell)
+    pending = pending_cells(cells, spec.storage, summary, progress)
     if not pending:
         return summary
     backend = RayBackend.from_spec(spec, options, **backend_kwargs)

@@ -40,3 +40,21 @@ class Backend(Protocol):
     def from_spec(cls, spec: Spec) -> Backend: ...
 
     def run(self, cells: Sequence[Cell], where: Where, *, progress: Progress) -> RunSummary: ...
+
+
+def pending_cells(cells: Sequence[Cell], storage: str, summary: RunSummary, progress: Progress) -> list[Cell]:
+    """The cells not yet done in the store; done ones are recorded as skipped (and reported so).
+
+    Every backend starts with this: the per-cell Parquet, not a backend's own state, says what is done.
+    """
+    from sweeps import store
+
+    todo = []
+    for cell in cells:
+        if store.is_done(storage, cell.sweep, cell.cell_id):
+            summary.skipped.append(cell.cell_id)
+            progress.skipped(cell)
+        else:
+            todo.append(cell)
+    return todo
+

@@ -40,7 +40,7 @@ import ray
 from ray import tune
 
 from sweeps import store
-from sweeps.backends.base import RunSummary
+from sweeps.backends.base import RunSummary, pending_cells
 from sweeps.cells import Cell
 from sweeps.hvp_ray import RayHVPFactory, WorkerResources, device_from_ray
 from sweeps.spec import is_uri
@@ -291,13 +291,7 @@ class RayBackend:
     def run(self, cells: Sequence[Cell], where: Where, *, progress: Progress) -> RunSummary:
         """Run the pending cells as one Tune experiment; the store decides what is done."""
         summary = RunSummary()
-        todo = []
-        for cell in cells:
-            if store.is_done(where.storage, cell.sweep, cell.cell_id):
-                summary.skipped.append(cell.cell_id)
-                progress.skipped(cell)
-            else:
-                todo.append(cell)
+        todo = pending_cells(cells, where.storage, summary, progress)
         if not todo:
             return summary
         where = absolute(where)

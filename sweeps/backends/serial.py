@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sweeps import store
-from sweeps.backends.base import RunSummary
+from sweeps.backends.base import RunSummary, pending_cells
 from sweeps.trial import run_cell
 
 if TYPE_CHECKING:
@@ -23,30 +22,38 @@ if TYPE_CHECKING:
 class SerialBackend:
     name = "serial"
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", threads: int | None = None):
         self.device = device
+        self.threads = threads
 
     @classmethod
     def from_spec(cls, spec: Spec) -> SerialBackend:
-        """CUDA when the spec asks for a GPU (validation made sure one exists), else CPU."""
-        return cls(device="cuda" if spec.resources.gpus > 0 else "cpu")
+        """CUDA when the spec asks for a GPU (validation made sure one exists), else CPU.
+
+        Torch threads = the spec's `resources.cpus`, as Ray gives a trial of that many CPUs: CPU
+        reductions depend on the thread count, so this is what makes serial and Ray rows agree.
+        """
+        return cls(device="cuda" if spec.resources.gpus > 0 else "cpu",
+                   threads=max(1, int(spec.resources.cpus)))
 
     def run(self, cells: Sequence[Cell], where: Where, *, progress: Progress) -> RunSummary:
+        import torch
+
         summary = RunSummary()
-        todo = []
-        for cell in cells:
-            if store.is_done(where.storage, cell.sweep, cell.cell_id):
-                summary.skipped.append(cell.cell_id)
-                progress.skipped(cell)
-            else:
-                todo.append(cell)
-        for cell in todo:
-            progress.started(cell)
-            row = run_cell(cell, where, device=self.device, backend=self.name)
-            progress.finished(cell, row)
-            if row["status"] == "failed":
-                summary.failed.append(cell.cell_id)
-                summary.errors[cell.cell_id] = row["error"]
-            else:
-                summary.done.append(cell.cell_id)
+        todo = pending_cells(cells, where.storage, summary, progress)
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            for cell in todo:
+                progress.started(cell)
+                row = run_cell(cell, where, device=self.device, backend=self.name)
+                progress.finished(cell, row)
+                if row["status"] == "failed":
+                    summary.failed.append(cell.cell_id)
+                    summary.errors[cell.cell_id] = row["error"]
+                else:
+                    summary.done.append(cell.cell_id)
+        finally:
+            torch.set_num_threads(before)
         return summary
