@@ -33,14 +33,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, 127.0.0.1-only be
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def make_spec(storage: str, cells: int, epochs: int) -> Any:
+def make_spec(storage: str, cells: int, epochs: int, finetune_epochs: int = 1) -> Any:
     from sweeps.spec import build_spec
 
     n = max(cells // 2, 1)
     sparsities = [round(0.3 + 0.65 * i / max(n - 1, 1), 4) for i in range(n)]
     raw = {"name": "overhead", "model": "lenet300100", "dataset": "digits", "pruner": "magnitude/global",
            "sparsity": sparsities, "seed": [0, 1], "train": {"epochs": epochs, "batch_size": 128},
-           "prune": {"protocol": "finetune", "finetune_epochs": 1}, "resources": {"cpus": 1}}
+           "prune": {"protocol": "finetune", "finetune_epochs": finetune_epochs}, "resources": {"cpus": 1}}
     return build_spec(raw, storage=storage)
 
 
@@ -73,6 +73,9 @@ def main() -> None:
     p.add_argument("--cells", type=int, default=16)
     p.add_argument("--num-cpus", type=int, default=2, help="local Ray slots (one CPU per trial)")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--finetune-epochs", type=int, default=1,
+                   help="per-cell work: epochs of fine-tuning after pruning (e.g. 400 for ~30-s cells)")
+    p.add_argument("--skip-no-reuse", action="store_true", help="measure Ray with actor reuse only")
     p.add_argument("--out", default=None, help="where results go (default: a temporary directory)")
     args = p.parse_args()
 
@@ -84,17 +87,18 @@ def main() -> None:
 
     root = Path(args.out or tempfile.mkdtemp(prefix="sweep-overhead-"))
     torch.set_num_threads(1)  # one CPU per cell in both backends
-    serial = measure(SerialBackend(), make_spec(str(root / "serial"), args.cells, args.epochs), slots=1)
+    serial = measure(SerialBackend(), make_spec(str(root / "serial"), args.cells, args.epochs, args.finetune_epochs), slots=1)
 
     results = {"serial": serial}
-    for reuse in (True, False):
+    for reuse in (True,) if args.skip_no_reuse else (True, False):
         t0 = time.perf_counter()
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1")
         ray_start = time.perf_counter() - t0
         name = "ray" if reuse else "ray, no actor reuse"
         try:
-            spec = make_spec(str(root / name.replace(", ", "-").replace(" ", "-")), args.cells, args.epochs)
+            spec = make_spec(str(root / name.replace(", ", "-").replace(" ", "-")), args.cells, args.epochs,
+                             args.finetune_epochs)
             backend = RayBackend.from_spec(spec, RayOptions(reuse_actors=reuse))
             results[name] = {**measure(backend, spec, slots=args.num_cpus), "ray_start_s": ray_start}
         finally:
