@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, hessian
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pruning import masks as masks_lib  # noqa: E402
 from pruning.data import load  # noqa: E402
-from pruning.hessian import SLQResult, slq  # noqa: E402
+from pruning.hessian import SLQResult, dense_hessian, slq  # noqa: E402
 from pruning.limit import batch_loss_std, g_of_r, predict_limit  # noqa: E402
 from pruning.train import TrainConfig, train  # noqa: E402
 
@@ -39,20 +38,8 @@ RADII = (0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 
 
 def exact_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-    names = [n for n, _ in model.named_parameters()]
-    named = dict(model.named_parameters())
-    shapes = [named[n].shape for n in names]
-    flat0 = torch.cat([named[n].detach().reshape(-1) for n in names])
-
-    def f(flat):
-        parts, i = {}, 0
-        for n, s in zip(names, shapes):
-            k = int(np.prod(s))
-            parts[n] = flat[i : i + k].view(s)
-            i += k
-        return nn.functional.cross_entropy(functional_call(model, parts, (x,)), y)
-
-    H = hessian(f)(flat0)
+    """Exact eigenvalues of the Hessian over all parameters, and the Hessian itself."""
+    H = dense_hessian(model, x, y, [n for n, _ in model.named_parameters()])
     return torch.linalg.eigvalsh(H).numpy(), H
 
 

@@ -92,6 +92,27 @@ def hessian_param_names(model: nn.Module, params: Sequence[str] | str | None = N
     return [n for n in named if n in set(params)]
 
 
+def dense_hessian(model: nn.Module, x: Tensor, y: Tensor, params: Sequence[str] | str | None = None) -> Tensor:
+    """The exact D×D Hessian of the mean cross-entropy on (x, y), by `torch.func.hessian`.
+
+    For small nets only (D² memory): it is the independent oracle of the tests and gives the exact
+    spectra of `bench/zero_mass_error.py`. `params` as in `hessian_param_names`.
+    """
+    names = hessian_param_names(model, params)
+    named = dict(model.named_parameters())
+    shapes = [named[n].shape for n in names]
+    flat0 = torch.cat([named[n].detach().reshape(-1) for n in names])
+
+    def loss(flat: Tensor) -> Tensor:
+        parts, i = {}, 0
+        for n, shape in zip(names, shapes):
+            parts[n] = flat[i : i + shape.numel()].view(shape)
+            i += shape.numel()
+        return F.cross_entropy(functional_call(model, parts, (x,)), y)
+
+    return torch.func.hessian(loss)(flat0)
+
+
 def _to_batches(data, batch_size: int, device: torch.device) -> list[Batch]:
     """A Split (normalized, fixed order, no augmentation) or an iterable of (x, y) batches → list."""
     if hasattr(data, "batches"):

@@ -4,31 +4,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, hessian
 
 from pruning.hessian import (
-    HVP_MODES, HVPBackend, LocalHVPBackend, SLQResult, SumOfBackends, hessian_param_names, mean_hvp,
-    rademacher, slq, zero_rows,
+    HVP_MODES, HVPBackend, LocalHVPBackend, SLQResult, SumOfBackends, dense_hessian, hessian_param_names,
+    mean_hvp, rademacher, slq, zero_rows,
 )
 from pruning.limit import g_of_r
-
-
-def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names=None) -> torch.Tensor:
-    """Dense Hessian of the mean cross-entropy by torch.func.hessian of a flat parameter vector."""
-    names = names or hessian_param_names(model)
-    named = dict(model.named_parameters())
-    shapes = [named[n].shape for n in names]
-    flat0 = torch.cat([named[n].detach().reshape(-1) for n in names])
-
-    def f(flat):
-        parts, i = {}, 0
-        for n, s in zip(names, shapes):
-            k = int(np.prod(s))
-            parts[n] = flat[i : i + k].view(s)
-            i += k
-        return nn.functional.cross_entropy(functional_call(model, parts, (x,)), y)
-
-    return hessian(f)(flat0)
 
 
 def tiny_mlp(seed=0):
@@ -65,7 +46,7 @@ def digits_mlp():
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    H = exact_hessian(model, x, y)
+    H = dense_hessian(model, x, y)
     return model, x, y, torch.linalg.eigvalsh(H).numpy()
 
 
@@ -78,7 +59,7 @@ def g_exact(ev, eps, r):
 def test_hvp_equals_exact_hessian(build, shape, mode):
     model = build()
     x, y = tiny_data(shape, classes=3 if build is tiny_cnn else 4)
-    H = exact_hessian(model, x, y)
+    H = dense_hessian(model, x, y)
     be = LocalHVPBackend(model, None, [(x[:15], y[:15]), (x[15:], y[15:])], mode=mode)
     assert isinstance(be, HVPBackend) and be.dim == H.shape[0]
     V = torch.randn(be.dim, 3, dtype=torch.float64)
@@ -198,7 +179,7 @@ def test_zero_mass_correction_on_dead_units(digits_mlp):
     dead = torch.arange(10)
     with torch.no_grad():
         model[0].bias[dead] = -1e3  # pre-activations < 0 on every sample
-    H = exact_hessian(model, x, y)
+    H = dense_hessian(model, x, y)
     ev = torch.linalg.eigvalsh(H).numpy()
     q_true = float((H == 0).all(dim=1).double().mean())  # oracle: exactly zero rows of the exact H
     assert q_true >= len(dead) * (64 + 1 + 10) / 1810  # every parameter of a dead unit, at least
@@ -236,7 +217,7 @@ def test_bad_input():
 def test_auto_mode_settles_and_stays_exact():
     model = tiny_mlp()
     x, y = tiny_data((6,))
-    H = exact_hessian(model, x, y)
+    H = dense_hessian(model, x, y)
     be = LocalHVPBackend(model, None, [(x, y)], mode="auto")
     V = torch.randn(be.dim, 2, dtype=torch.float64)
     for _ in range(10):  # 3 rounds × 3 candidates, then the winner

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, hessian
 from torch.nn.utils import prune
 
-from pruning.hessian import LocalHVPBackend, hessian_param_names, mean_hvp, slq
+from pruning.hessian import LocalHVPBackend, dense_hessian, mean_hvp, slq
 from sweeps.hvp_ray import (
     RayHVPBackend, RayHVPFactory, WorkerResources, device_from_ray, probe_ranges, shard_bounds,
     slq_probe_parallel,
@@ -38,21 +37,6 @@ def batches(x, y, size=8):
     return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
 
 
-def exact_mean_hessian(model, x, y):
-    """Oracle: dense Hessian of the mean cross-entropy over a flat parameter vector."""
-    names = hessian_param_names(model)
-    named = dict(model.named_parameters())
-    shapes = [named[n].shape for n in names]
-    flat0 = torch.cat([named[n].detach().reshape(-1) for n in names])
-
-    def f(flat):
-        parts, i = {}, 0
-        for n, s in zip(names, shapes):
-            parts[n] = flat[i:i + s.numel()].view(s)
-            i += s.numel()
-        return nn.functional.cross_entropy(functional_call(model, parts, (x,)), y)
-
-    return hessian(f)(flat0)
 
 
 def test_shards_are_exact_and_disjoint():
@@ -85,7 +69,7 @@ def test_sharded_sum_equals_local_and_the_exact_hessian(local_ray):
         S_local, n_local = local.hvp_sum(V)
         assert n_dist == n_local == 37
         torch.testing.assert_close(S_dist, S_local, rtol=1e-10, atol=1e-12)
-        H = exact_mean_hessian(model, x, y)
+        H = dense_hessian(model, x, y)
         torch.testing.assert_close(mean_hvp(dist, V), H @ V, rtol=1e-9, atol=1e-11)
     finally:
         dist.close()
