@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -277,10 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # torch's forward-mode AD (used by the HVPs) scripts its decompositions on first use and warns
-    # that torch.jit.script is deprecated: torch's own internals, nothing a user can act on.
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-    args = build_parser().parse_args(argv)
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run a parsed command: user errors become one line on stderr and exit 2, never a traceback.
+
+    Shared by every entry point (`prunetune`, `python -m sweeps.ray_cli`), so errors read alike.
+    """
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -298,7 +301,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished cells are kept; run again to continue", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

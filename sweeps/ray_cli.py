@@ -16,16 +16,13 @@ finished cells are kept, `resume` continues), 2 a usage error (one line, nothing
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from sweeps.backends.base import RunSummary
-from sweeps.spec import SpecError
 
-EXIT_USAGE = 2
 EXIT_FAILED_CELLS = 1
 
 
@@ -123,19 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except SpecError as e:
-        for problem in e.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as e:
-        print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-        return EXIT_USAGE
+    from sweeps.cli import dispatch  # lazily: sweeps.cli imports this module
 
+    return dispatch(build_parser().parse_args(argv))
 
 if __name__ == "__main__":
     sys.exit(main())
