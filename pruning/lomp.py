@@ -40,6 +40,12 @@ def default_l1(model_name: str | None) -> float:
     return LOMP_L1[model_name]
 
 
+def lomp_config(cfg: TrainConfig, l1: float) -> TrainConfig:
+    """LOMP's training recipe on top of `cfg` (ALGORITHMS.md §7): the L1 term λ·Σ|w|, SGD momentum
+    0.9 and no weight decay (the L1 term is the regularizer). The one place the recipe is stated."""
+    return replace(cfg, l1=float(l1), momentum=0.9, weight_decay=0.0)
+
+
 def global_magnitude_masks(weights: dict[str, torch.Tensor], removed_frac: float) -> dict[str, torch.Tensor]:
     """Remove the ⌈sN⌉ smallest |w| over all prunable layers (ties: model order, stable sort).
 
@@ -135,7 +141,7 @@ def run_lomp(
     grid = sorted({0.0, *(masks_lib.check_sparsity(s, "sparsities") for s in sparsities)})
     if epsilon is not None:
         check_epsilon(epsilon)
-    cfg = replace(cfg, l1=lam, momentum=0.9, weight_decay=0.0)
+    cfg = lomp_config(cfg, lam)
     seconds = {}
 
     t0 = time.perf_counter()

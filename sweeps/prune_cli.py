@@ -10,7 +10,6 @@ and per-layer sparsities; nothing is stored. Optionally `--save FILE` keeps the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 
 TARGETS = ("direct", "effective")
@@ -38,6 +37,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     from pruning import data, masks, models
     from pruning import train as train_lib
+    from pruning.lomp import LOMP_L1, lomp_config
     from pruning.pruners import PRUNERS, prune
 
     if args.pruner not in PRUNERS:
@@ -55,7 +55,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if info.when == "after" or args.pruner == "imp":
         print(f"training {args.model} on {args.dataset} for {args.epochs} epochs (dense) ...")
         if info.needs_l1_training:
-            cfg = dataclasses.replace(cfg, l1=5e-5, weight_decay=0.0)  # LOMP: L1 instead of decay
+            cfg = lomp_config(cfg, LOMP_L1.get(args.model, 5e-5))  # the authors' λ, else FC5's
         init = {k: v.clone() for k, v in model.state_dict().items()}
         train_lib.train(model, train_split, test_split, cfg, seed=args.seed)
         if args.pruner == "imp":

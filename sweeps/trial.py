@@ -128,9 +128,10 @@ def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
     and `epochs`; `use_dense` records them in the cell.
     """
     from pruning import models
+    from pruning.lomp import lomp_config
     from pruning.train import train
 
-    cfg = st.train_config(**(lomp_recipe(l1) if l1 else {}))
+    cfg = lomp_config(st.train_config(), l1) if l1 else st.train_config()
     fields_ = dense_fields(model=st.cell.model, dataset=st.cell.dataset, data_options=st.cell.data,
                            seed=st.cell.seed, train=cfg.to_dict())
     st.dense_key = key_of(fields_)
@@ -152,12 +153,6 @@ def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
         st.dense_key, DENSE_ITEM, compute, describe=fields_)
     st.row["dense_test_acc"] = entry["metrics"]["test_acc"]
     return entry
-
-
-def lomp_recipe(l1: float) -> dict[str, Any]:
-    """TrainConfig changes of LOMP training, as `pruning.lomp.run_lomp` applies them: the L1 term,
-    momentum 0.9 and no weight decay (ALGORITHMS.md §7)."""
-    return {"l1": float(l1), "momentum": 0.9, "weight_decay": 0.0}
 
 
 def use_dense(st: TrialState, entry: dict[str, Any]) -> None:
