@@ -42,8 +42,11 @@ def parse_floats(text: str | None, field: str) -> list[float] | None:
     return values
 
 
-def load_frames(store: Store, names: Sequence[str], *, strict: bool, use_cache: bool = True) -> dict[str, pd.DataFrame]:
-    frames = {t: load_table(store, t, strict=strict, use_cache=use_cache) for t in dict.fromkeys(names)}
+def load_frames(store: Store, names: Sequence[str] | dict[str, Sequence[str]], *, strict: bool,
+                use_cache: bool = True) -> dict[str, pd.DataFrame]:
+    """The stored tables `names`, all columns; or, given {table: columns}, only those columns."""
+    wanted = names if isinstance(names, dict) else {t: None for t in names}
+    frames = {t: load_table(store, t, strict=strict, use_cache=use_cache, columns=c) for t, c in wanted.items()}
     if "trials" in frames and frames["trials"].empty:
         raise ValueError(f"{store.label}: no trials yet (no cell of {', '.join(store.names)} has finished)")
     return frames
@@ -62,8 +65,8 @@ def write_tables(store: Store, names: Sequence[str], fmt: str, *, out: str | Non
     """Build and render each table; print to `stream`, or write files into `out` and say where."""
     if fmt not in T.FORMATS:
         raise ValueError(f"--format: {fmt!r}; choose from {', '.join(T.FORMATS)}")
-    needs = [n for name in names for n in T.TABLE_SPECS[name].needs]
-    frames = load_frames(store, needs, strict=strict, use_cache=use_cache)
+    frames = load_frames(store, T.columns_needed(names, auto_levels=auto_levels), strict=strict,
+                         use_cache=use_cache)
     written = []
     if auto_levels:
         levels = T.auto_levels(frames["trials"])

@@ -7,8 +7,9 @@ columns an older engine did not write become nulls, columns a newer engine added
 silently dropped — and (3) survive one truncated file from a crashed writer: it is named in a
 warning and skipped, so one bad cell never hides a thousand good ones (`strict=True` raises instead).
 
-Files are read in a thread pool (pyarrow releases the GIL while decoding; remote filesystems are
-latency-bound), then concatenated once with pyarrow's schema promotion. Opening a file costs about a
+Files are read in a thread pool, a batch per task (pyarrow releases the GIL while decoding; remote
+filesystems are latency-bound); each worker concatenates its batch by schema, and the few resulting
+tables are merged once with pyarrow's schema promotion. Opening a file costs about a
 millisecond however small it is, so rows already read are kept in a consolidated per-sweep cache
 (`analysis.cache`, under the hidden `<sweep>/_analysis/`) and the next read opens only new or
 changed files.
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -157,9 +159,14 @@ def table_files(store: Store, table: str) -> list[tuple[str, str]]:
 
 
 def _read_one(fs: pafs.FileSystem, path: str, columns: Sequence[str] | None) -> pa.Table:
+    # pre-buffering coalesces the column-chunk reads of a file: worth it for remote latency, a
+    # needless copy for a local file
     with fs.open_input_file(path) as f:
-        pf = pq.ParquetFile(f)
-        present = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
+        pf = pq.ParquetFile(f, pre_buffer=not isinstance(fs, pafs.LocalFileSystem))
+        if columns is None:
+            return pf.read(use_threads=False)
+        names = set(pf.schema_arrow.names)  # a property that rebuilds the schema on every access
+        present = [c for c in columns if c in names]
         return pf.read(columns=present, use_threads=False)
 
 
@@ -170,27 +177,7 @@ def _workers(fs: pafs.FileSystem) -> int:
     return max(1, pa.io_thread_count())
 
 
-def _read_many(fs: pafs.FileSystem, paths: list[str], columns: Sequence[str] | None,
-               strict: bool) -> list[tuple[str, pa.Table]]:
-    """Read files in a thread pool; an unreadable one is warned about and skipped (raised if strict)."""
-    def read(path: str) -> pa.Table | Exception:
-        try:
-            return _read_one(fs, path, columns)
-        except (OSError, pa.ArrowException) as e:  # truncated / corrupt / vanished file
-            return e
-
-    with ThreadPoolExecutor(max_workers=_workers(fs)) as pool:
-        results = list(pool.map(read, paths))
-    out = []
-    for path, got in zip(paths, results):
-        if isinstance(got, Exception):
-            reason = f"{type(got).__name__}: {str(got).splitlines()[0] if str(got) else ''}"
-            if strict:
-                raise ValueError(f"{path}: unreadable Parquet file ({reason})") from got
-            warnings.warn(f"skipping unreadable result file {path}: {reason}", stacklevel=4)
-            continue
-        out.append((path, got))
-    return out
+Failure = tuple[str, Exception]
 
 
 def _with_sweep(got: pa.Table, sweep: str) -> pa.Table:
@@ -203,19 +190,83 @@ def _with_sweep(got: pa.Table, sweep: str) -> pa.Table:
     return got
 
 
+def _stack(got: list[tuple[str, pa.Table]], sweep: str, keys: dict[str, str | None] | None) -> list[pa.Table]:
+    """One table per distinct file schema, with `sweep` filled and (for the cache) each row's file key.
+
+    Why group first: the files of one engine version share a schema, and concatenating equal
+    schemas is a cheap append, while schema promotion (`permissive`) and per-file column edits cost
+    tens of microseconds per file. Only the few groups are promoted against each other, later.
+    """
+    groups: dict[pa.Schema, list[tuple[str, pa.Table]]] = {}
+    for path, table in got:
+        groups.setdefault(table.schema.remove_metadata(), []).append((path, table))
+    parts = []
+    for members in groups.values():
+        part = _with_sweep(pa.concat_tables([t for _, t in members]), sweep)
+        if keys is not None:
+            tags = np.repeat(np.array([keys[p] for p, _ in members], dtype=object),
+                             [t.num_rows for _, t in members])
+            part = part.append_column(cache.KEY, pa.array(tags, pa.string()))
+        parts.append(part.combine_chunks())
+    return parts
+
+
+def _read_batch(fs: pafs.FileSystem, paths: list[str], columns: Sequence[str] | None, sweep: str,
+                keys: dict[str, str | None] | None) -> tuple[list[pa.Table], list[Failure]]:
+    """Read and stack a batch of files in one worker; unreadable files are returned, not raised."""
+    got, bad = [], []
+    for path in paths:
+        try:
+            got.append((path, _read_one(fs, path, columns)))
+        except (OSError, pa.ArrowException) as e:  # truncated / corrupt / vanished file
+            bad.append((path, e))
+    return _stack(got, sweep, keys), bad
+
+
+def _read_many(fs: pafs.FileSystem, paths: list[str], columns: Sequence[str] | None, strict: bool,
+               sweep: str, keys: dict[str, str | None] | None = None) -> tuple[list[pa.Table], set[str]]:
+    """Read files in a thread pool: (stacked tables, paths that failed).
+
+    Each worker reads a batch of files and concatenates them itself: the per-file work (decoding a
+    footer and 60 tiny column chunks, then freeing them) is ~1 ms, so doing the stacking and the
+    freeing in the workers as well keeps both cores busy instead of serialising it on the caller.
+    An unreadable file is warned about and skipped (raised as ValueError if strict).
+    """
+    workers = _workers(fs)
+    size = max(1, min(256, -(-len(paths) // (4 * workers))))
+    batches = [paths[i:i + size] for i in range(0, len(paths), size)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda batch: _read_batch(fs, batch, columns, sweep, keys), batches))
+    tables = [t for parts, _ in results for t in parts]
+    failed = [f for _, bad in results for f in bad]
+    for path, error in failed:
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if strict:
+            raise ValueError(f"{path}: unreadable Parquet file ({reason})") from error
+        warnings.warn(f"skipping unreadable result file {path}: {reason}", stacklevel=4)
+    return tables, {path for path, _ in failed}
+
+
 def _read_sweep(store: Store, sweep_dir: str, table: str, *, strict: bool, use_cache: bool,
                 columns: Sequence[str] | None) -> list[pa.Table]:
     """The tables of one sweep's files: cached rows of unchanged files plus freshly read ones."""
     fs, sweep = store.filesystem, _base(sweep_dir)
     infos = _result_infos(store, sweep_dir, table)
+    wanted = None if columns is None else list(dict.fromkeys([*columns, "sweep"]))
     if not use_cache:
-        return [_with_sweep(t, sweep) for _, t in _read_many(fs, [i.path for i in infos], columns, strict)]
+        return _read_many(fs, [i.path for i in infos], wanted, strict, sweep)[0]
     now = time.time_ns()
     keys = {i.path: cache.file_key(i, now) for i in infos}
-    cached = cache.load(fs, sweep_dir, table)
+    loaded = cache.load(fs, sweep_dir, table)
+    cached, reading = None, wanted
+    if loaded is not None:
+        cached, cached_columns = loaded
+        reading = cached_columns if cached_columns is None else sorted(cached_columns)
+        if not cache.covers(cached_columns, wanted):  # start over with both column sets
+            cached, reading = None, cache.widened(cached_columns, wanted)
     parts: list[pa.Table] = []
     have: set[str] = set()
-    changed = False
+    changed = loaded is not None and cached is None
     if cached is not None:
         current = pa.array([k for k in keys.values() if k is not None], pa.string())
         kept = cached.filter(pc.is_in(cached[cache.KEY], value_set=current))
@@ -223,13 +274,15 @@ def _read_sweep(store: Store, sweep_dir: str, table: str, *, strict: bool, use_c
         have = set(pc.unique(kept[cache.KEY]).to_pylist())
         parts.append(kept)
     todo = [i.path for i in infos if keys[i.path] is None or keys[i.path] not in have]
-    for path, got in _read_many(fs, todo, None, strict):
-        tagged = _with_sweep(got, sweep)
-        parts.append(tagged.append_column(cache.KEY, pa.array([keys[path]] * tagged.num_rows, pa.string())))
-        changed = changed or keys[path] is not None
+    fresh, failed = _read_many(fs, todo, reading, strict, sweep, keys)
+    parts += fresh
+    changed = changed or any(keys[path] is not None for path in todo if path not in failed)
+    if not parts:
+        return []
+    whole = pa.concat_tables(parts, promote_options="permissive").combine_chunks()
     if changed:
-        cache.save(fs, sweep_dir, table, pa.concat_tables(parts, promote_options="permissive").combine_chunks())
-    return [p.drop_columns([cache.KEY]) for p in parts]
+        cache.save(fs, sweep_dir, table, whole, reading)
+    return [whole.drop_columns([cache.KEY])]
 
 
 def _conform(table: pa.Table, central: pa.Schema, columns: Sequence[str] | None) -> pa.Table:
@@ -261,8 +314,8 @@ def read_arrow(name_or_path: str | os.PathLike | Store, table: str, *, strict: b
     parts = [p for p in parts if p.num_rows]
     if not parts:
         return _conform(central.empty_table(), central, columns)
-    merged = pa.concat_tables(parts, promote_options="permissive")
-    return _conform(merged, central, columns).combine_chunks()
+    merged = pa.concat_tables(parts, promote_options="permissive").combine_chunks()
+    return _conform(merged, central, columns)
 
 
 def load_table(name_or_path: str | os.PathLike | Store, table: str, *, strict: bool = False,

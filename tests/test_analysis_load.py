@@ -238,3 +238,27 @@ def test_corrupt_cache_is_ignored_and_rebuilt(store: Path) -> None:
         warnings.simplefilter("error")                                 # not a result file: no warning
         pd.testing.assert_frame_equal(load_table(sweep, "trials"), expected)
     assert pq.read_table(cache_file).num_rows == len(GOLDEN)
+
+
+def test_a_column_read_caches_those_columns_and_a_wider_read_widens_the_cache(store: Path,
+                                                                            counted: list[str]) -> None:
+    sweep = store / "golden"
+    age(sweep)
+    narrow = load_table(sweep, "trials", columns=["pruner", "test_acc"])
+    assert list(narrow.columns) == ["pruner", "test_acc"]
+    cache_file = sweep / "_analysis" / "cache" / "trials.parquet"
+    assert set(pq.read_schema(cache_file).names) == {"pruner", "test_acc", "sweep", cache_module.KEY}
+    counted.clear()
+    load_table(sweep, "trials", columns=["test_acc"])                 # covered: no file opened
+    assert counted == []
+    wider = load_table(sweep, "trials", columns=["pruner", "seed"])   # not covered: read the union
+    assert len(counted) == len(GOLDEN)
+    assert set(pq.read_schema(cache_file).names) == {"pruner", "test_acc", "seed", "sweep", cache_module.KEY}
+    counted.clear()
+    full = load_table(sweep, "trials")                                # everything: read all columns
+    assert len(counted) == len(GOLDEN)
+    pd.testing.assert_frame_equal(full, load_table(sweep, "trials", use_cache=False))
+    pd.testing.assert_frame_equal(wider, full[["pruner", "seed"]])
+    counted.clear()
+    load_table(sweep, "trials", columns=["pruner", "epsilon"])        # a full cache covers any read
+    assert counted == []

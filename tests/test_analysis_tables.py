@@ -381,3 +381,41 @@ def test_an_infinite_level_is_blank_not_an_error(golden: pd.DataFrame) -> None:
     acc = T.accuracy_at_compression(golden, levels=[10, math.inf])
     assert acc[acc["level"] == math.inf]["mean"].isna().all()
     assert "compression=inf" in T.render("accuracy", {"accuracy": acc}, "md")
+
+
+# ----------------------------------------------------------------------------- column projection
+
+
+def test_every_table_builds_from_exactly_its_declared_columns() -> None:
+    """`prunetune tables` reads only TableSpec.needs: each table must come out the same from them."""
+    limit = limit_row(2, predicted=0.9, strict=0.92, tol=0.93, band=(0.05, 0.15))
+    rows = [*GOLDEN, limit, limit_row(1, predicted=0.88, strict=0.95, tol=0.95, band=(0.07, 0.17)),
+            trial("lomp", 0.9, 0, dc=10, ec=10, acc=0.93), trial("imp", 0.9, 0, dc=10, ec=10, acc=0.94),
+            trial("dense", 0.0, 0, dc=1, ec=1, acc=0.98, target=None)]
+    curves = pd.DataFrame(curve_rows(limit["cell_id"], [(0.5, 0.97, 0.1), (0.95, 0.91, 0.9)]))
+    full = {"trials": frame(rows), "curves": curves}
+    for name in T.TABLE_SPECS:
+        for auto in (False, True):
+            needed = T.columns_needed([name], auto_levels=auto)
+            assert set(needed) <= set(full) and all(needed.values())
+            projected = {t: full[t][list(columns)] for t, columns in needed.items()}
+            levels = T.auto_levels(projected["trials"]) if auto else None
+            expected = T.build(name, full, levels=levels)
+            got = T.build(name, projected, levels=levels)
+            assert expected.keys() == got.keys()
+            for key in expected:
+                assert not expected[key].empty, (name, key)
+                pd.testing.assert_frame_equal(got[key], expected[key], check_like=True)
+    assert len(T.columns_needed(list(T.TABLE_SPECS))["trials"]) < len(full["trials"].columns) / 2
+
+
+def test_cli_tables_cache_only_the_columns_they_read(store: Path, capsys: pytest.CaptureFixture) -> None:
+    import pyarrow.parquet as pq
+
+    for path in (store / "golden").rglob("*.parquet"):                # files a minute old are cached
+        os.utime(path, (path.stat().st_mtime - 60, path.stat().st_mtime - 60))
+    assert main(["tables", str(store / "golden")]) == 0
+    capsys.readouterr()
+    cached = pq.read_table(store / "golden" / "_analysis" / "cache" / "trials.parquet")
+    wanted = set(T.columns_needed(list(T.TABLE_SPECS))["trials"])
+    assert set(cached.column_names) - {"_cache_key"} <= wanted
