@@ -262,3 +262,24 @@ def test_a_column_read_caches_those_columns_and_a_wider_read_widens_the_cache(st
     counted.clear()
     load_table(sweep, "trials", columns=["pruner", "epsilon"])        # a full cache covers any read
     assert counted == []
+
+
+def test_a_remote_like_filesystem_reads_and_caches_like_the_local_one(store: Path, counted: list[str]) -> None:
+    """pyarrow's in-memory filesystem stands in for S3/GCS: not local (pre-buffered reads, I/O
+    thread count), no mmap; URIs themselves are covered through file:// above."""
+    import datetime
+
+    import pyarrow.fs as pafs
+
+    remote_fs = pafs._MockFileSystem(datetime.datetime.now() - datetime.timedelta(minutes=5))
+    pafs.copy_files(str(store), "bucket/results", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=remote_fs)
+    remote = load_module._classify(remote_fs, "bucket/results", "mock://bucket/results")
+    assert remote.names == ["golden", "other"]
+    local = load_table(store, "trials", use_cache=False).sort_values("cell_id").reset_index(drop=True)
+    got = load_table(remote, "trials")
+    pd.testing.assert_frame_equal(got.sort_values("cell_id").reset_index(drop=True), local)
+    assert remote_fs.get_file_info("bucket/results/golden/_analysis/cache/trials.parquet").is_file
+    counted.clear()
+    pd.testing.assert_frame_equal(load_table(remote, "trials"), got)
+    assert counted == []                                              # the second read is the cache
