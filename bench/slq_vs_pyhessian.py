@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pruning.data import load  # noqa: E402
-from pruning.hessian import HVP_MODES, LocalHVPBackend, SLQResult, slq  # noqa: E402
+from pruning.hessian import HVP_MODES, STRUCTURED_MODES, LocalHVPBackend, SLQResult, slq  # noqa: E402
+from pruning.hvp_mlp import mlp_chain  # noqa: E402
 from pruning.models import CifarBasicBlock, build  # noqa: E402
 
 
@@ -103,7 +104,8 @@ def run_one(method: str, case: str, probes: int, iterations: int) -> dict:
             be.hvp_sum(V)
         out.update(hvp_mode=be.mode)
     elif method == "modes":
-        for mode in HVP_MODES:
+        eligible = [m for m in STRUCTURED_MODES if not isinstance(mlp_chain(model, None), str)]
+        for mode in (*HVP_MODES, *eligible):
             be = LocalHVPBackend(model, None, [(x, y)], params=names, mode=mode)
             V = torch.randn(be.dim, probes)
             tb = time.perf_counter()
@@ -191,7 +193,7 @@ def main() -> None:
               f"of our SLQ time; in-run HVP time {o['hvp_seconds']:.2f} s)")
         m = res["modes"]
         print("HVP modes, one pass of " + str(args.probes) + " directions (s): " + ", ".join(
-            f"{k} {m[k]:.3f} (first {m[k + '_first']:.3f})" for k in HVP_MODES))
+            f"{k} {m[k]:.3f} (first {m[k + '_first']:.3f})" for k in (*HVP_MODES, *STRUCTURED_MODES) if k in m))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
