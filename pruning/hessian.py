@@ -205,6 +205,7 @@ class LocalHVPBackend:
         self.batches = _to_batches(data, batch_size, self.device)
         self.count = int(sum(len(y) for _, y in self.batches))
         self._cache: dict[tuple[str, int], Callable] = {}  # (mode, batch) -> kept HVP function
+        self._workspace: dict[tuple, Tensor] = {}  # mlp_rop's tangent buffers, shared by the batches
         self.mode = mode
         self._trials: list[tuple[str, float]] = []  # auto: (mode, seconds per direction) per call
         self._chain = mlp_chain(self.model, loss_fn)
@@ -271,7 +272,8 @@ class LocalHVPBackend:
         key = (mode, i)
         if mode == "mlp_rop":
             if key not in self._cache:
-                self._cache[key] = MLPHVP(self._chain, {**self.fixed, **self.primals}, self.names, x, y)
+                self._cache[key] = MLPHVP(self._chain, {**self.fixed, **self.primals}, self.names, x, y,
+                                          workspace=self._workspace)
             return self._cache[key].products(T)
         if key not in self._cache:
             if mode == "fwd_rev_cached":

@@ -81,7 +81,9 @@ class MLPHVP:
     call costs six GEMMs per layer for all B directions together."""
 
     def __init__(self, layers: Sequence[_Layer], values: Mapping[str, Tensor], names: Sequence[str],
-                 x: Tensor, y: Tensor):
+                 x: Tensor, y: Tensor, workspace: dict[tuple, Tensor] | None = None):
+        """`workspace`: buffers shared by the batches of one backend (keyed by shape), so that many
+        batches do not each keep their own multi-MB tangent buffers."""
         self.layers = list(layers)
         self.names = list(names)
         chosen = set(names)
@@ -92,7 +94,7 @@ class MLPHVP:
             mask = values.get(layer.prefix + "weight_mask") if layer.weight == "weight_orig" else None
             self.masks.append(mask)
             self.W.append(w * mask if mask is not None else w)
-        self._workspace: dict[tuple, Tensor] = {}
+        self._workspace = {} if workspace is None else workspace
         self.wanted = [(layer.prefix + layer.weight in chosen, layer.prefix + "bias" in chosen)
                        for layer in self.layers]
         with torch.no_grad():
@@ -134,8 +136,9 @@ class MLPHVP:
     def _buffer(self, key: tuple, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A workspace tensor reused across calls: a fresh multi-MB tensor per call costs page
         faults and kernel zeroing comparable to a GEMM on CPU."""
+        key = (*key, shape, like.dtype, like.device)
         buf = self._workspace.get(key)
-        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        if buf is None:
             buf = self._workspace[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
 
