@@ -208,7 +208,7 @@ class LocalHVPBackend:
         self._workspace: dict[tuple, Tensor] = {}  # mlp_rop's tangent buffers, shared by the batches
         self.mode = mode
         self._trials: list[tuple[str, float]] = []  # auto: (mode, seconds per direction) per call
-        self._chain = mlp_chain(self.model, loss_fn)
+        self._chain = mlp_chain(self.model, loss_fn, self.batches[0][0].ndim)
         if mode == "mlp_rop" and isinstance(self._chain, str):
             raise ValueError(f"hvp mode 'mlp_rop': not applicable, {self._chain}; use 'auto' or one of {list(HVP_MODES)}")
         self._candidates = list(HVP_MODES[:3])

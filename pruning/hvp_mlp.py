@@ -45,9 +45,12 @@ class _Layer:
     has_bias: bool
 
 
-def mlp_chain(model: nn.Module, loss_fn) -> list[_Layer] | str:
+def mlp_chain(model: nn.Module, loss_fn, input_ndim: int = 2) -> list[_Layer] | str:
     """The model's Linear layers if it is an `nn.Sequential` chain [Flatten] (Linear [ReLU])* Linear
-    with cross-entropy loss, else a sentence saying why not (the R-operator path does not apply)."""
+    with cross-entropy loss, else a sentence saying why not (the R-operator path does not apply).
+
+    `input_ndim`: dimensions of an input batch; without a Flatten it must be 2 (a Linear applied to
+    the last axis of a 3-D batch is not an MLP on samples)."""
     if loss_fn not in (None, F.cross_entropy):
         return "the loss is not torch.nn.functional.cross_entropy"
     if not isinstance(model, nn.Sequential):
@@ -60,7 +63,10 @@ def mlp_chain(model: nn.Module, loss_fn) -> list[_Layer] | str:
         if isinstance(module, nn.Flatten):
             if layers or module.start_dim != 1 or module.end_dim != -1:
                 return f"layer {name}: only a Flatten(1, -1) before the first Linear is supported"
+            input_ndim = 2
         elif isinstance(module, nn.Linear):
+            if not layers and input_ndim != 2:
+                return f"layer {name}: {input_ndim}-D inputs reach the first Linear without a Flatten"
             if layers and not layers[-1].relu:
                 return f"layer {name}: two Linear layers without a ReLU between them"
             masked = hasattr(module, "weight_mask")

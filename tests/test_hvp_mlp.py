@@ -106,6 +106,16 @@ def test_ineligible_models_say_why(model, loss, why):
     assert isinstance(reason, str) and why in reason
 
 
+def test_unflattened_inputs_of_more_than_two_dims_are_not_an_mlp():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert not isinstance(mlp_chain(model, None, input_ndim=2), str)
+    reason = mlp_chain(model, None, input_ndim=3)
+    assert isinstance(reason, str) and "3-D inputs reach the first Linear" in reason
+    assert not isinstance(mlp_chain(nn.Sequential(nn.Flatten(), *model), None, input_ndim=4), str)
+    x, y = torch.randn(5, 2, 4), torch.randint(0, 2, (5, 2))
+    assert LocalHVPBackend(model, None, [(x, y)]).mode == "auto"
+
+
 def test_forcing_it_on_an_ineligible_model_is_a_clear_error():
     model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
     x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
