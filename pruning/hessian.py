@@ -149,6 +149,7 @@ HVP_MODES = ("fwd_rev", "rev_rev", "autograd", "fwd_rev_cached", "rev_rev_cached
 # Modes for one architecture family: eligible models only (`pruning.hvp_mlp.mlp_chain` says why not).
 STRUCTURED_MODES = ("mlp_rop",)
 AUTO_ROUNDS = 3  # calls per candidate before "auto" settles (the first of each is a warm-up)
+AUTO_MARGIN = 1.5  # after one timed call each, a candidate this much faster than all others wins at once
 
 
 class LocalHVPBackend:
@@ -315,15 +316,22 @@ class LocalHVPBackend:
         return self._candidates[len(self._trials) % len(self._candidates)]
 
     def _record(self, mode: str, seconds: float) -> None:
-        """Auto mode: after `AUTO_ROUNDS` calls per candidate, keep the one with the fastest call
-        after its first (the first builds caches and warms up). Min, not mean: on a shared machine
-        noise only ever adds time."""
+        """Auto mode: keep the candidate with the fastest call after its first (the first builds
+        caches and warms up). Min, not mean: on a shared machine noise only ever adds time. It
+        settles after `AUTO_ROUNDS` calls per candidate, or after two when one is `AUTO_MARGIN`
+        times faster than every other: each trial call of a loser costs its slowness (up to 4× on
+        the small ResNet), and a clear winner does not need a third look."""
         self._trials.append((mode, seconds))
-        if len(self._trials) < AUTO_ROUNDS * len(self._candidates):
+        n = len(self._candidates)
+        if len(self._trials) < 2 * n:
             return
         second: dict[str, float] = {}
-        for m, t in self._trials[len(self._candidates):]:
+        for m, t in self._trials[n:]:
             second[m] = min(t, second.get(m, math.inf))
+        ranked = sorted(second.values())
+        clear = len(ranked) == 1 or ranked[1] >= AUTO_MARGIN * ranked[0]
+        if len(self._trials) < AUTO_ROUNDS * n and not (len(self._trials) == 2 * n and clear):
+            return
         self.mode = min(second, key=second.get)
         self._cache = {k: v for k, v in self._cache.items() if k[0] == self.mode}
         log.info("hvp mode: %s (seconds per direction, best timed call: %s)", self.mode,

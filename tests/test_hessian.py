@@ -249,3 +249,18 @@ def test_radau_brackets_psd_spectrum():
     s_exact = predict_limit(w, exact, 0.01).removed_frac
     pred = predict_limit(w, gauss, 0.01)
     assert pred.removed_frac <= s_exact <= pred.radau_removed_frac
+
+
+@pytest.mark.parametrize("times,settles_after,winner", [
+    ([9, 9, 9, 1.0, 2.0, 3.0], 6, "fwd_rev"),              # one timed call each, a clear winner
+    ([9, 9, 9, 1.0, 1.2, 3.0, 1.1, 0.9, 3.0], 9, "rev_rev"),  # close: a third round decides
+])
+def test_auto_settles_early_only_on_a_clear_winner(times, settles_after, winner):
+    model = tiny_mlp()
+    x, y = tiny_data((6,))
+    be = LocalHVPBackend(model, None, [(x, y)], cache_bytes=0)   # the three recomputing candidates
+    assert be._candidates == ["fwd_rev", "rev_rev", "autograd"]
+    for i, t in enumerate(times):
+        assert be.mode == "auto", i
+        be._record(be._next_mode(), t)
+    assert len(times) == settles_after and be.mode == winner
