@@ -172,7 +172,8 @@ class LocalHVPBackend:
     calls rotate through the candidates (the three cached modes when the estimated cache, 4× the
     activations of the data set, fits `cache_bytes`; else the three recomputing ones), each call
     giving exact products, and the
-    fastest call per direction after each one's warm-up wins. Which mode wins depends on architecture, dtype and
+    fastest call per direction after each one's warm-up wins (after three calls each, or two when
+    one is `AUTO_MARGIN` times faster than the rest). Which mode wins depends on architecture, dtype and
     device (see docs/benchmarks.md, SLQ section), so it is measured, not guessed; `mode` shows the winner.
     In every mode one forward + first backward serves all B directions (vmap over the probe dim).
     """
