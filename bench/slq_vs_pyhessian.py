@@ -2,6 +2,7 @@
 
     .venv/bin/pip install pyhessian          # bench-only; never a runtime dependency
     .venv/bin/python bench/slq_vs_pyhessian.py [--probes 8] [--iterations 64] [--cases lenet resnet]
+                                              [--device cpu|cuda]
 
 Cases: LeNet-300-100 on digits (1,437 training images, 8×8) and a small CIFAR-shaped ResNet (option-A
 basic blocks, 8/16/32 channels, one block per stage, BatchNorm) on 16 synthetic 3×32×32 images. Every
@@ -86,35 +87,49 @@ def spectrum_stats(nodes: np.ndarray, weights: np.ndarray, dim: int) -> dict:
             "trace_se": float(per_probe.std(ddof=1) / np.sqrt(len(per_probe)))}
 
 
-def run_one(method: str, case: str, probes: int, iterations: int) -> dict:
+def sync(device: torch.device) -> None:
+    """CUDA kernels run asynchronously: a timer must wait for them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_one(method: str, case: str, probes: int, iterations: int, device: str = "cpu") -> dict:
+    dev = torch.device(device)
     model, x, y = setup(case)
+    model, x, y = model.to(dev), x.to(dev), y.to(dev)
     names = [n for n, _ in model.named_parameters()]
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out: dict = {"method": method, "case": case, "dim": sum(p.numel() for p in model.parameters())}
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    out: dict = {"method": method, "case": case, "device": str(dev),
+                 "dim": sum(p.numel() for p in model.parameters())}
+    sync(dev)
     t0 = time.perf_counter()
     if method == "ours":
         r = slq(model, nn.functional.cross_entropy, [(x, y)], probes=probes, iterations=iterations,
-                params=names, deflate=False, batch_probes=probes)
+                params=names, deflate=False, batch_probes=probes, device=dev)
         out.update(spectrum_stats(r.nodes, r.weights, r.dim), hvp_mode=r.info["hvp_mode"],
                    hvp_seconds=r.hvp_seconds, passes=r.data_passes)
     elif method.startswith("floor:"):  # floor:<mode picked by ours>
-        be = LocalHVPBackend(model, None, [(x, y)], params=names, mode=method.split(":")[1])
-        V = torch.randn(be.dim, probes)
+        be = LocalHVPBackend(model, None, [(x, y)], params=names, mode=method.split(":")[1], device=dev)
+        V = torch.randn(be.dim, probes, device=dev)
         for _ in range(iterations):
             be.hvp_sum(V)
         out.update(hvp_mode=be.mode)
     elif method == "modes":
         eligible = [m for m in STRUCTURED_MODES if not isinstance(mlp_chain(model, None), str)]
         for mode in (*HVP_MODES, *eligible):
-            be = LocalHVPBackend(model, None, [(x, y)], params=names, mode=mode)
-            V = torch.randn(be.dim, probes)
+            be = LocalHVPBackend(model, None, [(x, y)], params=names, mode=mode, device=dev)
+            V = torch.randn(be.dim, probes, device=dev)
             tb = time.perf_counter()
             be.hvp_sum(V)  # first pass: includes the cache build of the cached modes
+            sync(dev)
             out[mode + "_first"] = time.perf_counter() - tb
             times = []
             for _ in range(3):
                 tm = time.perf_counter()
                 be.hvp_sum(V)
+                sync(dev)
                 times.append(time.perf_counter() - tm)
             out[mode] = min(times)
     else:
@@ -123,16 +138,19 @@ def run_one(method: str, case: str, probes: int, iterations: int) -> dict:
 
         crit = nn.CrossEntropyLoss()
         if method == "pyhessian_batch":
-            h = pyh(model, crit, data=(x, y), cuda=False)
+            h = pyh(model, crit, data=(x, y), cuda=dev.type == "cuda")
         else:
             n = len(y)
             step = math.ceil(n / 4)
             h = pyh(model, crit, dataloader=[(x[i : i + step], y[i : i + step]) for i in range(0, n, step)],
-                    cuda=False)
+                    cuda=dev.type == "cuda")
         torch.manual_seed(1)
         ev, w = h.density(iter=iterations, n_v=probes)
         out.update(spectrum_stats(np.array(ev, dtype=np.float64), np.array(w, dtype=np.float64), out["dim"]))
+    sync(dev)
     out["seconds"] = time.perf_counter() - t0
+    if dev.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["peak_rss_over_setup_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
     return out
@@ -144,6 +162,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=64)
     ap.add_argument("--cases", nargs="+", default=["lenet", "resnet"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i] (the GPU goal: ≥ 5× over PyHessian)")
     ap.add_argument("--repeats", type=int, default=2,
                     help="interleaved rounds; the table shows each method's fastest (noise only adds time)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -151,7 +170,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(run_one(args.one, args.cases[0], args.probes, args.iterations)))
+        print(json.dumps(run_one(args.one, args.cases[0], args.probes, args.iterations, args.device)))
         return
     results = []
     for case in args.cases:
@@ -163,7 +182,8 @@ def main() -> None:
                 if method == "floor":
                     method = "floor:" + res["ours"]["hvp_mode"]
                 cmd = [sys.executable, __file__, "--one", method, "--cases", case, "--probes", str(args.probes),
-                       "--iterations", str(args.iterations), "--threads", str(args.threads)]
+                       "--iterations", str(args.iterations), "--threads", str(args.threads),
+                       "--device", args.device]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 r = json.loads(out.strip().splitlines()[-1])
                 key = method.split(":")[0]
@@ -176,7 +196,10 @@ def main() -> None:
         results.append(res)
         o, f, pb, pl = res["ours"], res["floor"], res["pyhessian_batch"], res["pyhessian_loader"]
         print(f"\n## {case}: D={o['dim']}, {args.probes} probes × {args.iterations} iterations, "
-              f"{args.threads} threads, best of {args.repeats}; HVP mode picked: {o['hvp_mode']}")
+              f"{args.device}, {args.threads} threads, best of {args.repeats}; HVP mode picked: {o['hvp_mode']}")
+        if "peak_gpu_mb" in o:
+            print("peak GPU memory MB: " + ", ".join(f"{k} {res[k]['peak_gpu_mb']:.0f}"
+                                                     for k in ("ours", "floor", "pyhessian_batch", "pyhessian_loader")))
         print("| method | seconds (best; all) | PyHessian / ours | peak RSS MB (over setup) | λmax | λmin | "
               "trace ± s.e. |")
         print("|---|---|---|---|---|---|---|")
