@@ -105,6 +105,12 @@ def test_older_file_missing_columns_gets_nulls(store: Path) -> None:
     assert got["sweep"] == "golden"                                    # filled from the directory
     assert math.isnan(got["direct_compression"])                      # absent columns are null
     assert df["kind"].isna().sum() == 1
+    age(store / "golden")
+    for _ in range(2):                                                 # cold, then from the cache
+        narrow = load_table(store / "golden", "trials", columns=["seed", "cell_id", "direct_compression", "sweep"])
+        assert list(narrow.columns) == ["cell_id", "sweep", "seed", "direct_compression"]   # central order
+        pd.testing.assert_frame_equal(narrow.sort_values("cell_id").reset_index(drop=True),
+                                      df[list(narrow.columns)].sort_values("cell_id").reset_index(drop=True))
 
 
 def test_truncated_file_is_named_and_skipped(store: Path) -> None:
