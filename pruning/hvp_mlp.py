@@ -155,7 +155,6 @@ class MLPHVP:
         dirs = [self._direction(l, T, b) for l in range(len(self.layers))]
         # forward tangents ż_l, ḣ_l in (N, B, d) layout
         h_dot: list[Tensor | None] = [None]
-        z_dot = self.p
         for l, (w, V) in enumerate(zip(self.W, dirs)):
             out = w.shape[0]
             z_dot = self._buffer(("z", l), (n, b * out), w)
