@@ -163,6 +163,28 @@ def prunable_params(clone: nn.Module) -> list[nn.Parameter]:
     return [m.weight for _, m in masks_lib.prunable_layers(clone)]
 
 
+def mean_over_batches(clone: nn.Module, batches: list[Batch],
+                      per_batch: Callable[[list[nn.Parameter], torch.Tensor, torch.Tensor], Iterable[torch.Tensor]]
+                      ) -> list[torch.Tensor]:
+    """Mean over `batches` of `per_batch(params, x, y)`, one tensor per prunable weight of `clone`.
+
+    Gradients are enabled on the prunable weights only while it runs: a scoring copy otherwise
+    keeps them frozen, so that nothing else in it accumulates a graph.
+    """
+    params = prunable_params(clone)
+    for p in params:
+        p.requires_grad_(True)
+    total = [torch.zeros_like(p) for p in params]
+    try:
+        for x, y in batches:
+            for acc, part in zip(total, per_batch(params, x, y)):
+                acc += part
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    return [t / len(batches) for t in total]
+
+
 def set_keep(clone: nn.Module, originals: list[torch.Tensor], layout: Layout, keep: torch.Tensor) -> None:
     """Write original ⊙ keep into the copy's prunable weights (iterative pruners, in place)."""
     parts = layout.split(keep)

@@ -17,6 +17,7 @@ from pruning.pruners.common import (
     check_count,
     current_keep,
     device_of,
+    mean_over_batches,
     order_from_scores,
     prunable_params,
     scoring_copy,
@@ -29,18 +30,12 @@ from pruning.pruners.snip import mean_gradient
 def hessian_gradient_product(clone: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
     """H g for the mean loss over `batches` (H and g of the same mean loss)."""
     g = mean_gradient(clone, batches)
-    params = prunable_params(clone)
-    for p in params:
-        p.requires_grad_(True)
-    hg = [torch.zeros_like(p) for p in params]
-    for x, y in batches:
+
+    def product(params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         grads = torch.autograd.grad(F.cross_entropy(clone(x), y), params, create_graph=True)
-        dot = sum((gi * fixed).sum() for gi, fixed in zip(grads, g))
-        for acc, h in zip(hg, torch.autograd.grad(dot, params)):
-            acc += h
-    for p in params:
-        p.requires_grad_(False)
-    return [h / len(batches) for h in hg]
+        return torch.autograd.grad(sum((gi * fixed).sum() for gi, fixed in zip(grads, g)), params)
+
+    return mean_over_batches(clone, batches, product)
 
 
 def grasp_scores(clone: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

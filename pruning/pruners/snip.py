@@ -19,6 +19,7 @@ from pruning.pruners.common import (
     device_of,
     iterative_order,
     kept_after_round,
+    mean_over_batches,
     order_from_scores,
     prunable_params,
     scoring_copy,
@@ -30,17 +31,8 @@ from pruning.pruners.plan import Layout, OrderPlan
 
 def mean_gradient(clone: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
     """Mean over `batches` of ∂L/∂w for each prunable weight of `clone` (an unmasked scoring copy)."""
-    params = prunable_params(clone)
-    for p in params:
-        p.requires_grad_(True)
-    total = [torch.zeros_like(p) for p in params]
-    for x, y in batches:
-        grads = torch.autograd.grad(F.cross_entropy(clone(x), y), params)
-        for acc, g in zip(total, grads):
-            acc += g
-    for p in params:
-        p.requires_grad_(False)
-    return [t / len(batches) for t in total]
+    return mean_over_batches(clone, batches,
+                             lambda params, x, y: torch.autograd.grad(F.cross_entropy(clone(x), y), params))
 
 
 def snip_scores(clone: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
