@@ -60,11 +60,11 @@ def flatten(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors.values()])
 
 
-@dataclass(frozen=True)
-class OrderPlan:
+class _Plan:
+    """What both plans share: the weights they order, and how many of them they can remove."""
+
     layout: Layout
-    order: torch.Tensor  # (N,) flat indices, first removed first
-    max_removal: int | None = None  # the largest k that is a valid point (None: N)
+    max_removal: int | None
 
     @property
     def n(self) -> int:
@@ -73,6 +73,13 @@ class OrderPlan:
     @property
     def limit(self) -> int:
         return self.n if self.max_removal is None else self.max_removal
+
+
+@dataclass(frozen=True)
+class OrderPlan(_Plan):
+    layout: Layout
+    order: torch.Tensor  # (N,) flat indices, first removed first
+    max_removal: int | None = None  # the largest k that is a valid point (None: N)
 
     def masks_at(self, k: int) -> Masks:
         keep = torch.ones(self.n, dtype=torch.bool)
@@ -84,20 +91,12 @@ class OrderPlan:
 
 
 @dataclass(frozen=True)
-class QuotaPlan:
+class QuotaPlan(_Plan):
     layout: Layout
     layer_orders: tuple[torch.Tensor, ...]  # per layer: flat indices within the layer, first removed first
     kept_for: Callable[[int], Sequence[int]]  # k removed -> kept per layer, exactly the quota's rounding
     nested_for: Callable[[int], Sequence[int]]  # k removed -> kept per layer, non-increasing in k
     max_removal: int | None = None  # the largest k the quota can reach (None: N)
-
-    @property
-    def n(self) -> int:
-        return self.layout.n
-
-    @property
-    def limit(self) -> int:
-        return self.n if self.max_removal is None else self.max_removal
 
     def _masks(self, kept: Sequence[int]) -> Masks:
         out = {}
