@@ -10,6 +10,7 @@ Processes are ended only by the PIDs these tests started (the driver and its des
 Ray worker that a test callback was told about), never by name.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -205,32 +206,34 @@ def test_driver_interrupted_mid_sweep_then_resume(tmp_path, sig):
 # ----------------------------------------------------------------------------- two nodes
 
 
-def start_cluster(workers):
-    """A head with no CPUs (nothing runs on it, as in cluster.yaml) and `workers` 2-CPU nodes."""
+@contextlib.contextmanager
+def running_cluster(workers):
+    """A head with no CPUs (nothing runs on it, as in cluster.yaml) and `workers` 2-CPU nodes,
+    connected for the test and shut down after it (only what this test started)."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     nodes = [cluster.add_node(num_cpus=2) for _ in range(workers)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    return cluster, nodes
+    try:
+        yield cluster, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 @pytest.fixture
 def two_nodes():
-    cluster, nodes = start_cluster(2)
-    yield cluster, nodes
-    ray.shutdown()
-    cluster.shutdown()
+    with running_cluster(2) as started:
+        yield started
 
 
 @pytest.fixture
 def three_nodes():
     """After one node is removed, two remain: room for the retried trial's three bundles."""
-    cluster, nodes = start_cluster(3)
-    yield cluster, nodes
-    ray.shutdown()
-    cluster.shutdown()
+    with running_cluster(3) as started:
+        yield started
 
 
 def slq_spec(tmp_path, name, **hessian):
