@@ -261,7 +261,7 @@ def _read_sweep(store: Store, sweep_dir: str, table: str, *, strict: bool, use_c
     cached, reading = None, wanted
     if loaded is not None:
         cached, cached_columns = loaded
-        reading = cached_columns if cached_columns is None else sorted(cached_columns)
+        reading = None if cached_columns is None else sorted(cached_columns)
         if not cache.covers(cached_columns, wanted):  # start over with both column sets
             cached, reading = None, cache.widened(cached_columns, wanted)
     parts: list[pa.Table] = []

@@ -37,7 +37,7 @@ _PASS_THROUGH = (nn.Identity, nn.Dropout)
 
 @dataclass(frozen=True)
 class _Layer:
-    """One Linear of the chain: its parameter names (None when not in the Hessian's set)."""
+    """One Linear of the chain: its parameter-name prefix, which weight name it has, and what follows."""
 
     prefix: str
     weight: str                 # "weight" or "weight_orig" (masked)
@@ -91,7 +91,6 @@ class MLPHVP:
         """`workspace`: buffers shared by the batches of one backend (keyed by shape), so that many
         batches do not each keep their own multi-MB tangent buffers."""
         self.layers = list(layers)
-        self.names = list(names)
         chosen = set(names)
         self.W: list[Tensor] = []
         self.masks: list[Tensor | None] = []
