@@ -185,6 +185,16 @@ def mean_over_batches(clone: nn.Module, batches: list[Batch],
     return [t / len(batches) for t in total]
 
 
+def scores_on_batches(model: nn.Module, data, score: Callable[[nn.Module, list[Batch]], torch.Tensor], *,
+                      seed: int, batches: int, batch_size: int) -> torch.Tensor:
+    """Flat (N,) scores of a one-shot data-driven pruner: `score` applied to a scoring copy of
+    `model` and the first `batches` batches of the seeded stream."""
+    check_count("batches", batches)
+    check_count("batch_size", batch_size)
+    stream = batch_stream(data, batch_size=batch_size, seed=seed, device=device_of(model))
+    return score(scoring_copy(model), take(stream, batches))
+
+
 def set_keep(clone: nn.Module, originals: list[torch.Tensor], layout: Layout, keep: torch.Tensor) -> None:
     """Write original ⊙ keep into the copy's prunable weights (iterative pruners, in place)."""
     parts = layout.split(keep)

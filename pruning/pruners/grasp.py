@@ -13,15 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning.pruners.common import (
-    batch_stream,
-    check_count,
     current_keep,
-    device_of,
     mean_over_batches,
     order_from_scores,
     prunable_params,
-    scoring_copy,
-    take,
+    scores_on_batches,
 )
 from pruning.pruners.plan import Layout, OrderPlan
 from pruning.pruners.snip import mean_gradient
@@ -47,8 +43,5 @@ def grasp_scores(clone: nn.Module, batches: list[tuple[torch.Tensor, torch.Tenso
 def prune_grasp(
     model: nn.Module, sparsity: float, *, data=None, seed: int = 0, batches: int = 10, batch_size: int = 128
 ) -> OrderPlan:
-    check_count("batches", batches)
-    check_count("batch_size", batch_size)
-    stream = batch_stream(data, batch_size=batch_size, seed=seed, device=device_of(model))
-    scores = grasp_scores(scoring_copy(model), take(stream, batches))
+    scores = scores_on_batches(model, data, grasp_scores, seed=seed, batches=batches, batch_size=batch_size)
     return order_from_scores(Layout.of(model), -scores, current_keep(model), seed)  # highest S first

@@ -22,6 +22,7 @@ from pruning.pruners.common import (
     mean_over_batches,
     order_from_scores,
     prunable_params,
+    scores_on_batches,
     scoring_copy,
     set_keep,
     take,
@@ -45,10 +46,7 @@ def prune_snip(
     model: nn.Module, sparsity: float, *, data=None, seed: int = 0, batches: int = 10, batch_size: int = 128
 ) -> OrderPlan:
     """One-shot SNIP with the gradient averaged over `batches` batches."""
-    check_count("batches", batches)
-    check_count("batch_size", batch_size)
-    stream = batch_stream(data, batch_size=batch_size, seed=seed, device=device_of(model))
-    scores = snip_scores(scoring_copy(model), take(stream, batches))
+    scores = scores_on_batches(model, data, snip_scores, seed=seed, batches=batches, batch_size=batch_size)
     return order_from_scores(Layout.of(model), scores, current_keep(model), seed)
 
 
