@@ -424,6 +424,23 @@ def test_direct_target_on_a_real_model_records_both_sparsities():
     assert result.evaluations <= math.ceil(math.log2(n)) + 2
 
 
+def test_a_mask_without_input_output_paths_is_warned_about():
+    """uniform_plus on LeNet-300-100 (8×8 inputs): dense first layer of 19,200 weights, so beyond
+    (30,000 + 800) / 50,200 = 61.4% the 300→100 layer must be empty (ALGORITHMS.md §4); at 70% the
+    last layer is emptied too and the first keeps all 0.3 · 50,200 = 15,060 survivors."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prune(models.build("lenet300100", input_shape=(1, 8, 8), num_classes=10), "random/uniform_plus", 0.6)
+    model = models.build("lenet300100", input_shape=(1, 8, 8), num_classes=10)
+    with pytest.warns(RuntimeWarning, match=r"'random/uniform_plus' at sparsity 0.7 leaves no input→output "
+                                            r"path .*fully pruned layer\(s\): 3, 5$"):
+        result = prune(model, "random/uniform_plus", 0.7)
+    kept = {name: int(m.sum()) for name, m in masks.get_masks(model).items()}
+    assert kept == {"1": 15_060, "3": 0, "5": 0} and result.effective_sparsity == 1.0
+
+
 def test_dense_keeps_everything():
     model = mlp()
     result = prune(model, "dense", 0.0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,6 +192,7 @@ def prune(
     chosen = plan.direct_masks(k) if target == "direct" else plan.masks_at(k)
     masks_lib.apply_masks(model, chosen)
     report = sparsity_lib.report_from_masks(chosen, evaluate(chosen))
+    _warn_if_disconnected(pruner, sparsity, report)
     return PruneResult(
         pruner=pruner,
         target=target,
@@ -204,6 +206,22 @@ def prune(
         seconds=time.perf_counter() - start,
         report=report,
     )
+
+
+def _warn_if_disconnected(pruner: str, sparsity: float, report: sparsity_lib.SparsityReport) -> None:
+    """Say so when a mask that keeps weights leaves no input→output path (effective sparsity 1).
+
+    Why a warning and not an error: it is a legitimate outcome that sweeps must record (layer
+    collapse of a global score ranking at extreme sparsity; uniform_plus on an MLP whose dense first
+    layer holds most weights empties the next layer early, by its definition in ALGORITHMS.md §4).
+    But a cell whose network predicts a constant is easy to misread as merely a weak pruner.
+    """
+    if report.direct_sparsity < 1.0 and report.effective_sparsity == 1.0:
+        empty = [layer.layer for layer in report.layers if layer.direct_sparsity == 1.0]
+        where = f"; fully pruned layer(s): {', '.join(empty)}" if empty else ""
+        warnings.warn(f"pruner {pruner!r} at sparsity {sparsity:g} leaves no input→output path "
+                      f"(effective sparsity 1: the network predicts a constant){where}",
+                      RuntimeWarning, stacklevel=3)
 
 
 def mask_quota_counts(scheme: str, model: nn.Module, sparsity: float, *, data=None, seed: int = 0, **options):
