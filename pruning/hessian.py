@@ -454,6 +454,7 @@ def lanczos(
     basis_device: str | torch.device = "cpu",
     pin: bool = False,
     breakdown_tol: float | None = None,
+    batched_reorth: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lanczos on B start vectors at once; returns alphas (B, m), betas (B, m), steps (B,).
 
@@ -461,6 +462,11 @@ def lanczos(
     two classical Gram–Schmidt passes against a preallocated (B, m, D) basis keeps the Ritz nodes
     free of ghost copies. Breakdown (β ≤ tol·max‖Hq‖: an invariant subspace was found) stops that
     probe; its later steps are not computed. Scalars are float64.
+
+    `batched_reorth` (default: when basis and products are both on a GPU) does each pass for all
+    probes in one bmm instead of one gemv per probe (and α in one batched dot): on a GPU the per-probe loop is 4·B small kernel
+    launches per step, while on a CPU one gemv per probe streams the basis fastest
+    (docs/benchmarks.md). A step after some probe broke down uses the per-probe loop either way.
     """
     B, D = V0.shape
     m = iterations
@@ -475,6 +481,8 @@ def lanczos(
     q_prev = torch.zeros_like(q)
     coef = torch.empty(B, m, dtype=basis_dtype, device=q.device)   # Gram–Schmidt coefficients
     active = np.arange(B)
+    if batched_reorth is None:
+        batched_reorth = dev.type == "cuda" and q.device == dev
     # In-place ops on preallocated buffers, elementwise work batched over the probes and one gemv per
     # probe and pass for the reorthogonalization: on a busy CPU every fresh allocation (page faults)
     # and every extra parallel op costs milliseconds, and a bmm with n = 1 streams Q slower than gemv.
@@ -485,16 +493,24 @@ def lanczos(
         qa = q if full else q[idx]                                    # (b, D)
         w = matvec(qa).to(basis_dtype).contiguous()                   # (b, D)
         norms = torch.linalg.vector_norm(w, dim=1)
-        alpha = torch.stack([torch.dot(qa[r], w[r]) for r in range(len(active))])
+        if batched_reorth:
+            alpha = torch.linalg.vecdot(qa, w)
+        else:
+            alpha = torch.stack([torch.dot(qa[r], w[r]) for r in range(len(active))])
         w.addcmul_(qa, alpha[:, None], value=-1)
         if k:
             beta_prev = torch.as_tensor(betas[active, k - 1], dtype=basis_dtype, device=w.device)
             w.addcmul_(q_prev if full else q_prev[idx], beta_prev[:, None], value=-1)
-        for r, p in enumerate(active):  # two classical Gram–Schmidt passes: w -= Qᵀ (Q w)
-            Qp, cp = Q[p, : k + 1].to(w.device), coef[p, : k + 1]
+        if batched_reorth and full:  # two classical Gram–Schmidt passes: w -= Qᵀ (Q w)
+            Qk, w3 = Q[:, : k + 1], w.unsqueeze(1)                      # (B, k+1, D), (B, 1, D)
             for _ in range(2):
-                torch.mv(Qp, w[r], out=cp)
-                w[r].addmv_(Qp.T, cp, alpha=-1)
+                w3.baddbmm_(torch.bmm(w3, Qk.transpose(1, 2)), Qk, alpha=-1)
+        else:
+            for r, p in enumerate(active):
+                Qp, cp = Q[p, : k + 1].to(w.device), coef[p, : k + 1]
+                for _ in range(2):
+                    torch.mv(Qp, w[r], out=cp)
+                    w[r].addmv_(Qp.T, cp, alpha=-1)
         beta = torch.linalg.vector_norm(w, dim=1)
         scalars = torch.stack([norms, alpha, beta]).double().cpu().numpy()  # one sync per step
         scale[active] = np.maximum(scale[active], scalars[0])
