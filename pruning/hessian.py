@@ -464,9 +464,10 @@ def lanczos(
     probe; its later steps are not computed. Scalars are float64.
 
     `batched_reorth` (default: when basis and products are both on a GPU) does each pass for all
-    probes in one bmm instead of one gemv per probe (and α in one batched dot): on a GPU the per-probe loop is 4·B small kernel
-    launches per step, while on a CPU one gemv per probe streams the basis fastest
-    (docs/benchmarks.md). A step after some probe broke down uses the per-probe loop either way.
+    probes in one bmm instead of one gemv per probe (and α in one batched dot): on a GPU the
+    per-probe loop is 4·B small kernel launches per step, while on a CPU one gemv per probe streams
+    the basis fastest (docs/benchmarks.md). A step after some probe broke down uses the per-probe
+    loop either way.
     """
     B, D = V0.shape
     m = iterations
@@ -506,11 +507,7 @@ def lanczos(
             for _ in range(2):
                 w3.baddbmm_(torch.bmm(w3, Qk.transpose(1, 2)), Qk, alpha=-1)
         else:
-            for r, p in enumerate(active):
-                Qp, cp = Q[p, : k + 1].to(w.device), coef[p, : k + 1]
-                for _ in range(2):
-                    torch.mv(Qp, w[r], out=cp)
-                    w[r].addmv_(Qp.T, cp, alpha=-1)
+            gram_schmidt(Q, w, coef, k, enumerate(active))
         beta = torch.linalg.vector_norm(w, dim=1)
         scalars = torch.stack([norms, alpha, beta]).double().cpu().numpy()  # one sync per step
         scale[active] = np.maximum(scale[active], scalars[0])
@@ -525,6 +522,18 @@ def lanczos(
         if len(active) == 0:
             break
     return alphas, betas, steps
+
+
+def gram_schmidt(Q: Tensor, w: Tensor, coef: Tensor, k: int, rows: Iterable[tuple[int, int]],
+                 passes: int = 2) -> None:
+    """Classical Gram–Schmidt passes w[r] -= Q[p]ᵀ (Q[p] w[r]) against basis rows 0..k, in place,
+    one gemv per probe and pass; `rows` pairs each row r of w with its probe p (Lanczos: 2 passes).
+    """
+    for r, p in rows:
+        Qp, cp = Q[p, : k + 1].to(w.device), coef[p, : k + 1]
+        for _ in range(passes):
+            torch.mv(Qp, w[r], out=cp)
+            w[r].addmv_(Qp.T, cp, alpha=-1)
 
 
 def ritz(alphas: np.ndarray, betas: np.ndarray, steps: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
