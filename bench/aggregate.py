@@ -3,9 +3,10 @@
     .venv/bin/python bench/aggregate.py [--files 5000] [--rows-per-file 20] [--keep DIR]
 
 A store of 100,000 trial rows in 5,000 Parquet files (the central schema) is generated into a temp
-dir (not timed), then timed: `analysis.load.read_arrow` (a thread pool reading and stacking batches of files), the conversion to
-pandas, and each table built and rendered to Markdown. The baseline, measured in the same run, is
-the obvious loop `pandas.concat(pandas.read_parquet(f) for f in files)`; the ratio is printed.
+dir (not timed), then timed: `analysis.load.read_arrow` (a thread pool reading and stacking
+batches of files), the conversion to pandas, and each table built and rendered to Markdown. The
+baseline, measured in the same run, is the obvious loop
+`pandas.concat(pandas.read_parquet(f) for f in files)`; the ratio is printed.
 Goal on the 2-core dev machine: read + compute < 5 s.
 """
 
@@ -161,7 +162,7 @@ def main() -> None:
     print(f"store: {len(files) + 50} files, {len(trials):,} trial rows, {len(TRIALS)} columns "
           f"({len(needed)} read by the tables)")
     tail = t_pandas + t_compute
-    print(f"end to end (read + pandas + all 4 tables), goal < 5 s:")
+    print("end to end (read + pandas + all 4 tables), goal < 5 s:")
     print(f"  warm, unchanged store:   {warm + tail:6.2f} s")
     print(f"  warm, 1% new files:      {incr + tail:6.2f} s")
     print(f"  cold, writing the cache: {first + tail:6.2f} s")

@@ -302,5 +302,6 @@ def dispatch(args: argparse.Namespace) -> int:
         print("interrupted: finished cells are kept; run again to continue", file=sys.stderr)
         return 130
 
+
 if __name__ == "__main__":
     sys.exit(main())

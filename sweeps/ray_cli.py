@@ -124,5 +124,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     return dispatch(build_parser().parse_args(argv))
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -289,13 +289,10 @@ def _slq_split(st: TrialState) -> Any:
     return dataclasses.replace(split, x=split.x[:n], y=split.y[:n], _device_cache={})
 
 
-
-
 def slq_to_plain(r: Any) -> dict[str, Any]:
     """An SLQResult as tensors and plain values (what `torch.load(weights_only=True)` accepts)."""
-    import torch
-
     import numpy as np
+    import torch
 
     out = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
     for k, v in out.items():  # every array field (nodes, weights, steps, alphas, …) as a tensor
@@ -306,9 +303,9 @@ def slq_to_plain(r: Any) -> dict[str, Any]:
 
 
 def slq_from_plain(d: dict[str, Any]) -> Any:
-    from pruning.hessian import SLQResult
-
     import torch
+
+    from pruning.hessian import SLQResult
 
     return SLQResult(**{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in d.items()})
 
