@@ -32,11 +32,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from analysis import cache
+from sweeps import paths
+from sweeps.paths import SPEC_FILE, STORAGE_ENV, hidden as _hidden, storage_root
 from sweeps.schema import SCHEMAS, TABLES, schema
-
-STORAGE_ENV = "PRUNETUNE_STORAGE"
-DEFAULT_STORAGE = "./results"
-SPEC_FILE = "spec.yaml"
 
 
 @dataclass(frozen=True)
@@ -52,17 +50,6 @@ class Store:
         return [_base(p) for p in self.sweeps]
 
 
-def storage_root(storage: str | os.PathLike | None = None) -> str:
-    """The storage root: the argument, else $PRUNETUNE_STORAGE, else ./results (as in `sweeps`)."""
-    if storage is not None:
-        return str(storage)
-    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith((".", "_"))
-
-
 def _base(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
@@ -73,9 +60,8 @@ def _join(*parts: str) -> str:
 
 def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path on it, for a URI (s3://, file://, ...) or a local path."""
-    if "://" in location:
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), os.path.abspath(location).replace(os.sep, "/")
+    loc = paths.filesystem(location)
+    return loc.fs, loc.base
 
 
 def _children(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
@@ -87,9 +73,7 @@ def _is_dir(fs: pafs.FileSystem, path: str) -> bool:
 
 
 def _is_sweep(fs: pafs.FileSystem, path: str) -> bool:
-    """A sweep directory holds spec.yaml or at least one table directory."""
-    names = {c.base_name for c in _children(fs, path)}
-    return SPEC_FILE in names or any(t in names for t in TABLES)
+    return paths.is_sweep_dir(fs, path, TABLES)
 
 
 def _sweeps_under(fs: pafs.FileSystem, root: str) -> list[str]:
@@ -126,7 +110,7 @@ def resolve(name_or_path: str | os.PathLike | Store, storage: str | os.PathLike 
     text = str(name_or_path)
     if not text:
         raise ValueError("name_or_path: empty; give a sweep name, a sweep directory, a storage root or a URI")
-    if "://" in text:
+    if paths.is_uri(text) or text.startswith("file://"):
         fs, path = _filesystem(text)
         return _classify(fs, path, text)
     root = storage_root(storage)

@@ -13,6 +13,8 @@ line naming the expected path and how to fetch it on a machine with internet.
 
 from __future__ import annotations
 
+import inspect
+
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -137,6 +139,12 @@ class DataInfo:
     loader: Callable[..., tuple[Split, Split]]
     doc: str
     embedded: bool = False  # ships with an installed package; needs no root
+
+    @property
+    def option_defaults(self) -> dict:
+        """The loader's options (`seed` fixes the split; `root` is a location, not an option)."""
+        params = inspect.signature(self.loader).parameters
+        return {p: v.default for p, v in params.items() if p != "root"}
 
 
 def _root(root: str | os.PathLike | None) -> Path:

@@ -35,8 +35,10 @@ LOMP_L1: dict[str, float] = {
 
 
 def default_l1(model_name: str | None) -> float:
+    """The authors' λ for `model_name`: the one table every caller (spec, `prunetune prune`) uses."""
     if model_name not in LOMP_L1:
-        raise ValueError(f"lomp l1: no default for model {model_name!r}; pass l1= or use one of {sorted(LOMP_L1)}")
+        raise ValueError(f"lomp_l1: no published value for model {model_name!r} (published for "
+                         f"{', '.join(sorted(LOMP_L1))}); set lomp_l1 explicitly")
     return LOMP_L1[model_name]
 
 

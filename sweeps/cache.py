@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from sweeps import store
+from sweeps import paths, store
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class DenseCache:
         self.poll = poll
 
     def path(self, key: str, item: str = "") -> str:
-        return self.loc.join("_cache", "dense", key, *([item] if item else []))
+        return self.loc.join(*paths.dense_cache_parts(key, item))
 
     def load(self, key: str, item: str) -> dict[str, Any] | None:
         """The stored item, or None when absent or unreadable (then it is recomputed)."""

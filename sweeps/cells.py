@@ -1,34 +1,110 @@
-"""Cells: the grid of a spec expanded into one frozen `Cell` per trial, each with a stable id.
+"""Cells: the grid of a spec expanded into one frozen, typed `Cell` per trial, each with a stable id.
+
+Why typed, with every default resolved here: the trial reads fields, never `cfg.get(key, default)`,
+so no default is restated below the spec where nobody sees it. What a cell computes is exactly what
+its fields say, and its id hashes those fields.
 
 Why a content hash: the id names the cell's Parquet files, so the same configuration must get the
-same id on every run and machine (that is what makes re-runs resume and added axis values run only
-the new cells), and anything that changes the result must change the id. Where results land
-(storage), how many CPUs/GPUs/HVP workers a cell uses, and which backend runs it never change the
-result, so they are not hashed.
+same id on every run and machine (re-runs resume, added axis values run only the new cells), and
+anything that changes the result must change the id. Where results land (storage), how many CPUs,
+GPUs or HVP workers a cell uses, and which backend runs it never change the result: not hashed.
 
-Fields left at their defaults are omitted from the hash (open_lth's rule): adding a new field with a
-default later keeps every existing id valid. Settings a cell does not use are normalised away (a
-`dense` cell has no sparsity, a cell without SLQ has no probe count), so they cannot split one
-configuration into several ids.
+A field is left out of the hash only when its value equals its *original* default
+(`sweeps.defaults`): adding a field never changes old ids, and a default that changes later gives the
+cells that use it new ids instead of silently changing what an old id computes. Settings a cell does
+not use are not part of it (a `dense` cell has no sparsity options, a cell without SLQ has no
+probe count), so they cannot split one configuration into several ids.
+
+The hashed layout (`Cell.config()`) is the JSON the ids were first defined on, so ids of cells whose
+fields sit at their original defaults are those of every earlier version.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweeps.spec import HessianSection, PruneSection, Spec, lomp_l1_for, pruner_info
+from pruning.data import DATASETS
+from pruning.lomp import default_l1
+from pruning.pruners import PRUNERS
+from pruning.train import TrainConfig
+from sweeps.defaults import original
+from sweeps.spec import Spec
 
 ID_LENGTH = 16  # hex digits of sha256: 64 bits, collision-free for any realistic sweep
 
-# prune-section fields each kind of cell uses (others are dropped from the cell)
-_LOMP_PRUNE = ("lomp_l1",)
-_LIMIT_PRUNE = ("lomp_l1", "limit_grid", "epsilon", "eigen_policy", "limit_tolerance_pp")
+
+@dataclass(frozen=True)
+class PointPrune:
+    """How a point cell prunes, beyond the pruner's name and the sparsity (defaults resolved)."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)  # all of the pruner's options, `rounds` too
+    finetune_epochs: int | None = None   # epochs of the `finetune` protocol; None for other protocols
+    lomp_l1: float | None = None         # λ of the L1-trained dense model (lomp); None for other pruners
+
+    def layout(self) -> dict[str, Any]:
+        opts = dict(self.options)
+        out: dict[str, Any] = {}
+        if "rounds" in opts:
+            out["rounds"] = opts.pop("rounds")
+        out["options"] = opts
+        if self.finetune_epochs is not None:
+            out["finetune_epochs"] = self.finetune_epochs
+        if self.lomp_l1 is not None:
+            out["lomp_l1"] = self.lomp_l1
+        return out
+
+    @classmethod
+    def from_layout(cls, d: Mapping[str, Any]) -> PointPrune:
+        opts = dict(d.get("options") or {})
+        if "rounds" in d:
+            opts["rounds"] = d["rounds"]
+        return cls(options=opts, finetune_epochs=d.get("finetune_epochs"), lomp_l1=d.get("lomp_l1"))
+
+
+@dataclass(frozen=True)
+class LimitPrune:
+    """How a limit cell measures its pruning limit (ALGORITHMS.md §7; defaults resolved)."""
+
+    lomp_l1: float                       # λ of LOMP training
+    limit_grid: tuple[float, ...]        # removed fractions of the one-shot curve (0 is always added)
+    epsilon: float | None                # loss tolerance; None: the per-batch training-loss std
+    eigen_policy: str                    # negative Hessian eigenvalues in G(R): abs | drop | flat
+    limit_tolerance_pp: float            # tolerance (percentage points) of the "tol" actual limit
+
+    def layout(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_layout(cls, d: Mapping[str, Any]) -> LimitPrune:
+        return cls(lomp_l1=float(d["lomp_l1"]), limit_grid=tuple(float(s) for s in d["limit_grid"]),
+                   epsilon=d["epsilon"], eigen_policy=d["eigen_policy"],
+                   limit_tolerance_pp=float(d["limit_tolerance_pp"]))
+
+
+@dataclass(frozen=True)
+class SLQSettings:
+    """Stochastic Lanczos quadrature of a cell (ALGORITHMS.md §6); workers are not part of a cell."""
+
+    probes: int                 # Rademacher probes
+    iterations: int             # Lanczos steps per probe
+    models: str                 # dense | pruned | both
+    max_samples: int | None     # first N training samples; None: the whole training set
+
+    def layout(self) -> dict[str, Any]:
+        return {"enabled": True, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_layout(cls, d: Mapping[str, Any]) -> SLQSettings | None:
+        if not d:
+            return None
+        return cls(probes=int(d["probes"]), iterations=int(d["iterations"]), models=d["models"],
+                   max_samples=d["max_samples"])
 
 
 @dataclass(frozen=True)
@@ -44,28 +120,39 @@ class Cell:
     target: str                  # "direct" | "effective"
     seed: int
     protocol: str                # resolved: "none" | "finetune" | "rewind" | "train"
-    train: dict[str, Any]        # pruning.train.TrainConfig fields
-    prune: dict[str, Any]        # the prune settings this cell uses
-    hessian: dict[str, Any]      # SLQ settings ({} when disabled)
-    data: dict[str, Any]         # data-set loader options
+    train: TrainConfig
+    prune: PointPrune | LimitPrune
+    hessian: SLQSettings | None  # None: no SLQ
+    data: Mapping[str, Any]      # data-set loader options, defaults resolved (`seed` fixes the split)
     cell_id: str = field(default="", compare=False)
 
     def config(self) -> dict[str, Any]:
         """The full resolved config (no sweep name, no id): what the `config` column stores."""
-        d = dataclasses.asdict(self)
-        d.pop("sweep")
-        d.pop("cell_id")
-        return _jsonable(d)
+        return _jsonable({
+            "kind": self.kind, "model": self.model, "dataset": self.dataset, "pruner": self.pruner,
+            "sparsity": self.sparsity, "target": self.target, "seed": self.seed,
+            "protocol": self.protocol, "train": dataclasses.asdict(self.train),
+            "prune": self.prune.layout(),
+            "hessian": {} if self.hessian is None else self.hessian.layout(),
+            "data": dict(self.data),
+        })
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for transport (Ray's param_space) and `from_dict`."""
         return {**self.config(), "sweep": self.sweep, "cell_id": self.cell_id}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Cell:
+    def from_dict(cls, d: Mapping[str, Any]) -> Cell:
         """The cell of `to_dict`; its id is recomputed and must match (a guard against drift)."""
-        fields_ = {f.name for f in dataclasses.fields(cls)}
-        cell = with_id(cls(**{k: v for k, v in d.items() if k in fields_ and k != "cell_id"}))
+        train = dict(d["train"])
+        train["milestones"] = tuple(train.get("milestones") or ())
+        prune_cls = LimitPrune if d["kind"] == "limit" else PointPrune
+        cell = with_id(cls(
+            sweep=d["sweep"], kind=d["kind"], model=d["model"], dataset=d["dataset"], pruner=d["pruner"],
+            sparsity=d["sparsity"], target=d["target"], seed=int(d["seed"]), protocol=d["protocol"],
+            train=TrainConfig(**train), prune=prune_cls.from_layout(d["prune"]),
+            hessian=SLQSettings.from_layout(d["hessian"]), data=dict(d["data"]),
+        ))
         if d.get("cell_id") and d["cell_id"] != cell.cell_id:
             raise ValueError(f"cell_id {d['cell_id']!r}: does not match its config ({cell.cell_id!r})")
         return cell
@@ -80,7 +167,7 @@ class Cell:
 
 def _jsonable(value: Any) -> Any:
     """Tuples → lists, recursively; JSON has no tuples and ids must not depend on the container."""
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
@@ -89,24 +176,35 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-@functools.cache
-def _defaults() -> dict[str, dict[str, Any]]:
-    from sweeps.spec import train_config_class
+# ----------------------------------------------------------------------------- the id
 
-    return {
-        "train": _jsonable(dataclasses.asdict(train_config_class()())),
-        "prune": _jsonable(dataclasses.asdict(PruneSection())),
-        "hessian": _jsonable(dataclasses.asdict(HessianSection())),
-        "data": {},
-    }
+
+def _changed(values: Mapping[str, Any], key_of: Any) -> dict[str, Any]:
+    """The entries of `values` that differ from their original default (`key_of(name)` names it)."""
+    return {k: v for k, v in values.items() if v != _jsonable(original(key_of(k)))}
+
+
+def hashed_config(cell: Cell) -> dict[str, Any]:
+    """What the id hashes: the config without fields at their original defaults."""
+    config = cell.config()
+    config["train"] = _changed(config["train"], lambda k: f"train.{k}")
+    config["hessian"] = _changed(config["hessian"], lambda k: f"hessian.{k}")
+    config["data"] = _changed(config["data"], lambda k: f"data.{cell.dataset}.{k}")
+    prune = config["prune"]
+    if cell.kind == "limit":
+        config["prune"] = _changed(prune, lambda k: f"prune.{k}")
+    else:
+        options = _changed(prune.pop("options"), lambda k: f"prune.{cell.pruner}.{k}")
+        config["prune"] = _changed(prune, lambda k: f"prune.{cell.pruner}.{k}" if k == "rounds"
+                                   else f"prune.{k}")
+        if options:
+            config["prune"]["options"] = options
+    return config
 
 
 def compute_id(cell: Cell) -> str:
-    """sha256 of the cell's config without fields at their defaults, as `ID_LENGTH` hex digits."""
-    config = cell.config()
-    for section, defaults in _defaults().items():
-        config[section] = {k: v for k, v in config[section].items() if defaults.get(k, object()) != v}
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """sha256 of `hashed_config(cell)` as `ID_LENGTH` hex digits."""
+    text = json.dumps(hashed_config(cell), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
 
 
@@ -114,15 +212,7 @@ def with_id(cell: Cell) -> Cell:
     return dataclasses.replace(cell, cell_id=compute_id(cell))
 
 
-def accepts(pruner: str, option: str) -> bool:
-    """Whether `pruner` takes keyword `option` (so a sweep-wide option reaches only those that do)."""
-    info = pruner_info(pruner)
-    if info is None:
-        return False
-    if option in info.options:
-        return True
-    family, _, scheme = pruner.partition("/")  # random/snip passes its options on to snip
-    return family == "random" and pruner_info(scheme) is not None and accepts(scheme, option)
+# ----------------------------------------------------------------------------- expansion
 
 
 def resolve_protocol(pruner: str, override: str | None) -> str:
@@ -132,15 +222,45 @@ def resolve_protocol(pruner: str, override: str | None) -> str:
     """
     if pruner == "dense":
         return "none"
-    if override is not None:
-        return override
-    info = pruner_info(pruner)
-    return getattr(info, "protocol", None) or "train"
+    return override if override is not None else PRUNERS[pruner].protocol
 
 
-def _section(obj: Any, keep: tuple[str, ...] | None = None) -> dict[str, Any]:
-    d = _jsonable(dataclasses.asdict(obj))
-    return d if keep is None else {k: d[k] for k in keep}
+def pruner_options(spec: Spec, pruner: str) -> dict[str, Any]:
+    """Every option of `pruner`: its defaults, overridden by the spec's options it accepts."""
+    info = PRUNERS[pruner]
+    out = dict(info.option_defaults)
+    given = dict(spec.prune.options)
+    if spec.prune.rounds is not None:
+        given["rounds"] = spec.prune.rounds
+    out.update({k: v for k, v in given.items() if info.accepts(k)})
+    return out
+
+
+def lomp_l1(spec: Spec, model: str) -> float:
+    """λ of a LOMP model: the spec's, else the authors' value (`pruning.lomp.default_l1`)."""
+    return spec.prune.lomp_l1 if spec.prune.lomp_l1 is not None else default_l1(model)
+
+
+def data_options(spec: Spec, dataset: str) -> dict[str, Any]:
+    """Every loader option of `dataset`: its defaults, overridden by the spec's `data.options`."""
+    return {**DATASETS[dataset].option_defaults, **spec.data.options}
+
+
+def _prune_sections(spec: Spec, model: str, pruner: str) -> list[tuple[float | None, str, PointPrune | LimitPrune]]:
+    """(sparsity, target, prune section) of one model × pruner."""
+    p = spec.prune
+    if spec.kind == "limit":
+        return [(None, "direct", LimitPrune(
+            lomp_l1=lomp_l1(spec, model), limit_grid=tuple(p.limit_grid), epsilon=p.epsilon,
+            eigen_policy=p.eigen_policy, limit_tolerance_pp=p.limit_tolerance_pp))]
+    if pruner == "dense":
+        return [(0.0, "direct", PointPrune())]
+    section = PointPrune(
+        options=pruner_options(spec, pruner),
+        finetune_epochs=p.finetune_epochs if resolve_protocol(pruner, p.protocol) == "finetune" else None,
+        lomp_l1=lomp_l1(spec, model) if PRUNERS[pruner].needs_l1_training else None,
+    )
+    return [(s, t, section) for s in spec.sparsity for t in spec.target]
 
 
 def expand(spec: Spec) -> list[Cell]:
@@ -148,40 +268,19 @@ def expand(spec: Spec) -> list[Cell]:
 
     `dense` gives one cell per model/dataset/seed, whatever the sparsity and target axes hold.
     """
-    train = _jsonable(dataclasses.asdict(spec.train))
-    hessian = {} if not spec.hessian.enabled else {
-        k: v for k, v in _section(spec.hessian).items() if k != "workers"}
-    data = _jsonable(dict(spec.data.options))
+    h = spec.hessian
+    hessian = SLQSettings(h.probes, h.iterations, h.models, h.max_samples) if h.enabled else None
     cells: dict[str, Cell] = {}
     for model, dataset in spec.pairs:
+        data = data_options(spec, dataset)
         for pruner in spec.pruner:
-            for sparsity, target, prune in _variants(spec, model, pruner):
+            protocol = resolve_protocol(pruner, spec.prune.protocol) if spec.kind == "point" else "none"
+            for sparsity, target, prune in _prune_sections(spec, model, pruner):
                 for seed in spec.seed:
                     cell = with_id(Cell(
-                        sweep=spec.name, kind=spec.kind, model=model, dataset=dataset,
-                        pruner=pruner, sparsity=sparsity, target=target, seed=seed,
-                        protocol=resolve_protocol(pruner, spec.prune.protocol) if spec.kind == "point"
-                        else "none",
-                        train=train, prune=prune, hessian=hessian, data=data,
+                        sweep=spec.name, kind=spec.kind, model=model, dataset=dataset, pruner=pruner,
+                        sparsity=sparsity, target=target, seed=seed, protocol=protocol,
+                        train=spec.train, prune=prune, hessian=hessian, data=data,
                     ))
                     cells.setdefault(cell.cell_id, cell)
     return list(cells.values())
-
-
-def _variants(spec: Spec, model: str, pruner: str) -> list[tuple[float | None, str, dict[str, Any]]]:
-    """(sparsity, target, prune settings) of one model × pruner."""
-    p = spec.prune
-    if spec.kind == "limit":
-        prune = _section(p, _LIMIT_PRUNE)
-        prune["lomp_l1"] = lomp_l1_for(p.lomp_l1, model)
-        return [(None, "direct", prune)]
-    if pruner == "dense":
-        return [(0.0, "direct", {})]
-    prune = {"rounds": p.rounds if accepts(pruner, "rounds") else None,
-             "options": {k: v for k, v in p.options.items() if accepts(pruner, k)}}
-    protocol = resolve_protocol(pruner, p.protocol)
-    if protocol == "finetune":
-        prune["finetune_epochs"] = p.finetune_epochs
-    if getattr(pruner_info(pruner), "needs_l1_training", False):
-        prune["lomp_l1"] = lomp_l1_for(p.lomp_l1, model)
-    return [(s, t, prune) for s in spec.sparsity for t in spec.target]

@@ -16,40 +16,23 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
-import yaml
 from ray import tune
 
 from sweeps import store
 from sweeps.backends.base import RunSummary, pending_cells
-from sweeps.backends.ray_tune import (
-    RUN_PREFIX, ProgressCallback, RayBackend, RayOptions, absolute, collect, tune_root,
-)
+from sweeps.backends.base import RayOptions
+from sweeps.backends.ray_tune import RUN_PREFIX, ProgressCallback, RayBackend, absolute, collect
 from sweeps.cells import Cell, expand
+from sweeps.paths import tune_root
 from sweeps.progress import Progress
-from sweeps.spec import build_spec, default_storage
+from sweeps.runner import where_of
+from sweeps.spec import Spec
 from sweeps.trial import Where
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Located:
-    storage: str
-    sweep: str
-
-
-def locate(name_or_path: str, storage: str | None = None) -> Located:
-    """(storage, sweep) from a sweep directory `<storage>/<sweep>`, its spec.yaml, or a sweep name."""
-    path = Path(name_or_path)
-    if path.is_file() and path.name == "spec.yaml":
-        path = path.parent
-    if path.is_dir() and (path / "spec.yaml").exists() and storage is None:
-        return Located(str(path.resolve().parent), path.resolve().name)
-    return Located(storage or default_storage(), name_or_path)
 
 
 def latest_experiment(storage: str, sweep: str) -> str | None:
@@ -86,20 +69,14 @@ def _written_since(storage: str, cell: Cell, when: datetime) -> bool:
     return row is not None and row.get("finished_at") is not None and row["finished_at"] >= when
 
 
-def resume(name_or_path: str, *, storage: str | None = None, options: RayOptions | None = None,
-           progress: Progress | None = None, **backend_kwargs) -> RunSummary:
-    """Continue a stored Ray sweep until every cell is done (or failed); see the module docstring.
+def resume(spec: Spec, *, options: RayOptions | None = None, progress: Progress | None = None,
+           **backend_kwargs: Any) -> RunSummary:
+    """Continue the stored Ray sweep `spec` until every cell is done (or failed); see the module docstring.
 
     `skipped` lists the cells that were done before this call; `done`/`failed` the others.
     """
-    where_is = locate(name_or_path, storage)
-    text = store.read_spec_text(where_is.storage, where_is.sweep)
-    if text is None:
-        raise ValueError(f"resume: no sweep {where_is.sweep!r} in {where_is.storage!r} (its spec.yaml is "
-                         "missing); give the sweep directory or --storage")
-    spec = build_spec(yaml.safe_load(text), storage=where_is.storage, backend="ray")
     cells = expand(spec)
-    where = Where(storage=spec.storage, data_root=spec.data.root)
+    where = where_of(spec)
     progress = progress or Progress(len(cells))
     summary = RunSummary()
     pending = pending_cells(cells, spec.storage, summary, progress)

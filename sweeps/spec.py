@@ -38,21 +38,23 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow.fs as pafs
+import torch
 import yaml
 
-PROTOCOLS = ("none", "finetune", "rewind", "train")
-TARGETS = ("direct", "effective")
+from pruning import data as data_lib
+from pruning import models as models_lib
+from pruning.limit import EIGEN_POLICIES as _POLICY_FUNCTIONS
+from pruning.lomp import default_l1
+from pruning.pruners import PROTOCOLS, PRUNERS, TARGETS
+from pruning.train import TrainConfig
+from sweeps.paths import default_storage, is_uri, local_path
+
 KINDS = ("point", "limit")
 HESSIAN_MODELS = ("dense", "pruned", "both")
-EIGEN_POLICIES = ("abs", "drop", "flat")
-STORAGE_ENV = "PRUNETUNE_STORAGE"
-DEFAULT_STORAGE = "./results"
-
-# λ of the LOMP L1 penalty used by the limit paper's authors (ALGORITHMS.md §7), per model.
-AUTHORS_LOMP_L1: dict[str, float] = {
-    "fc5": 5e-5, "fc12": 5e-5, "alexnet": 3e-5, "alexnet224": 3e-5,
-    "vgg16": 1e-4, "resnet18": 5e-5, "resnet50": 2e-5,
-}
+EIGEN_POLICIES = tuple(_POLICY_FUNCTIONS)
+BACKENDS = ("serial", "ray")
+DEFAULT_LIMIT_GRID = tuple(round(0.5 + 0.005 * i, 6) for i in range(100))  # removed fractions 0.5…0.995
 
 
 class SpecError(ValueError):
@@ -70,13 +72,13 @@ class SpecError(ValueError):
 class PruneSection:
     """How pruning runs, beyond the pruner's name and the sparsity."""
 
-    protocol: Literal["none", "finetune", "rewind", "train"] | None = None  # None: the pruner's default
+    protocol: Literal[PROTOCOLS] | None = None  # None: the pruner's default
     finetune_epochs: int = 1           # epochs of the `finetune` protocol (same optimizer settings)
     rounds: int | None = None          # iterative pruners (imp, synflow, snip/iterative); None: theirs
     lomp_l1: float | None = None       # λ of LOMP training; None: the authors' value for the model
-    limit_grid: tuple[float, ...] | None = None  # removed fractions of a limit curve; None: default
+    limit_grid: tuple[float, ...] = DEFAULT_LIMIT_GRID  # removed fractions of a limit curve
     epsilon: float | None = None       # loss tolerance of the limit; None: per-batch loss std
-    eigen_policy: Literal["abs", "drop", "flat"] = "abs"  # negative Hessian eigenvalues in G(R)
+    eigen_policy: Literal[EIGEN_POLICIES] = "abs"  # negative Hessian eigenvalues in G(R)
     limit_tolerance_pp: float = 0.1    # tolerance (percentage points) of the "tol" actual limit
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword options of the pruner
 
@@ -89,7 +91,7 @@ class HessianSection:
     probes: int = 4                    # Rademacher probes
     iterations: int = 30               # Lanczos steps per probe
     workers: int = 1                   # data-parallel HVP workers (Ray backend); never changes results
-    models: Literal["dense", "pruned", "both"] = "pruned"
+    models: Literal[HESSIAN_MODELS] = "pruned"
     max_samples: int | None = None     # first N training samples; None: the whole training set
 
 
@@ -122,7 +124,7 @@ class Spec:
     sparsity: tuple[float, ...]
     seed: tuple[int, ...]
     target: tuple[str, ...]
-    train: Any                          # pruning.train.TrainConfig
+    train: TrainConfig
     prune: PruneSection
     hessian: HessianSection
     resources: ResourcesSection
@@ -159,72 +161,20 @@ def _plain(value: Any) -> Any:
 # ----------------------------------------------------------------------------- registries
 
 
-def train_config_class() -> type:
-    """`pruning.train.TrainConfig` (imported lazily: torch is slow to import)."""
-    from pruning.train import TrainConfig
-
-    return TrainConfig
-
-
-def model_names() -> list[str]:
-    from pruning.models import MODELS
-
-    return sorted(MODELS)
-
-
-def dataset_names() -> list[str]:
-    from pruning.data import DATASETS
-
-    return sorted(DATASETS)
-
-
 def pruner_names() -> list[str]:
-    """Registered pruners; only `dense` until `pruning.pruners` is importable."""
-    try:
-        from pruning.pruners import PRUNERS
-    except ImportError:
-        return ["dense"]
-    return sorted(set(PRUNERS) | {"dense"})
-
-
-def pruner_info(name: str) -> Any | None:
-    """The registry entry of pruner `name` (None for `dense` or when pruners are unavailable)."""
-    if name == "dense":
-        return None
-    try:
-        from pruning.pruners import PRUNERS
-    except ImportError:
-        return None
-    return PRUNERS.get(name)
-
-
-def lomp_l1_defaults() -> dict[str, float]:
-    """The authors' λ per model: `pruning.lomp`'s table when it has one, else ours (same values)."""
-    try:
-        from pruning import lomp
-    except ImportError:
-        return dict(AUTHORS_LOMP_L1)
-    table = getattr(lomp, "AUTHORS_L1", None) or getattr(lomp, "LOMP_L1", None)
-    return dict(table) if isinstance(table, Mapping) else dict(AUTHORS_LOMP_L1)
+    return sorted(PRUNERS)
 
 
 def loader_options(dataset: str) -> list[str]:
     """Keyword options of a data set's loader (`seed` fixes its split; `root` comes from data.root)."""
-    import inspect
-
-    from pruning.data import DATASETS
-
-    params = inspect.signature(DATASETS[dataset].loader).parameters
-    return [p for p in params if p != "root"]
+    return list(data_lib.get(dataset).option_defaults)
 
 
 def check_pair(model: str, dataset: str, options: Mapping[str, Any]) -> str | None:
     """Why `model` cannot run on `dataset` (one line), or None when it can."""
-    from pruning import data, models
-
     try:
-        shape, _ = data.info(dataset, **options)
-        models.check(model, shape)
+        shape, _ = data_lib.info(dataset, **options)
+        models_lib.check(model, shape)
     except (ValueError, TypeError) as e:
         return f"model/dataset: {model!r} on {dataset!r}: {e}"
     return None
@@ -418,23 +368,9 @@ def _sparsities(raw: Mapping[str, Any], problems: list[str]) -> tuple[float, ...
 # ----------------------------------------------------------------------------- storage
 
 
-def is_uri(path: str) -> bool:
-    """A pyarrow.fs URI such as s3://bucket/prefix or gs://... (file:// counts as local)."""
-    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path)) and not path.startswith("file://")
-
-
-def local_path(path: str) -> str:
-    """An absolute local path for a storage root (file:// stripped)."""
-    if path.startswith("file://"):
-        path = path[len("file://"):]
-    return os.path.abspath(os.path.expanduser(path))
-
-
 def storage_problem(storage: str) -> str | None:
     """Why results cannot be written under `storage` (one line), or None."""
     if is_uri(storage):
-        import pyarrow.fs as pafs
-
         try:
             pafs.FileSystem.from_uri(storage)
         except Exception as e:  # pyarrow raises several types for bad URIs
@@ -458,17 +394,12 @@ def storage_problem(storage: str) -> str | None:
     return None
 
 
-def default_storage() -> str:
-    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
-
-
 # ----------------------------------------------------------------------------- the spec
 
 _TOP_KEYS = ("name", "storage", "kind", "backend", "model", "dataset", "model_dataset", "pruner",
              "sparsity", "compression", "seed", "target", "train", "prune", "hessian", "resources",
              "data")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_BACKENDS = ("serial", "ray")
 
 
 def _pairs(raw: Mapping[str, Any], problems: list[str]) -> tuple[tuple[str, str], ...]:
@@ -518,8 +449,8 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
         problems.append(f"kind: {kind!r}; choose from {', '.join(KINDS)}")
         kind = "point"
     backend = backend or raw.get("backend", "serial")
-    if backend not in _BACKENDS:
-        problems.append(f"backend: {backend!r}; choose from {', '.join(_BACKENDS)}")
+    if backend not in BACKENDS:
+        problems.append(f"backend: {backend!r}; choose from {', '.join(BACKENDS)}")
     storage = storage or raw.get("storage") or default_storage()
     if not isinstance(storage, str):
         problems.append(f"storage: expected a path or pyarrow.fs URI, got {storage!r}")
@@ -528,7 +459,7 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
         problems.append(sp)
     storage = storage if is_uri(storage) else local_path(storage)
 
-    train = parse_section(train_config_class(), raw.get("train"), "train", problems)
+    train = parse_section(TrainConfig, raw.get("train"), "train", problems)
     prune = _parse_prune(raw.get("prune"), problems)
     hessian = parse_section(HessianSection, raw.get("hessian"), "hessian", problems)
     resources = parse_section(ResourcesSection, raw.get("resources"), "resources", problems)
@@ -536,7 +467,7 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
     _check_ranges(hessian, resources, prune, problems)
 
     pairs = _pairs(raw, problems)
-    known_models, known_data = model_names(), dataset_names()
+    known_models, known_data = sorted(models_lib.MODELS), sorted(data_lib.DATASETS)
     for m in sorted({m for m, _ in pairs} - set(known_models)):
         problems.append(f"model: unknown {m!r}; choose from {', '.join(known_models)}")
     for d in sorted({d for _, d in pairs} - set(known_data)):
@@ -580,14 +511,15 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
     elif any(p != "dense" for p in pruners) and not sparsity:
         problems.append("sparsity: required for pruners other than 'dense' (or give compression:)")
 
-    l1_pruners = [p for p in pruners if getattr(pruner_info(p), "needs_l1_training", False)]
+    l1_pruners = [p for p in pruners if p in PRUNERS and PRUNERS[p].needs_l1_training]
     if (kind == "limit" or l1_pruners) and prune.lomp_l1 is None:
-        table = lomp_l1_defaults()
-        for m in sorted({m for m, _ in pairs if m not in table and m in known_models}):
-            problems.append(f"prune.lomp_l1: required for LOMP on model {m!r} (the authors' values "
-                            f"are known for {', '.join(sorted(table))})")
+        for m in sorted({m for m, _ in pairs if m in known_models}):
+            try:
+                default_l1(m)
+            except ValueError as e:
+                problems.append(str(e))
 
-    if check_local_resources and backend == "serial" and resources.gpus > 0 and not _cuda_available():
+    if check_local_resources and backend == "serial" and resources.gpus > 0 and not torch.cuda.is_available():
         problems.append(f"resources.gpus: {resources.gpus} requested but this machine has no GPU "
                         "(the serial backend runs here); set gpus: 0 or use --backend ray")
     if problems:
@@ -618,12 +550,10 @@ def _parse_prune(raw: Any, problems: list[str]) -> PruneSection:
 
 def _check_options(prune: PruneSection, pruners: list[str], problems: list[str]) -> None:
     """`prune.options` and `prune.rounds` must be taken by at least one pruner of the sweep."""
-    from sweeps.cells import accepts
-
     wanted = list(prune.options) + (["rounds"] if prune.rounds is not None else [])
     for option in wanted:
-        if pruners and not any(accepts(p, option) for p in pruners):
-            takers = sorted({o for p in pruner_names() if (i := pruner_info(p)) for o in i.options})
+        if pruners and not any(PRUNERS[p].accepts(option) for p in pruners):
+            takers = sorted({o for info in PRUNERS.values() for o in info.option_defaults})
             problems.append(f"prune.options: {option!r} is taken by none of the pruners {pruners}; "
                             f"options of the registered pruners: {', '.join(takers)}")
 
@@ -646,12 +576,6 @@ def _check_ranges(h: HessianSection, r: ResourcesSection, p: PruneSection, probl
          f"prune.limit_grid: removed fractions must lie in [0, 1), got {p.limit_grid}"),
     ]
     problems.extend(msg for ok, msg in checks if not ok)
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
@@ -677,9 +601,3 @@ def load_spec(path: str | os.PathLike, **overrides: Any) -> Spec:
 def dump_yaml(spec: Spec) -> str:
     """The resolved spec as YAML text (stored beside the results as spec.yaml)."""
     return yaml.safe_dump(spec.to_dict(), sort_keys=False)
-
-
-def lomp_l1_for(spec_l1: float | None, model: str) -> float | None:
-    """λ of a LOMP cell: the spec's, else the authors' value for `model`."""
-    return spec_l1 if spec_l1 is not None else lomp_l1_defaults().get(model)
-

@@ -1,6 +1,6 @@
 """The Parquet store: one file per cell and table, written atomically, `trials` last.
 
-Layout (see `sweeps.schema`): `<storage>/<sweep>/<table>/<cell_id>.parquet` and
+Layout (see `sweeps.paths`): `<storage>/<sweep>/<table>/<cell_id>.parquet` and
 `<storage>/<sweep>/spec.yaml`. Why one file per cell: backends on many machines write without
 coordination, a crashed cell can never corrupt another, and re-running a cell replaces exactly its
 own files. Why `trials` last: its presence is the commit record — a cell is done iff its trials file
@@ -14,53 +14,33 @@ already atomic, so the object is written directly. No Hive partitioning: the cel
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import secrets
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sweeps import paths
 from sweeps import schema as schemas
-from sweeps.spec import is_uri, local_path
+from sweeps.paths import Location
 
 DONE_STATUSES = ("ok", "diverged")  # "failed" cells are retried
 
 
-@dataclass(frozen=True)
-class Location:
-    """A storage root resolved to a pyarrow filesystem and a base path in it."""
-
-    fs: pafs.FileSystem
-    base: str
-    local: bool
-
-    def join(self, *parts: str) -> str:
-        return "/".join([self.base.rstrip("/"), *parts])
-
-
-@functools.lru_cache(maxsize=64)
 def locate(storage: str) -> Location:
-    """The filesystem of a storage root: local path (or file://) or any pyarrow.fs URI.
-
-    Cached per root: creating an object-store client is slow, and one process reuses one.
-    """
-    if is_uri(storage):
-        fs, base = pafs.FileSystem.from_uri(storage)
-        return Location(fs, base, local=False)
-    return Location(pafs.LocalFileSystem(), local_path(storage), local=True)
+    """The filesystem and base path of a storage root (see `sweeps.paths`)."""
+    return paths.filesystem(storage)
 
 
 def table_path(storage: str, sweep: str, table: str, cell_id: str) -> str:
     """Where a cell's table lives (a path inside the storage's filesystem)."""
     schemas.schema(table)  # validates the name
-    return locate(storage).join(sweep, table, f"{cell_id}.parquet")
+    return locate(storage).join(*paths.cell_parts(sweep, table, cell_id))
 
 
 def to_table(table: str, rows: list[Mapping[str, object]]) -> pa.Table:
@@ -168,13 +148,9 @@ def is_done(storage: str, sweep: str, cell_id: str) -> bool:
 def stored_ids(storage: str, sweep: str, table: str = "trials") -> list[str]:
     """Cell ids with a (visible) file of `table`, temp files excluded."""
     loc = locate(storage)
-    selector = pafs.FileSelector(loc.join(sweep, table), allow_not_found=True)
-    ids = []
-    for info in loc.fs.get_file_info(selector):
-        name = info.base_name
-        if info.type == pafs.FileType.File and name.endswith(".parquet") and name[0] not in "._":
-            ids.append(name[: -len(".parquet")])
-    return sorted(ids)
+    selector = pafs.FileSelector(loc.join(*paths.table_parts(sweep, table)), allow_not_found=True)
+    ids = [(info.type, paths.cell_id_of(info.base_name)) for info in loc.fs.get_file_info(selector)]
+    return sorted(cid for kind, cid in ids if kind == pafs.FileType.File and cid is not None)
 
 
 def read_table(storage: str, sweep: str, table: str, cell_ids: Iterable[str] | None = None) -> pa.Table:
@@ -198,7 +174,7 @@ def read_table(storage: str, sweep: str, table: str, cell_ids: Iterable[str] | N
 def dataset(storage: str, sweep: str, table: str) -> pads.Dataset:
     """A `pyarrow.dataset` over a table directory (hidden temp files are ignored by default)."""
     loc = locate(storage)
-    return pads.dataset(loc.join(sweep, table), filesystem=loc.fs, format="parquet",
+    return pads.dataset(loc.join(*paths.table_parts(sweep, table)), filesystem=loc.fs, format="parquet",
                         schema=schemas.schema(table))
 
 
@@ -214,7 +190,7 @@ def clean_temp_files(storage: str, sweep: str, *, older_than: float = 3600.0) ->
         return 0
     now, removed = time.time(), 0
     for table in schemas.TABLES:
-        directory = loc.join(sweep, table)
+        directory = loc.join(*paths.table_parts(sweep, table))
         if not os.path.isdir(directory):
             continue
         for name in os.listdir(directory):
@@ -229,7 +205,7 @@ def clean_temp_files(storage: str, sweep: str, *, older_than: float = 3600.0) ->
 
 
 def spec_path(storage: str, sweep: str) -> str:
-    return locate(storage).join(sweep, "spec.yaml")
+    return locate(storage).join(*paths.spec_parts(sweep))
 
 
 def write_spec(storage: str, sweep: str, text: str) -> None:

@@ -25,9 +25,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
+from pruning import data as data_lib
+from pruning import limit, masks, models
+from pruning.data import Split
+from pruning.hessian import SLQResult, slq
+from pruning.lomp import lomp_config, pruning_curve
+from pruning.pruners import PRUNERS, PruneResult, prune
+from pruning.sparsity import sparsity_report
+from pruning.train import TrainConfig, TrainResult, evaluate, seed_everything, train
 from sweeps import provenance, store
 from sweeps.cache import DENSE_ITEM, DenseCache, dense_fields, key_of
-from sweeps.cells import Cell
+from sweeps.cells import Cell, LimitPrune, PointPrune, hashed_config
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +71,27 @@ class TrialState:
     row: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(
         default_factory=lambda: {"layers": [], "spectra": [], "epochs": [], "curves": []})
-    train_split: Any = None
-    test_split: Any = None
-    model: Any = None
-    init_state: dict[str, Any] | None = None
+    train_split: Split | None = None
+    test_split: Split | None = None
+    model: nn.Module | None = None
+    init_state: dict[str, torch.Tensor] | None = None
     dense_key: str | None = None
+    prune_result: PruneResult | None = None
     seconds: dict[str, float] = field(
         default_factory=lambda: {"train_seconds": 0.0, "prune_seconds": 0.0, "hessian_seconds": 0.0})
 
-    def train_config(self, **changes: Any) -> Any:
-        from pruning.train import TrainConfig
+    def train_config(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self.cell.train, **changes)
 
-        return dataclasses.replace(TrainConfig(**_train_kwargs(self.cell.train)), **changes)
+    @property
+    def point(self) -> PointPrune:
+        assert isinstance(self.cell.prune, PointPrune), "a point cell's prune section"
+        return self.cell.prune
 
-
-def _train_kwargs(d: dict[str, Any]) -> dict[str, Any]:
-    out = dict(d)
-    if isinstance(out.get("milestones"), list):
-        out["milestones"] = tuple(out["milestones"])
-    return out
+    @property
+    def limit(self) -> LimitPrune:
+        assert isinstance(self.cell.prune, LimitPrune), "a limit cell's prune section"
+        return self.cell.prune
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -100,10 +114,8 @@ def _reporter(st: TrialState, phase: str) -> Callable[[dict[str, Any]], None] | 
     return on_epoch
 
 
-def _train(st: TrialState, model: Any, cfg: Any, phase: str) -> Any:
+def _train(st: TrialState, model: nn.Module, cfg: TrainConfig, phase: str) -> TrainResult:
     """Train with per-epoch reporting; records epochs rows and time; raises Diverged on NaN/inf."""
-    from pruning.train import train
-
     result = train(model, st.train_split, st.test_split, cfg, device=st.device, seed=st.cell.seed,
                    on_epoch=_reporter(st, phase))
     st.tables["epochs"] += _epoch_rows(phase, result.epochs)
@@ -114,7 +126,7 @@ def _train(st: TrialState, model: Any, cfg: Any, phase: str) -> Any:
     return result
 
 
-def _set_metrics(row: dict[str, Any], r: Any) -> None:
+def _set_metrics(row: dict[str, Any], r: TrainResult | dict[str, Any]) -> None:
     for k in ("test_acc", "test_loss", "train_acc", "train_loss"):
         v = getattr(r, k, None) if not isinstance(r, dict) else r.get(k)
         row[k] = None if v is None else float(v)
@@ -127,13 +139,9 @@ def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
     the storage) on a miss. The entry holds `state` (state_dict), `metrics` (of the dense model)
     and `epochs`; `use_dense` records them in the cell.
     """
-    from pruning import models
-    from pruning.lomp import lomp_config
-    from pruning.train import train
-
     cfg = lomp_config(st.train_config(), l1) if l1 else st.train_config()
-    fields_ = dense_fields(model=st.cell.model, dataset=st.cell.dataset, data_options=st.cell.data,
-                           seed=st.cell.seed, train=cfg.to_dict())
+    fields_ = dense_fields(model=st.cell.model, dataset=st.cell.dataset,
+                           data_options=hashed_config(st.cell)["data"], seed=st.cell.seed, train=cfg.to_dict())
     st.dense_key = key_of(fields_)
 
     def compute() -> dict[str, Any]:
@@ -157,8 +165,6 @@ def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
 
 def use_dense(st: TrialState, entry: dict[str, Any]) -> None:
     """Start the cell from the trained dense model: its weights, epochs, time and metrics."""
-    from pruning import masks
-
     st.tables["epochs"] += entry["epochs"]
     st.seconds["train_seconds"] += entry["metrics"]["seconds"]
     _set_metrics(st.row, entry["metrics"])
@@ -168,27 +174,16 @@ def use_dense(st: TrialState, entry: dict[str, Any]) -> None:
     st.model.to(st.device)
 
 
-def pruner_registry() -> dict[str, Any]:
-    from pruning.pruners import PRUNERS
-
-    return PRUNERS
-
-
-def _prune(st: TrialState, **extra: Any) -> Any:
+def _prune(st: TrialState, **extra: Any) -> PruneResult:
     """Apply the cell's pruner through `pruning.pruners.prune` (masks land on the model)."""
-    from pruning.pruners import prune
-
     cell = st.cell
-    info = pruner_registry()[cell.pruner]
-    options = dict(cell.prune.get("options") or {})
-    if cell.prune.get("rounds") is not None:
-        options["rounds"] = cell.prune["rounds"]
-    data = st.train_split if getattr(info, "needs_data", False) else None
+    data = st.train_split if PRUNERS[cell.pruner].needs_data else None
     t0, trained0 = time.perf_counter(), st.seconds["train_seconds"]
     result = prune(st.model, cell.pruner, cell.sparsity, target=cell.target, data=data,
-                   seed=cell.seed, **options, **extra)
+                   seed=cell.seed, **st.point.options, **extra)
     # IMP trains inside `prune`; that time is already in train_seconds
     st.seconds["prune_seconds"] += time.perf_counter() - t0 - (st.seconds["train_seconds"] - trained0)
+    st.prune_result = result
     return result
 
 
@@ -197,26 +192,17 @@ def _prune(st: TrialState, **extra: Any) -> Any:
 
 def step_seed(st: TrialState) -> None:
     """Seed every RNG from the cell (first thing, never from the driver)."""
-    from pruning.train import seed_everything
-
     seed_everything(st.cell.seed)
 
 
 def step_data(st: TrialState) -> None:
-    """Load the splits; the split itself is fixed by `data.options.seed` (default 0), not the cell seed."""
-    from pruning import data
-
-    options = dict(st.cell.data)
-    data_seed = int(options.pop("seed", 0))
-    st.train_split, st.test_split = data.load(st.cell.dataset, root=st.where.data_root,
-                                              seed=data_seed, **options)
+    """Load the splits; the split itself is fixed by the loader option `seed`, not the cell seed."""
+    st.train_split, st.test_split = data_lib.load(st.cell.dataset, root=st.where.data_root,
+                                                  **st.cell.data)
 
 
 def step_model(st: TrialState) -> None:
     """Build the model at its seeded initialization and remember that state (for rewinding)."""
-    from pruning import models
-    from pruning.train import seed_everything
-
     seed_everything(st.cell.seed)
     st.model = models.build(st.cell.model, input_shape=st.train_split.input_shape,
                             num_classes=st.train_split.num_classes)
@@ -227,18 +213,13 @@ def step_model(st: TrialState) -> None:
 def _after_prune(st: TrialState) -> None:
     """What follows pruning: none (evaluate) | finetune (a few epochs) | rewind (to the seeded
     init, then full training) | train (full training from the current weights)."""
-    from pruning import masks
-
     protocol = st.cell.protocol
     if protocol == "none":
-        from pruning.train import evaluate
-
         st.row["test_loss"], st.row["test_acc"] = evaluate(st.model, st.test_split, device=st.device)
         st.row["train_loss"], st.row["train_acc"] = evaluate(st.model, st.train_split, device=st.device)
         return
     if protocol == "finetune":
-        epochs = int(st.cell.prune.get("finetune_epochs", 1))
-        _train(st, st.model, st.train_config(epochs=epochs, iterations=None), "finetune")
+        _train(st, st.model, st.train_config(epochs=st.point.finetune_epochs, iterations=None), "finetune")
         return
     if protocol == "rewind":
         masks.copy_weights(st.model, st.init_state)
@@ -251,14 +232,13 @@ def step_obtain(st: TrialState) -> None:
     if cell.pruner == "dense":
         use_dense(st, _dense(st))
         return
-    info = pruner_registry()[cell.pruner]
+    info = PRUNERS[cell.pruner]
     if info.when == "init":
         st.model.to(st.device)
         _prune(st)
         _after_prune(st)  # "train" (the default) and "rewind" coincide at init
         return
-    l1 = cell.prune.get("lomp_l1") if getattr(info, "needs_l1_training", False) else None
-    use_dense(st, _dense(st, l1=l1))
+    use_dense(st, _dense(st, l1=st.point.lomp_l1))
     extra = _imp_options(st) if cell.pruner == "imp" else {}
     _prune(st, **extra)
     _after_prune(st)
@@ -266,7 +246,7 @@ def step_obtain(st: TrialState) -> None:
 
 def _imp_options(st: TrialState) -> dict[str, Any]:
     """IMP trains between its rounds: it gets our training (epochs of phase "sparse") and the init."""
-    def train_fn(model: Any) -> Any:
+    def train_fn(model: nn.Module) -> TrainResult:
         return _train(st, model, st.train_config(), "sparse")
 
     return {"train_fn": train_fn, "rewind_state": st.init_state}
@@ -274,26 +254,21 @@ def _imp_options(st: TrialState) -> dict[str, Any]:
 
 def step_sparsity(st: TrialState) -> None:
     """Direct and effective sparsity of the final masks, and the per-layer rows."""
-    from pruning.sparsity import sparsity_report
-
     report = sparsity_report(st.model)
     st.row.update(report.trial_columns())
     st.tables["layers"] = report.layer_rows()
 
 
-def _slq_split(st: TrialState) -> Any:
-    n = st.cell.hessian.get("max_samples")
+def _slq_split(st: TrialState) -> Split:
+    n = st.cell.hessian.max_samples
     split = st.train_split
     if n is None or n >= len(split):
         return split
     return dataclasses.replace(split, x=split.x[:n], y=split.y[:n], _device_cache={})
 
 
-def slq_to_plain(r: Any) -> dict[str, Any]:
+def slq_to_plain(r: SLQResult) -> dict[str, Any]:
     """An SLQResult as tensors and plain values (what `torch.load(weights_only=True)` accepts)."""
-    import numpy as np
-    import torch
-
     out = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
     for k, v in out.items():  # every array field (nodes, weights, steps, alphas, …) as a tensor
         if isinstance(v, np.ndarray):
@@ -302,30 +277,23 @@ def slq_to_plain(r: Any) -> dict[str, Any]:
     return out
 
 
-def slq_from_plain(d: dict[str, Any]) -> Any:
-    import torch
-
-    from pruning.hessian import SLQResult
-
+def slq_from_plain(d: dict[str, Any]) -> SLQResult:
     return SLQResult(**{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in d.items()})
 
 
-def _run_slq(st: TrialState, model: Any) -> Any:
+def _run_slq(st: TrialState, model: nn.Module) -> SLQResult:
     """SLQ of the mean training loss of `model` (local HVPs, or the backend's factory's)."""
-    import torch
-    from pruning.hessian import slq
-
     h = st.cell.hessian
     data = _slq_split(st)
     loss_fn = torch.nn.functional.cross_entropy
     backend = None
     if st.hvp_backend_factory is not None:
         backend = st.hvp_backend_factory(model=model, loss_fn=loss_fn, data=data, device=st.device)
-    return slq(model, loss_fn, data, probes=int(h.get("probes", 4)), iterations=int(h.get("iterations", 30)),
-               seed=st.cell.seed, backend=backend, device=st.device)
+    return slq(model, loss_fn, data, probes=h.probes, iterations=h.iterations, seed=st.cell.seed,
+               backend=backend, device=st.device)
 
 
-def _record_slq(st: TrialState, r: Any, which: str) -> None:
+def _record_slq(st: TrialState, r: SLQResult, which: str) -> None:
     """spectra rows of one SLQ run and its trials summary (the last recorded one wins)."""
     st.tables["spectra"] += [{"hessian_model": which, **row} for row in r.spectra_rows()]
     st.seconds["hessian_seconds"] += float(r.seconds)
@@ -339,24 +307,22 @@ def step_hessian(st: TrialState) -> None:
     With `both`, the trials summary describes the pruned model; spectra keep both.
     """
     h = st.cell.hessian
-    if not h.get("enabled"):
+    if h is None:
         return
-    which = h.get("models", "pruned")
+    which = h.models
     if which in ("dense", "both"):
         _record_slq(st, _dense_slq(st), "dense")
     if which in ("pruned", "both"):
         _record_slq(st, _run_slq(st, st.model), "pruned")
 
 
-def _dense_slq(st: TrialState, *, l1: float | None = None) -> Any:
+def _dense_slq(st: TrialState, *, l1: float | None = None) -> SLQResult:
     """The dense model's SLQ, cached beside its checkpoint (keyed by the SLQ settings)."""
-    from pruning import masks, models
-
     if st.dense_key is None:  # a pruner at init: the dense reference is the dense-trained model
         _dense(st, l1=l1)
     cache = DenseCache(st.where.storage)
     entry = cache.load(st.dense_key, DENSE_ITEM)
-    h = {k: v for k, v in st.cell.hessian.items() if k != "models"}
+    h = {k: v for k, v in st.cell.hessian.layout().items() if k != "models"}
     item = f"slq-{key_of({**h, 'seed': st.cell.seed})}.pt"
 
     def compute() -> dict[str, Any]:
@@ -370,9 +336,6 @@ def _dense_slq(st: TrialState, *, l1: float | None = None) -> Any:
     return result if fresh else dataclasses.replace(result, seconds=0.0)  # time spent in this cell
 
 
-DEFAULT_LIMIT_GRID = tuple(round(0.5 + 0.005 * i, 6) for i in range(100))  # removed fractions 0.5…0.995
-
-
 def step_limit(st: TrialState) -> None:
     """A limit cell (ALGORITHMS.md §7): LOMP training, ε, the dense SLQ, the predicted limit with
     its bands, and the actual limit from the one-shot global-magnitude curve (no retraining).
@@ -383,31 +346,27 @@ def step_limit(st: TrialState) -> None:
     use the backend's distributed HVPs, and `hessian.max_samples` bounds its data. The trials row
     describes the unpruned LOMP model; the curve (0 added, as run_lomp does) the pruned ones.
     """
-    from pruning import limit, masks
-    from pruning.lomp import pruning_curve
-
-    p = st.cell.prune
-    l1 = float(p["lomp_l1"])
-    use_dense(st, _dense(st, l1=l1))
-    if p.get("epsilon") is not None:
-        eps, source = float(p["epsilon"]), "given"
+    p = st.limit
+    use_dense(st, _dense(st, l1=p.lomp_l1))
+    if p.epsilon is not None:
+        eps, source = p.epsilon, "given"
     else:
-        eps = limit.batch_loss_std(st.model, st.train_split, batch_size=int(st.cell.train["batch_size"]),
+        eps = limit.batch_loss_std(st.model, st.train_split, batch_size=st.cell.train.batch_size,
                                    device=st.device)
         source = "batch_loss_std"
-    spectrum = _dense_slq(st, l1=l1)
+    spectrum = _dense_slq(st, l1=p.lomp_l1)
     _record_slq(st, spectrum, "dense")
     weights = masks.weights(st.model)
-    policy = p.get("eigen_policy", "abs")
     t0 = time.perf_counter()
-    prediction = limit.predict_limit(weights, spectrum, eps, policy=policy, epsilon_source=source)
-    grid = sorted({0.0, *(p.get("limit_grid") or DEFAULT_LIMIT_GRID)})
+    prediction = limit.predict_limit(weights, spectrum, eps, policy=p.eigen_policy, epsilon_source=source)
+    grid = sorted({0.0, *p.limit_grid})
     accs, losses, train_losses = pruning_curve(st.model, st.train_split, st.test_split, grid, device=st.device)
-    actual = limit.actual_limit(grid, accs, accs[0], tolerance_pp=float(p.get("limit_tolerance_pp", 0.1)))
+    actual = limit.actual_limit(grid, accs, accs[0], tolerance_pp=p.limit_tolerance_pp)
     st.seconds["prune_seconds"] += time.perf_counter() - t0
     st.row.update(limit.limit_columns(prediction, actual))
-    st.row["lomp_l1"] = l1
-    st.tables["curves"] = limit.curve_rows(grid, accs, losses, train_losses, weights, spectrum, eps, policy)
+    st.row["lomp_l1"] = p.lomp_l1
+    st.tables["curves"] = limit.curve_rows(grid, accs, losses, train_losses, weights, spectrum, eps,
+                                           p.eigen_policy)
 
 
 STEPS: dict[str, Callable[[TrialState], None]] = {
@@ -441,6 +400,18 @@ def identity_columns(cell: Cell) -> dict[str, Any]:
             "dataset": cell.dataset, "pruner": cell.pruner, "target": cell.target,
             "sparsity": cell.sparsity, "seed": cell.seed,
             "config": json.dumps(cell.config(), sort_keys=True)}
+
+
+def run_steps(cell: Cell, where: Where, steps: tuple[str, ...], *, device: str = "cpu") -> TrialState:
+    """Run `steps` of the pipeline for `cell` here and return the state; nothing is written.
+
+    What `prunetune prune` uses to prune one model exactly as a sweep's cell would (the dense
+    cache under `where.storage` is the only thing that touches storage). Errors propagate.
+    """
+    st = TrialState(cell=cell, where=where, device=device, report=None, hvp_backend_factory=None)
+    for name in steps:
+        STEPS[name](st)
+    return st
 
 
 def run_cell(cell: Cell, where: Where, *, device: str = "cpu", report: Report | None = None,

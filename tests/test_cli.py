@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps import cli
+from sweeps.cli import run as cli_run
 from sweeps.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def test_data_download_of_an_embedded_set_is_a_user_error(tmp_path, capsys):
 
 
 def test_demo_runs_and_summarises(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "demo_spec_path", lambda: tiny_spec(tmp_path))
+    monkeypatch.setattr(cli_run, "demo_spec_path", lambda: tiny_spec(tmp_path))
     monkeypatch.chdir(tmp_path)
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
@@ -88,7 +88,7 @@ def test_demo_runs_and_summarises(tmp_path, monkeypatch, capsys):
 
 
 def test_demo_spec_is_packaged_and_valid(capsys):
-    path = cli.demo_spec_path()
+    path = cli_run.demo_spec_path()
     assert path.name == "demo.yaml" and path.exists()
     assert main(["validate", str(path)]) == 0
 
@@ -145,9 +145,9 @@ def test_progress_lines_and_eta():
 
 
 def test_status_of_a_sweep_in_an_object_store(tmp_path, capsys):
-    from sweeps.cli import locate_sweep
+    from sweeps.paths import SweepRef, locate_sweep
 
-    assert locate_sweep("s3://bucket/results/my_sweep/", None) == ("s3://bucket/results", "my_sweep")
+    assert locate_sweep("s3://bucket/results/my_sweep/", None) == SweepRef("s3://bucket/results", "my_sweep")
     spec = tiny_spec(tmp_path, pruner="dense", seed=0, storage="mock:///b/r")
     assert main(["run", str(spec)]) == 0
     assert main(["status", "mock:///b/r/tiny"]) == 0

@@ -35,10 +35,11 @@ def test_direct_target_after_training(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--pruner", "nope", "--sparsity", "0.5"], "pruner 'nope': choose from dense"),
-    (["--pruner", "snip", "--sparsity", "1.0"], "sparsity 1.0: must be in [0, 1)"),
+    (["--pruner", "nope", "--sparsity", "0.5"], "error: pruner: unknown 'nope'; choose from dense"),
+    (["--pruner", "snip", "--sparsity", "1.0"], "error: sparsity: 1.0 outside [0, 1)"),
     (["--pruner", "snip", "--sparsity", "0.5", "--model", "vgg16"], "needs inputs of at least 32×32"),
-    (["--pruner", "snip", "--sparsity", "0.5", "--dataset", "imagenet"], "dataset 'imagenet': choose from"),
+    (["--pruner", "snip", "--sparsity", "0.5", "--dataset", "imagenet"],
+     "error: dataset: unknown 'imagenet'; choose from"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(["prune", *argv]) == 2

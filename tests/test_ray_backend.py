@@ -18,7 +18,8 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # trial process
 
 from sweeps import store  # noqa: E402
 from sweeps.backends import backend_class  # noqa: E402
-from sweeps.backends.ray_tune import RayBackend, RayOptions, tune_root  # noqa: E402
+from sweeps.backends.ray_tune import RayBackend, RayOptions  # noqa: E402
+from sweeps.paths import tune_root  # noqa: E402
 from sweeps.backends.serial import SerialBackend  # noqa: E402
 from sweeps.cells import expand  # noqa: E402
 from sweeps.progress import Progress  # noqa: E402
@@ -77,26 +78,31 @@ def test_unmeetable_gpu_request_is_refused_before_anything_starts(tmp_path):
         RayBackend(cpus=1, hessian_workers=3).check_local(num_cpus=2, num_gpus=0)
 
 
-def test_cli_pieces_parse_into_options_and_reject_bad_input(tmp_path, capsys):
-    import argparse
+def test_cli_ray_flags_parse_into_options_and_bad_input_is_refused(tmp_path, capsys):
+    from sweeps.cli import build_parser, main
+    from sweeps.cli.common import ray_options
+    from sweeps.cli.run import cmd_resume
 
-    from sweeps import ray_cli
+    args = build_parser().parse_args(["resume", "demo", "--max-concurrent", "3", "--num-gpus", "2",
+                                      "--dashboard"])
+    assert args.func is cmd_resume
+    assert ray_options(args, "ray") == RayOptions(num_gpus=2, max_concurrent=3, dashboard=True)
 
-    parser = argparse.ArgumentParser()
-    ray_cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["resume", "demo", "--max-concurrent", "3", "--num-gpus", "2", "--dashboard"])
-    assert args.func is ray_cli.cmd_resume
-    assert ray_cli.options_from_args(args) == RayOptions(num_gpus=2, max_concurrent=3, dashboard=True)
-
-    assert ray_cli.main(["resume", "nope", "--storage", str(tmp_path)]) == 2
+    assert main(["resume", "nope", "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: resume: no sweep 'nope' in ")
-    assert ray_cli.main(["resume", "nope", "--max-concurrent", "0"]) == 2
+    assert len(err) == 1 and err[0].startswith("error: no sweep 'nope' in ")
+    good = tmp_path / "good.yaml"
+    good.write_text("name: x\nmodel: lenet300100\npruner: dense\nbackend: ray\n")
+    assert main(["run", str(good), "--storage", str(tmp_path), "--max-concurrent", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: max_concurrent: 0; must be ≥ 1"
+    assert main(["run", str(good), "--storage", str(tmp_path), "--backend", "serial", "--address", "auto"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --address: only for the Ray backend; this sweep "
+                                               "runs on 'serial' (add --backend ray)")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel: nosuchmodel\n")
-    assert ray_cli.main(["run", str(bad), "--storage", str(tmp_path)]) == 2
+    assert main(["run", str(bad), "--backend", "ray", "--storage", str(tmp_path)]) == 2
     assert "model: unknown 'nosuchmodel'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing stored for a refused run
     assert not ray.is_initialized()
 
 
@@ -255,7 +261,9 @@ def test_serial_and_ray_write_the_same_trials_rows(fake_gpus, tmp_path):
 def test_resume_reruns_failed_and_missing_cells_only(fake_gpus, tmp_path):
     """A finished sweep with one failed cell: `resume` restores the Tune experiment (nothing left in
     it to run), then runs the stale failed cell afresh; the ok cell's file is never rewritten."""
+    from sweeps.paths import locate_sweep
     from sweeps.resume import resume
+    from sweeps.runner import stored_spec
     from sweeps.spec import dump_yaml
 
     spec = make_spec(tmp_path)
@@ -281,7 +289,8 @@ def test_resume_reruns_failed_and_missing_cells_only(fake_gpus, tmp_path):
     ok_file = os.path.join(spec.storage, "rt", "trials", f"{ok_id}.parquet")
     stamp = os.stat(ok_file).st_mtime_ns
 
-    summary = resume(os.path.join(spec.storage, "rt"), run_fn=good, progress=quiet_progress(2))
+    stored = stored_spec(locate_sweep(os.path.join(spec.storage, "rt")))
+    summary = resume(stored, run_fn=good, progress=quiet_progress(2))
     assert summary.ok and summary.done == [bad] and summary.skipped == [ok_id]
     assert store.trial_row(spec.storage, "rt", bad)["status"] == "ok"
     assert os.stat(ok_file).st_mtime_ns == stamp

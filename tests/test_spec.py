@@ -141,7 +141,7 @@ def test_cell_round_trip_rejects_a_tampered_id():
 def test_hessian_workers_never_change_the_id():
     a = expand(spec(hessian={"enabled": True, "workers": 1}))[0]
     b = expand(spec(hessian={"enabled": True, "workers": 4}))[0]
-    assert a.cell_id == b.cell_id and "workers" not in a.hessian
+    assert a.cell_id == b.cell_id and "workers" not in a.config()["hessian"]
 
 
 # ----------------------------------------------------------------------------- malformed specs via the CLI
@@ -182,7 +182,7 @@ def test_malformed_spec_gives_one_line_and_exit_2(path, tmp_path, monkeypatch, c
 
 
 def test_validate_accepts_the_packaged_configs(capsys):
-    from sweeps.cli import demo_spec_path
+    from sweeps.cli.run import demo_spec_path
 
     for path in sorted(demo_spec_path().parent.glob("*.yaml")):
         assert main(["validate", str(path)]) == 0, capsys.readouterr().err

@@ -35,6 +35,7 @@ from pruning.pruners.target import largest_removal
 WHEN = ("init", "after")  # prune at initialization, or after training the dense model
 PROTOCOLS = ("train", "rewind", "finetune", "none")  # what happens to the pruned net next
 TARGETS = ("direct", "effective")
+RUNTIME_OPTIONS = ("train_fn", "rewind_state")  # supplied by the trial (imp), never by a spec
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class PrunerInfo:
     protocol: str  # default post-pruning protocol: "train" | "rewind" | "finetune" | "none"
     needs_l1_training: bool  # the dense model is trained with the L1 term first (lomp)
     fn: Callable[..., Plan] = field(repr=False)
+    delegate: str | None = None  # the pruner whose options this one passes on (random/snip → snip)
 
     def __post_init__(self) -> None:
         if self.when not in WHEN:
@@ -61,9 +63,27 @@ class PrunerInfo:
         params = inspect.signature(self.fn).parameters
         return tuple(p for p in params if p not in ("model", "sparsity", "data", "seed", "options"))
 
+    @property
+    def option_defaults(self) -> dict[str, Any]:
+        """The options a user may set (spec `prune.options`, `prune.rounds`) with their defaults.
 
-def _init(name: str, doc: str, fn: Callable[..., Plan], needs_data: bool = False) -> PrunerInfo:
-    return PrunerInfo(name, doc, "init", needs_data, "train", False, fn)
+        Runtime arguments the trial supplies (`RUNTIME_OPTIONS`) are not user options. A pruner that
+        hands its options on (random/snip → snip) takes those of the pruner it delegates to.
+        """
+        params = inspect.signature(self.fn).parameters
+        own = {p: params[p].default for p in self.options if p not in RUNTIME_OPTIONS}
+        if self.delegate is not None:
+            own.update(PRUNERS[self.delegate].option_defaults)
+        return own
+
+    def accepts(self, option: str) -> bool:
+        """Whether a user may set `option` for this pruner (a sweep-wide option reaches only these)."""
+        return option in self.option_defaults
+
+
+def _init(name: str, doc: str, fn: Callable[..., Plan], needs_data: bool = False,
+          delegate: str | None = None) -> PrunerInfo:
+    return PrunerInfo(name, doc, "init", needs_data, "train", False, fn, delegate)
 
 
 def _after(name: str, doc: str, fn: Callable[..., Plan], protocol: str = "rewind", l1: bool = False) -> PrunerInfo:
@@ -84,7 +104,7 @@ _ENTRIES: list[PrunerInfo] = [
     _init("dense", "no pruning (sparsity 0): the dense reference", dense.prune_dense),
     *[
         _init(f"random/{q}", f"random survivors per layer; quota: {_QUOTA_DOCS[q]}", random.make(q),
-              needs_data=(q == "snip"))
+              needs_data=(q == "snip"), delegate=q if q in ("snip", "synflow") else None)
         for q in quotas_lib.SCHEMES
     ],
     _after("magnitude/global", "smallest |w| of the trained weights, over all layers", magnitude.prune_global),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from sweeps.backends.base import Backend, RunSummary
+from sweeps.backends.base import Backend, RayOptions, RunSummary
 
 if TYPE_CHECKING:
     from sweeps.spec import Spec
@@ -18,11 +18,6 @@ BACKENDS: dict[str, str] = {
     "serial": "sweeps.backends.serial:SerialBackend",
     "ray": "sweeps.backends.ray_tune:RayBackend",
 }
-
-
-def register(name: str, target: str) -> None:
-    """Add (or replace) backend `name` as "module:Class"."""
-    BACKENDS[name] = target
 
 
 def backend_class(name: str) -> type:
@@ -36,8 +31,9 @@ def backend_class(name: str) -> type:
         raise ValueError(f"backend {name!r}: not available ({e})") from None
 
 
-def make_backend(name: str, spec: Spec) -> Backend:
-    return backend_class(name).from_spec(spec)
+def make_backend(spec: Spec, options: RayOptions | None = None) -> Backend:
+    """The spec's backend, built with its resources (and Ray's options for the Ray backend)."""
+    return backend_class(spec.backend).from_spec(spec, options)
 
 
-__all__ = ["BACKENDS", "Backend", "RunSummary", "backend_class", "make_backend", "register"]
+__all__ = ["BACKENDS", "Backend", "RayOptions", "RunSummary", "backend_class", "make_backend"]

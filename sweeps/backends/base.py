@@ -6,6 +6,7 @@ is always `sweeps.trial.run_cell`, and which cells still need running is decided
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -31,13 +32,44 @@ class RunSummary:
         return not self.failed
 
 
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide the Ray backend runs (never part of a cell's identity)."""
+
+    address: str | None = None        # a cluster ("auto", "ray://head:10001"); None: $RAY_ADDRESS or a local Ray
+    num_cpus: float | None = None     # local Ray only: CPUs it offers (None: all of this machine's)
+    num_gpus: float | None = None     # local Ray only: GPUs it offers (None: detected); fake GPUs for tests
+    max_concurrent: int | None = None  # at most this many trials at once (None: as resources allow)
+    dashboard: bool = False           # local Ray only: start the dashboard (bound to 127.0.0.1)
+    max_failures: int = 2             # Tune retries of a trial whose process, node or HVP worker died
+    reuse_actors: bool = True         # run the next trial in a finished trial's process (see below)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_cpus is None or self.num_cpus > 0, f"num_cpus: {self.num_cpus}; must be > 0"),
+            (self.num_gpus is None or self.num_gpus >= 0, f"num_gpus: {self.num_gpus}; must be ≥ 0"),
+            (self.max_concurrent is None or self.max_concurrent >= 1,
+             f"max_concurrent: {self.max_concurrent}; must be ≥ 1"),
+            (self.max_failures >= 0, f"max_failures: {self.max_failures}; must be ≥ 0"),
+            (self.address is None or (self.num_cpus is None and self.num_gpus is None),
+             "num_cpus/num_gpus: only for a local Ray; a cluster given by address has its own resources"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    def cluster_address(self) -> str | None:
+        """The cluster to join: the option, else $RAY_ADDRESS (set by `ray job submit`), else None."""
+        return self.address or os.environ.get("RAY_ADDRESS") or None
+
+
 class Backend(Protocol):
     """Runs cells; `from_spec` builds one with the spec's resources."""
 
     name: str
 
     @classmethod
-    def from_spec(cls, spec: Spec) -> Backend: ...
+    def from_spec(cls, spec: Spec, options: RayOptions | None = None) -> Backend: ...
 
     def run(self, cells: Sequence[Cell], where: Where, *, progress: Progress) -> RunSummary: ...
 

@@ -33,17 +33,16 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
 
 from sweeps import store
-from sweeps.backends.base import RunSummary, pending_cells
+from sweeps.backends.base import RayOptions, RunSummary, pending_cells
 from sweeps.cells import Cell
 from sweeps.hvp_ray import RayHVPFactory, WorkerResources, device_from_ray
-from sweeps.spec import is_uri
+from sweeps.paths import is_uri, tune_root
 from sweeps.trial import Where, one_line, run_cell
 
 if TYPE_CHECKING:
@@ -53,39 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINAL = "cell_finished"      # metric of a trial's last report: its cell's trials row is written
-TUNE_DIR = "_tune"           # Tune experiments live in <storage>/_tune/<sweep>/run-<time>-<hex>
 RUN_PREFIX = "run-"
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how wide the Ray backend runs (never part of a cell's identity)."""
-
-    address: str | None = None        # a cluster ("auto", "ray://head:10001"); None: $RAY_ADDRESS or a local Ray
-    num_cpus: float | None = None     # local Ray only: CPUs it offers (None: all of this machine's)
-    num_gpus: float | None = None     # local Ray only: GPUs it offers (None: detected); fake GPUs for tests
-    max_concurrent: int | None = None  # at most this many trials at once (None: as resources allow)
-    dashboard: bool = False           # local Ray only: start the dashboard (bound to 127.0.0.1)
-    max_failures: int = 2             # Tune retries of a trial whose process, node or HVP worker died
-    reuse_actors: bool = True         # run the next trial in a finished trial's process (see below)
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.num_cpus is None or self.num_cpus > 0, f"num_cpus: {self.num_cpus}; must be > 0"),
-            (self.num_gpus is None or self.num_gpus >= 0, f"num_gpus: {self.num_gpus}; must be ≥ 0"),
-            (self.max_concurrent is None or self.max_concurrent >= 1,
-             f"max_concurrent: {self.max_concurrent}; must be ≥ 1"),
-            (self.max_failures >= 0, f"max_failures: {self.max_failures}; must be ≥ 0"),
-            (self.address is None or (self.num_cpus is None and self.num_gpus is None),
-             "num_cpus/num_gpus: only for a local Ray; a cluster given by address has its own resources"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
-
-    def cluster_address(self) -> str | None:
-        """The cluster to join: the option, else $RAY_ADDRESS (set by `ray job submit`), else None."""
-        return self.address or os.environ.get("RAY_ADDRESS") or None
 
 
 # ----------------------------------------------------------------------------- the trial
@@ -163,11 +130,6 @@ class ProgressCallback(tune.Callback):
 
 
 # ----------------------------------------------------------------------------- the backend
-
-
-def tune_root(storage: str, sweep: str) -> str:
-    """Where this sweep's Tune experiments live (inside the storage, beside the cache)."""
-    return f"{storage.rstrip('/')}/{TUNE_DIR}/{sweep}"
 
 
 def local_gpus() -> int:

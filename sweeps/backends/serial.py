@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sweeps.backends.base import RunSummary, pending_cells
+import torch
+
+from sweeps.backends.base import RayOptions, RunSummary, pending_cells
 from sweeps.trial import run_cell
 
 if TYPE_CHECKING:
@@ -27,18 +29,17 @@ class SerialBackend:
         self.threads = threads
 
     @classmethod
-    def from_spec(cls, spec: Spec) -> SerialBackend:
+    def from_spec(cls, spec: Spec, options: RayOptions | None = None) -> SerialBackend:
         """CUDA when the spec asks for a GPU (validation made sure one exists), else CPU.
 
         Torch threads = the spec's `resources.cpus`, as Ray gives a trial of that many CPUs: CPU
         reductions depend on the thread count, so this is what makes serial and Ray rows agree.
+        Ray's options do not apply here (the CLI refuses them for this backend).
         """
         return cls(device="cuda" if spec.resources.gpus > 0 else "cpu",
                    threads=max(1, int(spec.resources.cpus)))
 
     def run(self, cells: Sequence[Cell], where: Where, *, progress: Progress) -> RunSummary:
-        import torch
-
         summary = RunSummary()
         todo = pending_cells(cells, where.storage, summary, progress)
         before = torch.get_num_threads()

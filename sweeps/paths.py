@@ -1,0 +1,172 @@
+"""Where results live: the storage root, URIs, the layout of a sweep, finding a sweep by name or path.
+
+One home for these facts (as open_lth's `foundations/paths.py`): the store, the dense cache, the
+Ray backend, `resume`, the CLI and `analysis` all ask this module, so a layout change or a URI rule
+is made once. Imports neither torch nor Ray (analysis uses it).
+
+    <storage>/<sweep>/spec.yaml                    the resolved spec, written at start
+    <storage>/<sweep>/<table>/<cell_id>.parquet    one file per cell and table
+    <storage>/<sweep>/_analysis/...                analysis' consolidated read cache
+    <storage>/_cache/dense/<key>/...               dense checkpoints and their SLQ, shared by sweeps
+    <storage>/_tune/<sweep>/run-<time>-<hex>/      Tune experiments of the Ray backend
+
+A storage root is a local path (`~` expanded, made absolute; `file://` stripped) or a pyarrow.fs URI
+(`s3://bucket/prefix`, `gs://…`). Names starting with '.' or '_' are temp files or caches, never
+results.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+STORAGE_ENV = "PRUNETUNE_STORAGE"
+DEFAULT_STORAGE = "./results"
+SPEC_FILE = "spec.yaml"
+CACHE_DIR = "_cache"
+TUNE_DIR = "_tune"
+TABLE_SUFFIX = ".parquet"
+
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def default_storage() -> str:
+    """$PRUNETUNE_STORAGE, else ./results."""
+    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def storage_root(storage: str | os.PathLike | None = None) -> str:
+    """The storage root a user means: the argument, else the default."""
+    return str(storage) if storage is not None else default_storage()
+
+
+def is_uri(path: str) -> bool:
+    """A remote pyarrow.fs URI such as s3://bucket/prefix (file:// counts as local)."""
+    return bool(_URI.match(path)) and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    """An absolute local path for a storage root (file:// stripped, ~ expanded)."""
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def normalize(storage: str) -> str:
+    """The canonical form of a storage root: a URI as given, a local root absolute."""
+    return storage if is_uri(storage) else local_path(storage)
+
+
+def hidden(name: str) -> bool:
+    """Temp files and caches ('.tmp' files, `_cache`, `_tune`, `_analysis`) are never results."""
+    return name.startswith((".", "_"))
+
+
+@dataclass(frozen=True)
+class Location:
+    """A storage root resolved to a pyarrow filesystem and a base path in it."""
+
+    fs: pafs.FileSystem
+    base: str
+    local: bool
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.base.rstrip("/"), *parts])
+
+
+@functools.lru_cache(maxsize=64)
+def filesystem(location: str) -> Location:
+    """The filesystem of a local path, a file:// URI or any pyarrow.fs URI.
+
+    Cached per location: an object-store client is slow to create, and one process reuses one.
+    """
+    if is_uri(location):
+        fs, base = pafs.FileSystem.from_uri(location)
+        return Location(fs, base.rstrip("/") or base, local=False)
+    return Location(pafs.LocalFileSystem(), local_path(location).replace(os.sep, "/"), local=True)
+
+
+# ----------------------------------------------------------------------------- the layout
+# Paths inside a storage root's filesystem, relative to its base (join with Location.join).
+
+
+def sweep_parts(sweep: str) -> tuple[str, ...]:
+    return (sweep,)
+
+
+def table_parts(sweep: str, table: str) -> tuple[str, ...]:
+    return (sweep, table)
+
+
+def cell_parts(sweep: str, table: str, cell_id: str) -> tuple[str, ...]:
+    return (sweep, table, f"{cell_id}{TABLE_SUFFIX}")
+
+
+def spec_parts(sweep: str) -> tuple[str, ...]:
+    return (sweep, SPEC_FILE)
+
+
+def dense_cache_parts(key: str, item: str = "") -> tuple[str, ...]:
+    return (CACHE_DIR, "dense", key, *([item] if item else []))
+
+
+def tune_root(storage: str, sweep: str) -> str:
+    """Where a sweep's Tune experiments live: a path or URI as Tune takes it."""
+    return f"{storage.rstrip('/')}/{TUNE_DIR}/{sweep}"
+
+
+def cell_id_of(file_name: str) -> str | None:
+    """The cell id of a result file name, None for temp files, caches and other files."""
+    if hidden(file_name) or not file_name.endswith(TABLE_SUFFIX):
+        return None
+    return file_name[: -len(TABLE_SUFFIX)]
+
+
+def is_sweep_dir(fs: pafs.FileSystem, path: str, tables: tuple[str, ...]) -> bool:
+    """A sweep directory holds spec.yaml or at least one table directory."""
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    names = {i.base_name for i in infos}
+    return SPEC_FILE in names or any(t in names for t in tables)
+
+
+# ----------------------------------------------------------------------------- finding a sweep
+
+
+@dataclass(frozen=True)
+class SweepRef:
+    """One stored sweep: its storage root (path or URI) and its name."""
+
+    storage: str
+    sweep: str
+
+
+def locate_sweep(name_or_path: str, storage: str | None = None) -> SweepRef:
+    """The sweep a user means by a name, a sweep directory or URI, or a stored spec.yaml.
+
+    - `s3://bucket/results/my_sweep` (any URI): the last part is the sweep, the rest the root;
+    - a directory holding spec.yaml, or that spec.yaml itself: its parent is the root (unless
+      `storage` is given, which then wins for a bare name only);
+    - anything else is a sweep name under `storage` (else $PRUNETUNE_STORAGE, else ./results).
+    Whether the sweep exists is the caller's question (each says what is missing in its terms).
+    """
+    text = str(name_or_path).rstrip("/")
+    if not text:
+        raise ValueError("sweep: empty; give a sweep name, a sweep directory or a URI")
+    if is_uri(text):
+        root, _, sweep = text.rpartition("/")
+        return SweepRef(root, sweep)
+    path = Path(text)
+    if path.is_file() and path.name == SPEC_FILE:
+        path = path.parent
+    if path.is_dir() and (path / SPEC_FILE).exists():
+        resolved = path.resolve()
+        return SweepRef(str(resolved.parent), resolved.name)
+    if path.is_dir():
+        raise ValueError(f"sweep: {text!r} holds no {SPEC_FILE}; give a sweep directory "
+                         "(<storage>/<sweep>) or a sweep name")
+    return SweepRef(normalize(storage_root(storage)), text)

@@ -1,0 +1,204 @@
+"""The cell-id contract: a `cell_id` names exactly one computation.
+
+- the table of original defaults (`sweeps.defaults`) is append-only and covers every hashed field;
+- changing a field's *current* default changes the ids of exactly the cells that use it;
+- every setting the trial uses comes from the cell (a non-default value reaches the row);
+- the ids of the packaged configs are those of every earlier version (fixtures below).
+"""
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import sweeps.spec as spec_mod
+from pruning.data import DATASETS
+from pruning.pruners import PRUNERS
+from pruning.train import TrainConfig
+from sweeps import store
+from sweeps.cells import LimitPrune, PointPrune, SLQSettings, expand
+from sweeps.defaults import ORIGINAL_DEFAULTS, MissingDefault, original
+from sweeps.spec import HessianSection, build_spec, load_spec
+from sweeps.trial import Where, run_cell
+
+CONFIGS = Path(__file__).resolve().parents[1] / "sweeps" / "configs"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# A frozen copy of the table as of each entry's introduction. Entries may be appended to both;
+# removing or altering one fails below (an id would silently change what it computes).
+FROZEN = json.loads((FIXTURES / "original_defaults.json").read_text())
+
+
+def test_original_defaults_are_append_only():
+    table = json.loads(json.dumps(ORIGINAL_DEFAULTS))  # the JSON form the hash compares with
+    removed = sorted(set(FROZEN) - set(table))
+    assert not removed, f"entries removed from sweeps/defaults.py: {removed}"
+    altered = sorted(k for k in FROZEN if table[k] != FROZEN[k])
+    assert not altered, f"entries altered in sweeps/defaults.py: {altered}"
+    added = sorted(set(table) - set(FROZEN))
+    assert not added, f"append {added} to tests/fixtures/original_defaults.json as well"
+
+
+def hashed_fields() -> set[str]:
+    """Every field a cell id can hash, from the typed sections and the registries."""
+    keys = {f"train.{f.name}" for f in dataclasses.fields(TrainConfig)}
+    keys |= {"hessian.enabled"} | {f"hessian.{f.name}" for f in dataclasses.fields(SLQSettings)}
+    keys |= {f"prune.{f.name}" for f in dataclasses.fields(LimitPrune)}
+    keys |= {f"prune.{f.name}" for f in dataclasses.fields(PointPrune) if f.name != "options"}
+    keys |= {f"prune.{name}.{option}" for name, info in PRUNERS.items() for option in info.option_defaults}
+    keys |= {f"data.{name}.{option}" for name, info in DATASETS.items() for option in info.option_defaults}
+    return keys
+
+
+def test_every_hashed_field_has_an_original_default():
+    missing = sorted(hashed_fields() - set(ORIGINAL_DEFAULTS))
+    assert not missing, f"hashed fields without an original default: {missing}"
+    with pytest.raises(MissingDefault, match="append its default"):
+        original("train.no_such_field")
+
+
+def _spec(**raw):
+    base = {"name": "ids", "model": "lenet300100", "dataset": "digits", "storage": "/tmp",
+            "pruner": ["dense", "magnitude/global", "synflow", "random/synflow", "snip"],
+            "sparsity": [0.5, 0.9], "seed": [0, 1]}
+    return build_spec({**base, **raw})
+
+
+def _ids(spec) -> dict[tuple, str]:
+    return {(c.pruner, c.sparsity, c.seed): c.cell_id for c in expand(spec)}
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    assert before.keys() == after.keys()
+    return {key[0] for key in before if before[key] != after[key]}
+
+
+def test_a_new_current_default_changes_exactly_the_cells_that_use_it(monkeypatch):
+    before = _ids(_spec())
+    # a pruner's option default (synflow's rounds): synflow and random/synflow (which delegates) move
+    info = PRUNERS["synflow"]
+
+    def synflow_with_50_rounds(model, sparsity, *, data=None, seed=0, rounds=50, input_shape=None):
+        return info.fn(model, sparsity, data=data, seed=seed, rounds=rounds, input_shape=input_shape)
+
+    monkeypatch.setitem(PRUNERS, "synflow", dataclasses.replace(info, fn=synflow_with_50_rounds))
+    assert _changed(before, _ids(_spec())) == {"synflow", "random/synflow"}
+    monkeypatch.undo()
+    assert _ids(_spec()) == before
+
+    # a section default used only by the finetune protocol
+    @dataclasses.dataclass(frozen=True)
+    class Finetune2(spec_mod.PruneSection):
+        finetune_epochs: int = 2
+
+    tuned = _ids(_spec(prune={"protocol": "finetune"}))
+    monkeypatch.setattr(spec_mod, "PruneSection", Finetune2)
+    assert _changed(tuned, _ids(_spec(prune={"protocol": "finetune"}))) == {
+        "magnitude/global", "synflow", "random/synflow", "snip"}  # dense has no protocol
+    assert _ids(_spec()) == before  # no cell of the default protocols finetunes
+
+    # an SLQ default: cells with SLQ move, cells without are untouched
+    @dataclasses.dataclass(frozen=True)
+    class Probes8(HessianSection):
+        probes: int = 8
+
+    with_slq = _ids(_spec(hessian={"enabled": True}))
+    monkeypatch.setattr(spec_mod, "HessianSection", Probes8)
+    assert _changed(with_slq, _ids(_spec(hessian={"enabled": True}))) == {
+        "dense", "magnitude/global", "synflow", "random/synflow", "snip"}
+    assert _ids(_spec()) == before
+
+
+def test_explicit_values_equal_to_the_original_default_do_not_split_an_id():
+    plain = _ids(_spec())
+    spelled = _ids(_spec(prune={"rounds": 100, "options": {"batches": 10}}, data={"options": {"seed": 0}}))
+    assert spelled == plain
+
+
+# ----------------------------------------------------------------------------- fields reach the trial
+
+OPTIONS = {"input_shape": [1, 4, 4], "num_classes": 3, "n_train": 96, "n_test": 48}
+BASE = {"name": "t", "model": "lenet300100", "dataset": "synthetic", "data": {"options": OPTIONS},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.05}}
+
+
+def test_point_cell_records_its_non_default_settings(tmp_path):
+    raw = {**BASE, "pruner": "snip", "sparsity": 0.5, "prune": {"protocol": "finetune", "finetune_epochs": 3},
+           "hessian": {"enabled": True, "probes": 3, "iterations": 7, "max_samples": 32}}
+    [cell] = expand(build_spec(raw, storage=str(tmp_path)))
+    [default] = expand(build_spec({**raw, "prune": {"protocol": "finetune"}, "hessian": {"enabled": True}},
+                                  storage=str(tmp_path)))
+    assert cell.cell_id != default.cell_id
+    row = run_cell(cell, Where(str(tmp_path)))
+    assert row["status"] == "ok", row["error"]
+    assert (row["slq_probes"], row["slq_iterations"]) == (3, 7)
+    epochs = store.read_cell_table(str(tmp_path), "t", "epochs", cell.cell_id).to_pandas()
+    assert (epochs["phase"] == "finetune").sum() == 3
+    assert json.loads(row["config"])["prune"]["finetune_epochs"] == 3
+
+
+def test_limit_cell_records_its_non_default_settings(tmp_path):
+    raw = {**BASE, "kind": "limit", "prune": {"lomp_l1": 1e-4, "limit_grid": [0.2, 0.4],
+                                              "limit_tolerance_pp": 2.5},
+           "hessian": {"enabled": True, "models": "dense", "probes": 2, "iterations": 6, "max_samples": 32}}
+    [cell] = expand(build_spec(raw, storage=str(tmp_path)))
+    [default] = expand(build_spec({**raw, "prune": {"lomp_l1": 1e-4}}, storage=str(tmp_path)))
+    assert cell.cell_id != default.cell_id
+    row = run_cell(cell, Where(str(tmp_path)))
+    assert row["status"] == "ok", row["error"]
+    assert row["limit_tolerance_pp"] == 2.5 and (row["slq_probes"], row["slq_iterations"]) == (2, 6)
+    curve = store.read_cell_table(str(tmp_path), "t", "curves", cell.cell_id).to_pandas()
+    assert curve["removed_frac"].tolist() == [0.0, 0.2, 0.4]
+
+
+# ----------------------------------------------------------------------------- stable ids
+
+
+def test_demo_cell_ids_are_unchanged():
+    ids = [c.cell_id for c in expand(load_spec(CONFIGS / "demo.yaml", storage="/tmp"))]
+    assert ids == json.loads((FIXTURES / "demo_cell_ids.json").read_text())
+
+
+@pytest.mark.parametrize("config", ["digits_study", "digits_limit", "effective_sparsity"])
+def test_packaged_config_ids_are_unchanged(config):
+    ids = sorted(c.cell_id for c in expand(load_spec(CONFIGS / f"{config}.yaml", storage="/tmp")))
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    assert digest == json.loads((FIXTURES / "config_id_digests.json").read_text())[config]
+
+
+@pytest.mark.slow
+def test_demo_rows_are_unchanged(tmp_path):
+    """Six demo cells (seed 0; the dense one with its SLQ) give the rows of the version before the
+    typed cells, timings and provenance aside; `config` now also lists every resolved default, so
+    the old config must be contained in the new one with the same values."""
+    import torch
+
+    expected = json.loads((FIXTURES / "demo_rows.json").read_text())
+    cells = {c.cell_id: c for c in expand(load_spec(CONFIGS / "demo.yaml", storage=str(tmp_path)))}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the demo's serial backend runs it (resources.cpus: 1)
+    try:
+        rows = {cid: run_cell(cells[cid], Where(str(tmp_path))) for cid in expected}
+    finally:
+        torch.set_num_threads(threads)
+    for cid, old in expected.items():
+        new = rows[cid]
+        assert _contains(json.loads(new["config"]), json.loads(old["config"])), cid
+        for key, value in old.items():
+            if key == "config":
+                continue
+            if isinstance(value, float):
+                assert new[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (cid, key)
+            else:
+                assert new[key] == value, (cid, key)
+
+
+def _contains(new, old) -> bool:
+    """Every key of `old` is in `new` with an equal value (recursively); an old null is an unused
+    setting (snip's `rounds`), which the typed cell leaves out."""
+    if isinstance(old, dict):
+        return isinstance(new, dict) and all(_contains(new[k], v) if k in new else v is None
+                                             for k, v in old.items())
+    return new == old
