@@ -85,6 +85,7 @@ class TrainResult:
     test_loss: float = math.nan
     test_acc: float = math.nan
     batch_losses: list[float] = field(default_factory=list)  # last epoch, per batch
+    snapshot: dict[str, torch.Tensor] | None = None  # state_dict after `snapshot_at` steps (late rewinding)
 
 
 def seed_everything(seed: int) -> None:
@@ -137,8 +138,15 @@ def train(
     device: str | torch.device = "cpu",
     seed: int = 0,
     on_epoch: Callable[[dict], None] | None = None,
+    snapshot_at: int | None = None,
 ) -> TrainResult:
-    """Train `model` in place with SGD; stop early with status "diverged" on a NaN/inf loss."""
+    """Train `model` in place with SGD; stop early with status "diverged" on a NaN/inf loss.
+
+    `snapshot_at` = k: `result.snapshot` is a copy of the model's state_dict (every parameter and
+    buffer, masks included) right after optimizer step k (k = 0: before the first step), the weights
+    IMP with late rewinding rewinds to (Frankle et al. 2020). A diverged run gets None (its state
+    may already be non-finite). Unused (None), the loop is unchanged.
+    """
     device = torch.device(device)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -152,7 +160,13 @@ def train(
     total_steps = total_iters if per_iter else n_epochs
     augment = train_split.augmentable if cfg.augment is None else cfg.augment
     autocast = cfg.bf16 and device.type == "cuda"
+    if snapshot_at is not None and (isinstance(snapshot_at, bool) or not isinstance(snapshot_at, int)
+                                    or not 0 <= snapshot_at <= total_iters):
+        raise ValueError(f"snapshot_at {snapshot_at!r}: must be an integer in [0, {total_iters}] "
+                         "(the optimizer steps of this run)")
     result = TrainResult(status="ok")
+    if snapshot_at == 0:
+        result.snapshot = _state_copy(model)
     start = time.perf_counter()
     it = 0
     for epoch in range(n_epochs):
@@ -177,10 +191,13 @@ def train(
             correct += (out.detach().argmax(1) == yb).sum()
             seen += yb.shape[0]
             it += 1
+            if it == snapshot_at:
+                result.snapshot = _state_copy(model)
         batch_losses = torch.stack(losses).double().cpu() if losses else torch.zeros(0)
         result.iterations = it
         if not torch.isfinite(batch_losses).all():
             result.status = "diverged"
+            result.snapshot = None
             result.epochs.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": math.nan,
                                   "diverged": True})
             break
@@ -207,6 +224,10 @@ def train(
     result.seconds = time.perf_counter() - start
     model.eval()
     return result
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

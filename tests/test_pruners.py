@@ -1,4 +1,4 @@
-"""The 20 pruners (ALGORITHMS.md §5) and pruning to a target effective sparsity (§3).
+"""The 21 pruners (ALGORITHMS.md §5) and pruning to a target effective sparsity (§3).
 
 Oracles are independent of the code under test: scores from `torch.func` / full Hessians /
 hand-written linear products on tiny nets, effective sparsity of MLPs by boolean matrix products,
@@ -29,7 +29,7 @@ NAMES = [
     "dense",
     *[f"random/{q}" for q in ("uniform", "uniform_plus", "erk", "igq", "smart_ratio", "snip", "synflow")],
     *[f"magnitude/{q}" for q in ("global", "uniform", "uniform_plus", "erk", "igq")],
-    "lamp", "snip", "snip/iterative", "grasp", "synflow", "imp", "lomp",
+    "lamp", "snip", "snip/iterative", "grasp", "synflow", "imp", "lomp", "rare_gems",
 ]
 FAST = {"synflow": {"rounds": 4}, "random/synflow": {"rounds": 4}, "snip/iterative": {"rounds": 4},
         "snip": {"batches": 2}, "grasp": {"batches": 2}, "random/snip": {"batches": 2}}
@@ -76,7 +76,7 @@ def test_registry_has_exactly_the_spec_names_and_metadata():
     assert list(PRUNERS) == NAMES
     for name, info in PRUNERS.items():
         assert info.name == name and info.doc and "\n" not in info.doc
-        assert info.needs_data == (name in ("snip", "snip/iterative", "grasp", "random/snip"))
+        assert info.needs_data == (name in ("snip", "snip/iterative", "grasp", "random/snip", "rare_gems"))
         assert info.needs_l1_training == (name == "lomp")
         after = name.startswith("magnitude/") or name in ("lamp", "imp", "lomp")
         assert info.when == ("after" if after else "init")

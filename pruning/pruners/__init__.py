@@ -27,7 +27,7 @@ from torch import nn
 from pruning import masks as masks_lib
 from pruning import quotas as quotas_lib
 from pruning import sparsity as sparsity_lib
-from pruning.pruners import dense, grasp, imp, lamp, magnitude, random, snip, synflow
+from pruning.pruners import dense, grasp, imp, lamp, magnitude, random, rare_gems, snip, synflow
 from pruning.pruners.plan import Plan, removal_for
 from pruning.pruners.quota import counts_from_order
 from pruning.pruners.target import largest_removal
@@ -122,6 +122,8 @@ _ENTRIES: list[PrunerInfo] = [
            imp.prune_imp),
     _after("lomp", "global magnitude on a model trained with the L1 term; no retraining (Zhang et al.)",
            magnitude.prune_global, protocol="none", l1=True),
+    _init("rare_gems", "Rare Gems: scores on frozen signed-constant weights, L2 on scores, bottom-k every "
+          "iter_period epochs (Sreenivasan et al.)", rare_gems.prune_rare_gems, needs_data=True),
 ]
 PRUNERS: dict[str, PrunerInfo] = {info.name: info for info in _ENTRIES}
 

@@ -5,6 +5,12 @@ rewinds the survivors (and every other parameter and buffer) to `rewind_state` �
 initialization or an early iteration — and retrains with `train_fn`. The given model is already
 trained (IMP runs after training), so round 1 prunes it directly; after the last round the model
 keeps its trained weights and the trial's post-pruning protocol (rewind by default) takes over.
+
+Late rewinding (Frankle et al. 2020, "Linear Mode Connectivity and the Lottery Ticket
+Hypothesis"): `rewind_state` is the dense run's state after `rewind_iteration` optimizer steps,
+`pruning.train.train(..., snapshot_at=k).snapshot`; k = 0 is the initialization (the original
+lottery ticket). As the Rare Gems baselines (`imp_rewind_iter` in their code), each retraining is a
+fresh run (new optimizer, schedule from its start) from the rewound weights.
 """
 
 from __future__ import annotations
@@ -18,6 +24,15 @@ from torch import nn
 from pruning import masks as masks_lib
 from pruning.pruners.common import check_count, current_keep, iterative_order, kept_after_round
 from pruning.pruners.plan import Layout, OrderPlan, flatten
+
+
+REWIND_ITERATION = 1000  # the Rare Gems baselines' default rewinding point (optimizer steps)
+_REWIND_BY_MODEL = {"vgg16": 2000}  # theirs for VGG-16
+
+
+def rewind_iteration_for(model: str) -> int:
+    """The default late-rewinding step k for a model name of `pruning.models` (ALGORITHMS.md §5)."""
+    return _REWIND_BY_MODEL.get(model, REWIND_ITERATION)
 
 
 def imp_schedule(n: int, sparsity: float, rate: float, rounds: int | None) -> list[int]:
