@@ -74,6 +74,12 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
     "prune.synflow.input_shape": None,
     "prune.imp.rounds": None,
     "prune.imp.rate": 0.2,
+    "prune.rare_gems.epochs": 150,
+    "prune.rare_gems.iter_period": 5,
+    "prune.rare_gems.lr": 0.1,
+    "prune.rare_gems.momentum": 0.9,
+    "prune.rare_gems.score_l2": 0.0001,
+    "prune.rare_gems.batch_size": 128,
     # data: loader options
     "data.digits.seed": 0,
     "data.digits.test_size": 360,
