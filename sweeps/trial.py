@@ -305,7 +305,7 @@ def slq_to_plain(r: Any) -> dict[str, Any]:
 def slq_from_plain(d: dict[str, Any]) -> Any:
     import torch
 
-    from pruning.hessian import SLQResult
+    from pruning.slq import SLQResult
 
     return SLQResult(**{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in d.items()})
 
@@ -313,7 +313,7 @@ def slq_from_plain(d: dict[str, Any]) -> Any:
 def _run_slq(st: TrialState, model: Any) -> Any:
     """SLQ of the mean training loss of `model` (local HVPs, or the backend's factory's)."""
     import torch
-    from pruning.hessian import slq
+    from pruning.slq import slq
 
     h = st.cell.hessian
     data = _slq_split(st)
