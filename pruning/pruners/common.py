@@ -47,11 +47,6 @@ def check_options(pruner: str, fn: Callable, options: dict) -> None:
         raise ValueError(f"pruner {pruner!r}: unknown option(s) {unknown}; allowed: {allowed}")
 
 
-def device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def current_keep(model: nn.Module) -> torch.Tensor:
     """(N,) bool: the model's current mask, flat.
 
@@ -210,7 +205,7 @@ def scores_on_batches(model: nn.Module, data, score: Callable[[nn.Module, list[B
     `model` and the first `batches` batches of the seeded stream."""
     check_count("batches", batches)
     check_count("batch_size", batch_size)
-    stream = batch_stream(data, batch_size=batch_size, seed=seed, device=device_of(model))
+    stream = batch_stream(data, batch_size=batch_size, seed=seed, device=masks_lib.device_of(model))
     return score(scoring_copy(model), take(stream, batches))
 
 
