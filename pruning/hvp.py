@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, linearize, vjp, vmap
 
+from pruning import masks as masks_lib
 from pruning.hvp_mlp import MLPHVP, mlp_chain
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class HVPBackend(Protocol):
       of each sample's loss, *summed*, never averaged), and n is how many samples that was. The
       caller divides Σ S by Σ n, so shards must be exact and non-overlapping, the model in eval
       mode, no augmentation, and the same fixed data every call (Lanczos needs a fixed operator).
+    Optional: `dtype` (`slq`'s default basis dtype; float64 without it) and `mode` (a name that
+    `slq` records as `info["hvp_mode"]`; the class name without it).
     """
 
     dim: int
@@ -85,11 +88,9 @@ def hessian_param_names(model: nn.Module, params: Sequence[str] | str | None = N
     if isinstance(params, str):
         if params != "prunable":
             raise ValueError(f"params {params!r}: choose None, 'prunable' or a list of parameter names")
-        from pruning.masks import prunable_layers
-
         out = []
-        for name, module in prunable_layers(model):
-            leaf = "weight_orig" if hasattr(module, "weight_mask") else "weight"
+        for name, module in masks_lib.prunable_layers(model):
+            leaf = "weight_orig" if masks_lib.is_masked(module) else "weight"
             out.append(f"{name}.{leaf}" if name else leaf)
         return out
     unknown = [p for p in params if p not in named]
@@ -258,9 +259,7 @@ class LocalHVPBackend:
         This is what a data-parallel worker needs: ship the state dict and its shard, build the
         backend there, answer `hvp_sum` calls; sum the answers on the coordinator.
         """
-        from pruning.masks import load_state_dict
-
-        load_state_dict(model, state_dict)
+        masks_lib.load_state_dict(model, state_dict)
         return cls(model, loss_fn, list(batches), **kwargs)
 
     # flat (D, B) <-> per-parameter (B, *shape)
