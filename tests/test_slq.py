@@ -262,3 +262,15 @@ def test_model_keeps_its_train_mode_and_values():
     with pytest.raises(ValueError, match="iterations"):  # restored on an error, too
         slq(model, None, [(x.float(), y)], probes=1, iterations=10_000, deflate=False)
     assert all(m.training for m in model.modules())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_model_goes_back_to_its_device():
+    """SLQ on the GPU of a CPU model: the model comes back to the CPU, the result equals the CPU run."""
+    model = tiny_mlp()
+    x, y = tiny_data((6,))
+    kw = dict(probes=2, iterations=6, seed=1, deflate=False, hvp_mode="rev_rev")
+    gpu = slq(model, None, [(x, y)], device="cuda", **kw)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    cpu = slq(model, None, [(x, y)], **kw)
+    np.testing.assert_allclose(gpu.nodes, cpu.nodes, rtol=1e-9, atol=1e-12)
