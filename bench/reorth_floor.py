@@ -8,7 +8,7 @@ ALGORITHMS.md §6 prescribes: two classical Gram–Schmidt passes per step again
 This replays that access pattern on the bench case of `slq_vs_pyhessian.py`: every step runs the real
 `hvp_sum` on B directions (timed: the floor), then one reorthogonalization variant over the B bases
 (B × (k+1) × D, float32, filled with random rows: the cost does not depend on their values):
-- cgs2: what `pruning.hessian.lanczos` does on a CPU (`gram_schmidt`: one gemv per probe and pass);
+- cgs2: what `pruning.slq.lanczos` does on a CPU (`gram_schmidt`: one gemv per probe and pass);
 - cgs1: one pass (the lower bound of any full reorthogonalization);
 - cgs2_threads: cgs2 with the probes split over two Python threads (same operations per probe).
 It also runs one real `slq` and counts how often the DGKS/Kahan–Parlett test (β_k < ‖H q_k‖/√2)
@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pruning.hessian import LocalHVPBackend, gram_schmidt, slq  # noqa: E402
+from pruning.hvp import LocalHVPBackend  # noqa: E402
+from pruning.slq import gram_schmidt, slq  # noqa: E402
 from slq_vs_pyhessian import setup  # noqa: E402
 
 

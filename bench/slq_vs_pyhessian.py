@@ -7,7 +7,7 @@
 Cases: LeNet-300-100 on digits (1,437 training images, 8×8) and a small CIFAR-shaped ResNet (option-A
 basic blocks, 8/16/32 channels, one block per stage, BatchNorm) on 16 synthetic 3×32×32 images. Every
 method runs in its own subprocess (clean peak-RSS, no shared caches), one at a time:
-- ours: `pruning.hessian.slq` over all parameters (BN included, as PyHessian does), no deflation;
+- ours: `pruning.slq.slq` over all parameters (BN included, as PyHessian does), no deflation;
 - floor: the same number of bare `hvp_sum` calls (B directions each) in the HVP mode `slq` settled on;
   our SLQ time minus this floor is Lanczos itself (reorthogonalization, scalars, bookkeeping);
 - modes: per HVP mode, the best of 3 timed passes after a first one (which builds caches);
@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pruning.data import load  # noqa: E402
-from pruning.hessian import HVP_MODES, STRUCTURED_MODES, LocalHVPBackend, SLQResult, slq  # noqa: E402
+from pruning.hvp import HVP_MODES, STRUCTURED_MODES, LocalHVPBackend  # noqa: E402
+from pruning.slq import SLQResult, slq  # noqa: E402
 from pruning.hvp_mlp import mlp_chain  # noqa: E402
 from pruning.models import CifarBasicBlock, build  # noqa: E402
 

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pruning import masks as masks_lib  # noqa: E402
 from pruning.data import load  # noqa: E402
-from pruning.hessian import SLQResult, dense_hessian, slq  # noqa: E402
+from pruning.hvp import dense_hessian  # noqa: E402
+from pruning.slq import SLQResult, slq  # noqa: E402
 from pruning.limit import batch_loss_std, g_of_r, predict_limit  # noqa: E402
 from pruning.train import TrainConfig, train  # noqa: E402
 

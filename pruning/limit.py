@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pruning.hessian import SLQResult
+from pruning.slq import SLQResult
 
 # --- ε: the loss tolerance -----------------------------------------------------------------------
 

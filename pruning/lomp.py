@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pruning import masks as masks_lib
-from pruning.hessian import SLQResult, slq
+from pruning.slq import SLQResult, slq
 from pruning.limit import (
     ActualLimit, LimitPrediction, actual_limit, batch_loss_std, check_epsilon, check_policy, curve_rows,
     limit_columns, predict_limit,

@@ -27,6 +27,12 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where `model` computes: the device of its first parameter (CPU when it has none)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def is_masked(module: nn.Module) -> bool:
     return hasattr(module, "weight_mask")
 

@@ -191,7 +191,10 @@ QUOTAS: dict[str, DensityRule] = {
     "igq": _igq,
     "smart_ratio": _smart_ratio,
 }
-MASK_QUOTAS = ("snip", "synflow")  # per-layer sparsities read off a real mask: need the model
+# Per-layer sparsities read off a real SNIP / SynFlow mask: they need the model (and data), so they
+# live beside the pruners (`pruning.pruners.quota.mask_quotas`); named here so one vocabulary of
+# quota schemes serves the registry and the error messages.
+MASK_QUOTAS = ("snip", "synflow")
 SCHEMES = (*QUOTAS, *MASK_QUOTAS)
 
 
@@ -210,6 +213,12 @@ def check_scheme(scheme: str, allowed: Sequence[str] = SCHEMES) -> str:
     if scheme not in allowed:
         raise ValueError(f"quota scheme {scheme!r}: choose from {', '.join(allowed)}")
     return scheme
+
+
+def _refuse_mask_quota(scheme: str) -> None:
+    if scheme in MASK_QUOTAS:
+        raise ValueError(f"quota {scheme!r} is read off a real {scheme} mask: use "
+                         f"pruning.pruners.quota.mask_quotas(scheme, model, sparsity, data=...)")
 
 
 def _check_total(scheme: str, shapes: Sequence[Shape], sparsity: float, d: list[float]) -> list[float]:
@@ -231,11 +240,10 @@ def densities(
 
     Pure: no model needed. `erk` needs real shapes (out, in[, kh, kw]); `smart_ratio` treats the last
     layer as the classifier and divides by l² when `vgg_style`. The mask-based schemes (snip,
-    synflow) need a model and data: use `quotas`.
+    synflow) need a model and data: `pruning.pruners.quota.mask_quotas`.
     """
     check_scheme(scheme)
-    if scheme in MASK_QUOTAS:
-        raise ValueError(f"quota {scheme!r} is read off a real {scheme} mask: use quotas(scheme, model, ...)")
+    _refuse_mask_quota(scheme)
     s = masks_lib.check_sparsity(sparsity)
     shapes = _as_shapes(layers)
     return _check_total(scheme, shapes, s, QUOTAS[scheme](shapes, s, vgg_style))
@@ -323,33 +331,15 @@ def layer_shapes(model: nn.Module) -> list[Shape]:
     return [tuple(w.shape) for w in masks_lib.weights(model).values()]
 
 
-def quotas(
-    scheme: str,
-    model: nn.Module,
-    sparsity: float,
-    *,
-    data=None,
-    seed: int = 0,
-    vgg_style: bool | None = None,
-    **options,
-) -> list[float]:
+def quotas(scheme: str, model: nn.Module, sparsity: float, *, vgg_style: bool | None = None) -> list[float]:
     """Layer sparsities s_l (in `prunable_layers` order) of `scheme` on `model` at `sparsity`.
 
-    `snip` / `synflow` run the real pruner at the same target (SNIP needs `data`; `options` go to
-    the pruner, e.g. rounds=) and read off its per-layer sparsities. `vgg_style` defaults to the
-    model's registry name.
+    The model only supplies its layer shapes (and, for `vgg_style`, which defaults to the model's
+    registry name, its family). The snip / synflow quotas run a real pruner:
+    `pruning.pruners.quota.mask_quotas`.
     """
     check_scheme(scheme)
+    _refuse_mask_quota(scheme)
     s = masks_lib.check_sparsity(sparsity)
-    if scheme in MASK_QUOTAS:
-        from pruning.pruners import mask_quota_counts  # the pruners depend on this module
-
-        counts = masks_lib.layer_counts(model)
-        kept = mask_quota_counts(scheme, model, s, data=data, seed=seed, **options)(
-            sum(counts) - n_kept(sum(counts), s)
-        )
-        return [1.0 - k / n for k, n in zip(kept, counts)]
-    if options:
-        raise ValueError(f"quota {scheme!r}: unexpected options {sorted(options)}")
     vgg = is_vgg_style(model) if vgg_style is None else vgg_style
     return [1.0 - d for d in densities(scheme, layer_shapes(model), s, vgg_style=vgg)]

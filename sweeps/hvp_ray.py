@@ -4,7 +4,7 @@
     RayHVPBackend.hvp_sum(V (D, B)) ── ray.put(V) ──▶ shard k: LocalHVPBackend(model, shard_k).hvp_sum(V)
                       Σ_k S_k, Σ_k n_k ◀──────────── (S_k (D, B), n_k)
 
-Why shards and sums (pruning/hessian.py `HVPBackend`): the Hessian of the *mean* loss over the data
+Why shards and sums (pruning/hvp.py `HVPBackend`): the Hessian of the *mean* loss over the data
 is (Σ_i ∇²ℓ_i) / n, so each worker returns the *sum* over its samples and its count, and the sum of
 the sums over an exact, non-overlapping partition equals the local backend's result up to float
 rounding, whatever the number of workers. The model travels once through the object store; each
@@ -34,7 +34,8 @@ import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import Tensor, nn
 
-from pruning.hessian import LocalHVPBackend, SLQResult, slq, zero_rows
+from pruning.hvp import LocalHVPBackend
+from pruning.slq import SLQResult, slq, zero_rows
 
 log = logging.getLogger(__name__)
 

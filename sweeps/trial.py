@@ -32,7 +32,7 @@ from torch import nn
 from pruning import data as data_lib
 from pruning import limit, masks, models
 from pruning.data import Split
-from pruning.hessian import SLQResult, slq
+from pruning.slq import SLQResult, slq
 from pruning.lomp import lomp_config, pruning_curve
 from pruning.pruners import PRUNERS, PruneResult, prune
 from pruning.sparsity import sparsity_report

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from pruning.hessian import LocalHVPBackend, dense_hessian, mean_hvp, slq
+from pruning.hvp import LocalHVPBackend, dense_hessian, mean_hvp
+from pruning.slq import slq
 from pruning.hvp_mlp import mlp_chain
 
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from pruning.hessian import LocalHVPBackend, dense_hessian, mean_hvp, slq
+from pruning.hvp import LocalHVPBackend, dense_hessian, mean_hvp
+from pruning.slq import slq
 from sweeps.hvp_ray import (
     RayHVPBackend, RayHVPFactory, WorkerResources, device_from_ray, probe_ranges, shard_bounds,
     slq_probe_parallel,

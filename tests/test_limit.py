@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.hessian import SLQResult
+from pruning.slq import SLQResult
 from pruning.limit import (
     SparseDistance, actual_limit, batch_loss_std, curve_rows, g_of_r, kinematic_halfwidth, limit_columns,
     predict_limit,

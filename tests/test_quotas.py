@@ -167,11 +167,13 @@ def _tiny():
 
 def test_snip_and_synflow_quotas_are_the_real_masks_layer_sparsities():
     from pruning.pruners import prune
+    from pruning.pruners.quota import MASK_QUOTA_PRUNERS, mask_quotas
 
+    assert tuple(MASK_QUOTA_PRUNERS) == quotas.MASK_QUOTAS
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(16, 1, 3, 4, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(3)]
     for scheme, opts in (("snip", {"batches": 3}), ("synflow", {"rounds": 4})):
-        got = quotas.quotas(scheme, _tiny(), 0.7, data=batches, **opts)
+        got = mask_quotas(scheme, _tiny(), 0.7, data=batches, **opts)
         model = _tiny()
         prune(model, scheme, 0.7, data=batches, **opts)
         want = list(masks.layer_sparsities(masks.get_masks(model)).values())
@@ -189,7 +191,58 @@ def test_bad_input_names_the_field_and_the_choices():
         densities("igq", [10], -0.1)
     with pytest.raises(ValueError, match="erk' needs layer weight shapes"):
         densities("erk", [100, 200], 0.5)
-    with pytest.raises(ValueError, match="quotas\\(scheme, model"):
+    with pytest.raises(ValueError, match="pruners.quota.mask_quotas\\(scheme, model"):
         densities("snip", [(3, 4)], 0.5)
+    with pytest.raises(ValueError, match="pruners.quota.mask_quotas"):
+        quotas.quotas("synflow", _tiny(), 0.5)
+
+    from pruning.pruners.quota import mask_quotas
+
     with pytest.raises(ValueError, match="needs data"):
-        quotas.quotas("snip", _tiny(), 0.5)
+        mask_quotas("snip", _tiny(), 0.5)
+    with pytest.raises(ValueError, match=r"pruner 'synflow': unknown option\(s\) \['iterations'\]; allowed: rounds"):
+        mask_quotas("synflow", _tiny(), 0.5, iterations=3)
+    with pytest.raises(ValueError, match="mask quota 'igq': choose from snip, synflow"):
+        mask_quotas("igq", _tiny(), 0.5)
+
+
+def _pin_net():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3), nn.ReLU(),
+                      nn.Flatten(), nn.Linear(6 * 2 * 2, 10), nn.ReLU(), nn.Linear(10, 3))
+    m.input_shape = (1, 8, 8)
+    return m
+
+
+# Kept counts per layer and Σ of the kept weights' flat indices (a checksum of the masks themselves),
+# recorded with the code before the snip/synflow quotas moved from `pruning.quotas` to
+# `pruning.pruners.quota` (at commit 056f0f9): the move must not change a single mask.
+PINNED = {
+    ("random/snip", 0.5, "direct"): ([27, 117, 90, 27], 23799),
+    ("random/snip", 0.5, "effective"): ([27, 117, 90, 27], 23799),
+    ("random/snip", 0.8, "direct"): ([15, 47, 28, 14], 9609),
+    ("random/snip", 0.8, "effective"): ([15, 50, 29, 15], 9998),
+    ("random/snip", 0.95, "direct"): ([4, 12, 6, 4], 1827),
+    ("random/snip", 0.95, "effective"): ([9, 21, 13, 7], 3789),
+    ("random/synflow", 0.5, "direct"): ([32, 102, 100, 27], 22924),
+    ("random/synflow", 0.5, "effective"): ([32, 102, 100, 27], 22924),
+    ("random/synflow", 0.8, "direct"): ([23, 35, 31, 15], 8711),
+    ("random/synflow", 0.8, "effective"): ([23, 37, 32, 15], 9208),
+    ("random/synflow", 0.95, "direct"): ([7, 7, 6, 6], 1273),
+    ("random/synflow", 0.95, "effective"): ([11, 12, 14, 11], 3058),
+}
+
+
+@pytest.mark.filterwarnings("ignore:pruner 'random/synflow' at sparsity 0.95 leaves no input")
+@pytest.mark.parametrize("pruner,sparsity,target", sorted(PINNED))
+def test_mask_quota_pruners_keep_their_masks(pruner, sparsity, target):
+    from pruning.pruners import prune
+
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(3)]
+    model = _pin_net()
+    opts = {"batches": 3} if pruner == "random/snip" else {"rounds": 4}
+    prune(model, pruner, sparsity, target=target, data=data, seed=2, **opts)
+    kept = masks.get_masks(model).values()
+    checksum = sum(int(m.reshape(-1).long() @ torch.arange(m.numel())) for m in kept)
+    assert ([int(m.sum()) for m in kept], checksum) == PINNED[pruner, sparsity, target]

@@ -194,8 +194,8 @@ def test_slq_of_dense_and_pruned_models(tmp_path):
 
 
 def test_slq_columns_equal_a_direct_slq_call(tmp_path):
-    """The pipeline passes the right model, data subset, seed and settings to `pruning.hessian.slq`."""
-    from pruning.hessian import slq
+    """The pipeline passes the right model, data subset, seed and settings to `pruning.slq.slq`."""
+    from pruning.slq import slq
 
     [cell] = cells(tmp_path, hessian={"enabled": True, "models": "dense", "probes": 2, "iterations": 5,
                                       "max_samples": 50})

@@ -28,8 +28,8 @@ from pruning import masks as masks_lib
 from pruning import quotas as quotas_lib
 from pruning import sparsity as sparsity_lib
 from pruning.pruners import dense, grasp, imp, lamp, magnitude, random, rare_gems, snip, synflow
+from pruning.pruners.common import check_options, own_options
 from pruning.pruners.plan import Plan, removal_for
-from pruning.pruners.quota import counts_from_order
 from pruning.pruners.target import largest_removal
 
 WHEN = ("init", "after")  # prune at initialization, or after training the dense model
@@ -60,8 +60,7 @@ class PrunerInfo:
     @property
     def options(self) -> tuple[str, ...]:
         """The pruner's own keyword options (beyond model, sparsity, data, seed)."""
-        params = inspect.signature(self.fn).parameters
-        return tuple(p for p in params if p not in ("model", "sparsity", "data", "seed", "options"))
+        return own_options(self.fn)
 
     @property
     def option_defaults(self) -> dict[str, Any]:
@@ -159,23 +158,13 @@ class PruneResult:
         return masks_lib.compression(self.effective_sparsity)
 
 
-def _check_options(info: PrunerInfo, options: dict) -> None:
-    params = inspect.signature(info.fn).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return  # passes options through to a pruner that checks them (random/snip, random/synflow)
-    unknown = sorted(set(options) - set(info.options))
-    if unknown:
-        allowed = ", ".join(info.options) or "none"
-        raise ValueError(f"pruner {info.name!r}: unknown option(s) {unknown}; allowed: {allowed}")
-
-
 def plan_for(model: nn.Module, pruner: str, sparsity: float, *, data=None, seed: int = 0, **options) -> Plan:
     """Validate the request and build the pruner's nested plan (nothing is applied to the model)."""
     info = get(pruner)
     s = masks_lib.check_sparsity(sparsity)
     if info.needs_data and data is None:
         raise ValueError(f"data: pruner {pruner!r} needs data (a Split or an iterable of (x, y) batches)")
-    _check_options(info, options)
+    check_options(info.name, info.fn, options)
     return info.fn(model, s, data=data, seed=seed, **options)
 
 
@@ -246,14 +235,4 @@ def _warn_if_disconnected(pruner: str, sparsity: float, report: sparsity_lib.Spa
                       RuntimeWarning, stacklevel=3)
 
 
-def mask_quota_counts(scheme: str, model: nn.Module, sparsity: float, *, data=None, seed: int = 0, **options):
-    """k -> per-layer kept counts of a real SNIP / SynFlow mask (the snip and synflow quotas).
-
-    SNIP is global, so its prefixes give the mask at every k; SynFlow is run to `sparsity` and its
-    removal order (§3) gives nested counts up to there and beyond.
-    """
-    order_plan = plan_for(model, scheme, sparsity, data=data, seed=seed, **options)
-    return counts_from_order(order_plan)
-
-
-__all__ = ["PRUNERS", "PrunerInfo", "PruneResult", "get", "plan_for", "prune", "mask_quota_counts"]
+__all__ = ["PRUNERS", "PrunerInfo", "PruneResult", "get", "plan_for", "prune"]

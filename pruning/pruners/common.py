@@ -8,6 +8,7 @@ schedule, and every data-driven pruner accepts the same `data` (a Split or an it
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 
@@ -28,9 +29,22 @@ def check_count(field: str, value: int) -> int:
     return value
 
 
-def device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+def own_options(fn: Callable) -> tuple[str, ...]:
+    """A pruner function's own keyword options (beyond model, sparsity, data, seed and **options)."""
+    params = inspect.signature(fn).parameters.values()
+    return tuple(p.name for p in params if p.name not in ("model", "sparsity", "data", "seed")
+                 and p.kind is not inspect.Parameter.VAR_KEYWORD)
+
+
+def check_options(pruner: str, fn: Callable, options: dict) -> None:
+    """Refuse options `fn` does not take, naming the allowed ones; a `**options` pruner passes them
+    through to one that checks them (random/snip, random/synflow)."""
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
+        return
+    unknown = sorted(set(options) - set(own_options(fn)))
+    if unknown:
+        allowed = ", ".join(own_options(fn)) or "none"
+        raise ValueError(f"pruner {pruner!r}: unknown option(s) {unknown}; allowed: {allowed}")
 
 
 def current_keep(model: nn.Module) -> torch.Tensor:
@@ -191,7 +205,7 @@ def scores_on_batches(model: nn.Module, data, score: Callable[[nn.Module, list[B
     `model` and the first `batches` batches of the seeded stream."""
     check_count("batches", batches)
     check_count("batch_size", batch_size)
-    stream = batch_stream(data, batch_size=batch_size, seed=seed, device=device_of(model))
+    stream = batch_stream(data, batch_size=batch_size, seed=seed, device=masks_lib.device_of(model))
     return score(scoring_copy(model), take(stream, batches))
 
 

@@ -4,21 +4,31 @@ Used by random/<scheme> (survivors at random) and magnitude/<scheme> (largest |w
 the effective target (ALGORITHMS.md §3) the plan is bisected over the direct removal k: the layer
 counts follow the quota function near sparsity k/N (`quotas.nested_kept_counts`, never growing
 with k) and each layer's removal order is fixed once per seed, so a larger k removes a superset.
+
+The snip / synflow quotas (ALGORITHMS.md §4) are the per-layer sparsities of a real SNIP / SynFlow
+mask at the same target: they run a pruner, so they live here (`mask_quotas`) and not in the pure
+`pruning.quotas`, which only maps layer shapes and a sparsity to densities.
 """
 
 from __future__ import annotations
 
-import numpy as np
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
+from pruning import masks as masks_lib
 from pruning import quotas as quotas_lib
-from pruning.pruners.common import ascending, current_keep
+from pruning.pruners.common import ascending, check_options, current_keep
 from pruning.pruners.plan import Layout, OrderPlan, QuotaPlan
+from pruning.pruners.snip import prune_snip
+from pruning.pruners.synflow import prune_synflow
 
 KeptFor = Callable[[int], list[int]]
+
+# the pruner whose mask each mask-based quota reads (keys: `quotas.MASK_QUOTAS`)
+MASK_QUOTA_PRUNERS: dict[str, Callable[..., OrderPlan]] = {"snip": prune_snip, "synflow": prune_synflow}
 
 
 def counts_from_order(plan: OrderPlan) -> KeptFor:
@@ -33,6 +43,32 @@ def counts_from_order(plan: OrderPlan) -> KeptFor:
     return kept_for
 
 
+def mask_quota_counts(scheme: str, model: nn.Module, sparsity: float, *, data=None, seed: int = 0,
+                      **options) -> KeptFor:
+    """k -> per-layer kept counts of a real SNIP / SynFlow mask (the snip and synflow quotas).
+
+    SNIP is global, so its prefixes give the mask at every k; SynFlow is run to `sparsity` and its
+    removal order (§3) gives nested counts up to there and beyond. `options` go to the pruner
+    (snip: batches=, batch_size=; synflow: rounds=, input_shape=); SNIP needs `data`.
+    """
+    if scheme not in MASK_QUOTA_PRUNERS:
+        raise ValueError(f"mask quota {scheme!r}: choose from {', '.join(MASK_QUOTA_PRUNERS)}")
+    fn = MASK_QUOTA_PRUNERS[scheme]
+    check_options(scheme, fn, options)
+    return counts_from_order(fn(model, masks_lib.check_sparsity(sparsity), data=data, seed=seed, **options))
+
+
+def mask_quotas(scheme: str, model: nn.Module, sparsity: float, *, data=None, seed: int = 0,
+                **options) -> list[float]:
+    """Layer sparsities s_l (in `prunable_layers` order) of the snip / synflow quota on `model` at
+    `sparsity`: those of the real pruner's mask with round((1 − s)·N) survivors."""
+    counts = masks_lib.layer_counts(model)
+    n = sum(counts)
+    kept = mask_quota_counts(scheme, model, sparsity, data=data, seed=seed, **options)(
+        n - quotas_lib.n_kept(n, masks_lib.check_sparsity(sparsity)))
+    return [1.0 - k / c for k, c in zip(kept, counts)]
+
+
 def scheme_counts(
     scheme: str, model: nn.Module, sparsity: float, *, data, seed: int, **options
 ) -> tuple[KeptFor, KeptFor, int]:
@@ -43,8 +79,6 @@ def scheme_counts(
     """
     layout = Layout.of(model)
     if scheme in quotas_lib.MASK_QUOTAS:
-        from pruning.pruners import mask_quota_counts  # avoid a cycle: the registry imports us
-
         counts = mask_quota_counts(scheme, model, sparsity, data=data, seed=seed, **options)
         return counts, counts, layout.n
     if options:

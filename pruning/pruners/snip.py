@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pruning.masks import device_of
 from pruning.pruners.common import (
     batch_stream,
     check_count,
     current_keep,
-    device_of,
     iterative_order,
     kept_after_round,
     mean_over_batches,

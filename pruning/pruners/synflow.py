@@ -9,43 +9,21 @@ and the ranking is unchanged (per-layer rescaling would distort residual sums).
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from pruning import masks as masks_lib
-from pruning import sparsity as sparsity_lib
+from pruning.linearize import linearized_copy
 from pruning.pruners.common import check_count, current_keep, iterative_order, kept_after_round
 from pruning.pruners.plan import Layout, OrderPlan
 
 
-def _stand_in(name: str, module: nn.Module) -> nn.Module | None:
-    """The linear replacement of a module (None: keep it), the same as effective sparsity's copy."""
-    if isinstance(module, sparsity_lib.IDENTITY_TYPES):
-        return nn.Identity()
-    swap = sparsity_lib.POOL_SWAPS.get(type(module))
-    return swap(name, module) if swap is not None else None
-
-
 def linearized(model: nn.Module) -> nn.Module:
-    """A float64 linear copy of `model` with |w| in every prunable layer and no biases."""
-    lin = copy.deepcopy(model)
-    masks_lib.remove_masks(lin)
-    for name, module in list(lin.named_modules()):
-        for child_name, child in list(module.named_children()):
-            replacement = _stand_in(f"{name}.{child_name}", child)
-            if replacement is not None:
-                setattr(module, child_name, replacement)
-    for _, layer in masks_lib.prunable_layers(lin):
-        if layer.bias is not None:
-            layer.register_parameter("bias", None)
-    lin = lin.double().eval()
-    for p in lin.parameters():
-        p.requires_grad_(False)
+    """The float64 linearized copy (`pruning.linearize`) with |w| ⊙ mask in every prunable layer."""
+    lin, weights = linearized_copy(model, torch.float64)
     with torch.no_grad():
-        for _, layer in masks_lib.prunable_layers(lin):
-            layer.weight.abs_()
+        for w, dense in zip(weights, masks_lib.weights(model).values()):
+            w.copy_(dense.abs())
     return lin
 
 

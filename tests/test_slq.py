@@ -1,34 +1,14 @@
-"""SLQ and HVPs against independent oracles: torch.func.hessian + eigh, closed forms."""
+"""SLQ (`pruning.slq`) against independent oracles: torch.func.hessian + eigh, closed forms."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from pruning.hessian import (
-    HVP_MODES, HVPBackend, LocalHVPBackend, SLQResult, SumOfBackends, dense_hessian, hessian_param_names,
-    mean_hvp, rademacher, slq, zero_rows,
-)
+from hessian_nets import tiny_data, tiny_mlp
+from pruning.hvp import LocalHVPBackend, dense_hessian
 from pruning.limit import g_of_r
-
-
-def tiny_mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 4)).double()
-
-
-def tiny_cnn(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(3, 4, 3), nn.Tanh(),
-        nn.Flatten(), nn.Linear(4, 3),
-    ).double()
-
-
-def tiny_data(shape, n=40, classes=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, *shape, generator=g, dtype=torch.float64)
-    return x, torch.randint(0, classes, (n,), generator=g)
+from pruning.slq import SLQResult, lanczos, rademacher, ritz, slq, zero_rows
 
 
 @pytest.fixture(scope="module")
@@ -52,41 +32,6 @@ def digits_mlp():
 
 def g_exact(ev, eps, r):
     return float(np.mean(2 * eps / (2 * eps + r**2 * np.abs(ev))))
-
-
-@pytest.mark.parametrize("mode", HVP_MODES)
-@pytest.mark.parametrize("build,shape", [(tiny_mlp, (6,)), (tiny_cnn, (1, 6, 6))])
-def test_hvp_equals_exact_hessian(build, shape, mode):
-    model = build()
-    x, y = tiny_data(shape, classes=3 if build is tiny_cnn else 4)
-    H = dense_hessian(model, x, y)
-    be = LocalHVPBackend(model, None, [(x[:15], y[:15]), (x[15:], y[15:])], mode=mode)
-    assert isinstance(be, HVPBackend) and be.dim == H.shape[0]
-    V = torch.randn(be.dim, 3, dtype=torch.float64)
-    S, n = be.hvp_sum(V)
-    assert n == 40
-    torch.testing.assert_close(S / n, H @ V, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(mean_hvp(be, V), H @ V, rtol=1e-10, atol=1e-12)
-
-
-def test_param_subsets_exclude_batchnorm():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
-    assert hessian_param_names(model) == ["0.weight", "0.bias", "3.weight", "3.bias"]
-    assert hessian_param_names(model, "prunable") == ["0.weight", "3.weight"]
-    with pytest.raises(ValueError, match="params"):
-        hessian_param_names(model, ["nope"])
-
-
-def test_data_parallel_shards_sum_to_local():
-    model = tiny_mlp()
-    x, y = tiny_data((6,))
-    whole = LocalHVPBackend(model, None, [(x, y)])
-    shards = SumOfBackends([
-        LocalHVPBackend.from_state_dict(tiny_mlp(1), model.state_dict(), [(x[:13], y[:13])]),
-        LocalHVPBackend.from_state_dict(tiny_mlp(2), model.state_dict(), [(x[13:], y[13:])]),
-    ])
-    V = torch.randn(whole.dim, 2, dtype=torch.float64)
-    torch.testing.assert_close(mean_hvp(shards, V), mean_hvp(whole, V), rtol=1e-12, atol=1e-14)
 
 
 def test_slq_matches_eigh_and_tightens(digits_mlp):
@@ -214,18 +159,6 @@ def test_bad_input():
         LocalHVPBackend(model, None, [(x, y)], mode="nope")
 
 
-def test_auto_mode_settles_and_stays_exact():
-    model = tiny_mlp()
-    x, y = tiny_data((6,))
-    H = dense_hessian(model, x, y)
-    be = LocalHVPBackend(model, None, [(x, y)], mode="auto")
-    V = torch.randn(be.dim, 2, dtype=torch.float64)
-    for _ in range(10):  # 3 rounds × 3 candidates, then the winner
-        torch.testing.assert_close(mean_hvp(be, V), H @ V, rtol=1e-10, atol=1e-12)
-    assert be.mode in ("fwd_rev_cached", "rev_rev_cached", "autograd_cached")
-    assert {k[0] for k in be._cache} == {be.mode}  # the loser's cache is freed
-
-
 def test_radau_brackets_psd_spectrum():
     """Gauss ≤ truth ≤ Radau(0) for the completely monotone 2ε/(2ε + R²λ) on a PSD spectrum."""
     d = np.concatenate([np.full(40, 1e-9), np.geomspace(1e-4, 5.0, 160)])
@@ -251,27 +184,10 @@ def test_radau_brackets_psd_spectrum():
     assert pred.removed_frac <= s_exact <= pred.radau_removed_frac
 
 
-@pytest.mark.parametrize("times,settles_after,winner", [
-    ([9, 9, 9, 1.0, 2.0, 3.0], 6, "fwd_rev"),              # one timed call each, a clear winner
-    ([9, 9, 9, 1.0, 1.2, 3.0, 1.1, 0.9, 3.0], 9, "rev_rev"),  # close: a third round decides
-])
-def test_auto_settles_early_only_on_a_clear_winner(times, settles_after, winner):
-    model = tiny_mlp()
-    x, y = tiny_data((6,))
-    be = LocalHVPBackend(model, None, [(x, y)], cache_bytes=0)   # the three recomputing candidates
-    assert be._candidates == ["fwd_rev", "rev_rev", "autograd"]
-    for i, t in enumerate(times):
-        assert be.mode == "auto", i
-        be._record(be._next_mode(), t)
-    assert len(times) == settles_after and be.mode == winner
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_batched_reorthogonalization_equals_the_per_probe_loop(dtype):
     """The GPU form (one bmm per pass for all probes) against the CPU form (one gemv per probe):
     same recurrence coefficients, and the Ritz values of both match eigh of the operator."""
-    from pruning.hessian import lanczos, ritz
-
     g = torch.Generator().manual_seed(0)
     A = torch.randn(60, 60, generator=g, dtype=torch.float64)
     H = ((A + A.T) / 2).to(dtype)
@@ -299,3 +215,62 @@ def test_batched_reorthogonalization_equals_the_per_probe_loop(dtype):
     a, b, s = lanczos(lambda q: q * d, V1, 10, basis_dtype=dtype, batched_reorth=True)
     assert s.tolist() == [1, 3, 3, 3]
     np.testing.assert_allclose(np.sort(ritz(a, b, s, 10)[0][1:, :3], axis=1), [[-1, 0.5, 2]] * 3, atol=10 * tol)
+
+
+def test_operator_cost_is_counted_by_hand():
+    """Zero detection: 1 pass × 2 directions; Lanczos: 5 steps × 3 probes, no breakdown."""
+    d = np.linspace(1.0, 2.0, 30)
+    r = slq(None, None, None, backend=DiagBackend(d), probes=3, iterations=5, zero_probes=2)
+    assert (r.steps == 5).all()
+    assert (r.data_passes, r.n_hvp) == (1 + 5, 2 + 3 * 5)
+    assert 0 < r.hvp_seconds <= r.seconds and r.lanczos_seconds == pytest.approx(r.seconds - r.hvp_seconds)
+    merged = SLQResult.merge([r, slq(None, None, None, backend=DiagBackend(d), probes=1, iterations=5,
+                                     probe_offset=3)])
+    assert (merged.data_passes, merged.n_hvp) == (6 + 6, 17 + 2 + 5)
+
+
+def test_float64_model_on_float32_data_matches_eigh():
+    """The data (float32, as a Split gives them) take the model's float64; the result is that of
+    the exact float64 Hessian: λ_max, λ_min by eigh, and each probe's Σ τθ = vᵀHv / D exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = tiny_data((6,), n=60, classes=3)
+    x32 = x.float()
+    H = dense_hessian(model, x32.double(), y)
+    ev = torch.linalg.eigh(H).eigenvalues.numpy()
+    D = H.shape[0]
+    r = slq(model, None, [(x32[:25], y[:25]), (x32[25:], y[25:])], probes=3, iterations=D - 1, seed=2,
+            deflate=False, hvp_mode="rev_rev")
+    assert r.info["basis_dtype"] == "float64"
+    assert r.lambda_max() == pytest.approx(ev.max(), rel=1e-8)
+    assert r.lambda_min() == pytest.approx(ev.min(), rel=1e-6, abs=1e-8 * ev.max())
+    quad = [float(v @ H @ v) / D for v in (rademacher(D, 2, j) for j in range(3))]
+    np.testing.assert_allclose((r.weights * r.nodes).sum(axis=1), quad, rtol=1e-9, atol=1e-12)
+
+
+def test_model_keeps_its_train_mode_and_values():
+    """slq puts the model in eval mode only while it runs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 4))
+    model.train()
+    x, y = tiny_data((6,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = slq(model, None, [(x.float(), y)], probes=2, iterations=4, seed=0)
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
+    assert next(model.parameters()).device.type == "cpu" and r.steps.tolist() == [4, 4]
+    with pytest.raises(ValueError, match="iterations"):  # restored on an error, too
+        slq(model, None, [(x.float(), y)], probes=1, iterations=10_000, deflate=False)
+    assert all(m.training for m in model.modules())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_model_goes_back_to_its_device():
+    """SLQ on the GPU of a CPU model: the model comes back to the CPU, the result equals the CPU run."""
+    model = tiny_mlp()
+    x, y = tiny_data((6,))
+    kw = dict(probes=2, iterations=6, seed=1, deflate=False, hvp_mode="rev_rev")
+    gpu = slq(model, None, [(x, y)], device="cuda", **kw)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    cpu = slq(model, None, [(x, y)], **kw)
+    np.testing.assert_allclose(gpu.nodes, cpu.nodes, rtol=1e-9, atol=1e-12)
