@@ -69,7 +69,7 @@ TRIALS = pa.schema(
         # pruning limit (kind == "limit"); removed_frac and kept_frac are always both stored
         ("lomp_l1", pa.float64()),
         ("epsilon", pa.float64()),
-        ("epsilon_source", pa.string()),     # "batch_loss_std" | "given"
+        ("epsilon_source", pa.string()),     # "batch_loss_std" | "batch_loss_std_authors" | "given"
         ("eigen_policy", pa.string()),       # "abs" | "drop" | "flat"
         ("predicted_removed_frac", pa.float64()),
         ("predicted_kept_frac", pa.float64()),
@@ -93,7 +93,13 @@ TRIALS = pa.schema(
         ("finished_at", _TS),
         ("schema_version", pa.int32()),
         # added after version 1 (nullable; older files read back with nulls)
-        ("predicted_removed_frac_radau", pa.float64()),  # Gauss–Radau end of the s* bracket (ours)
+        # how far the predicted limit is resolved (pruning.limit.predict_limit)
+        ("predicted_removed_frac_radau_rule", pa.float64()),  # s* by the Gauss–Radau rule: a diagnostic, not a bound
+        ("predicted_removed_frac_half_iters", pa.float64()),  # s* from the first m/2 Lanczos steps
+        ("predicted_removed_frac_se", pa.float64()),     # jackknife standard error of s* over probes
+        ("predicted_resolution_tol", pa.float64()),      # the tolerance of predicted_unresolved
+        ("predicted_unresolved", pa.bool_()),            # |s* − half| or 2·SE > tolerance
+        ("zero_curvature_tol", pa.float64()),            # |θ| ≤ this is zero curvature (absolute)
     ]
 )
 
