@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from analysis import cache
 from sweeps import paths
 from sweeps.paths import SPEC_FILE, STORAGE_ENV, hidden as _hidden, storage_root
-from sweeps.schema import SCHEMAS, TABLES, schema
+from sweeps.schema import RENAMED, SCHEMAS, TABLES, schema
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,8 @@ def _read_one(fs: pafs.FileSystem, path: str, columns: Sequence[str] | None) -> 
         if columns is None:
             return pf.read(use_threads=False)
         names = set(pf.schema_arrow.names)  # a property that rebuilds the schema on every access
-        present = [c for c in columns if c in names]
+        wanted = [*columns, *(old for old, new in RENAMED.items() if new in columns)]
+        present = [c for c in wanted if c in names]
         return pf.read(columns=present, use_threads=False)
 
 
@@ -165,7 +166,11 @@ Failure = tuple[str, Exception]
 
 
 def _with_sweep(got: pa.Table, sweep: str) -> pa.Table:
-    """Fill `sweep` from the directory name where an older writer left it empty or absent."""
+    """Fill `sweep` from the directory name where an older writer left it empty or absent, and
+    give renamed columns (`sweeps.schema.RENAMED`) their new names."""
+    old = [c for c in got.column_names if c in RENAMED]
+    if old:
+        got = got.rename_columns([RENAMED.get(c, c) for c in got.column_names])
     if "sweep" not in got.column_names:
         return got.append_column("sweep", pa.array([sweep] * got.num_rows, pa.string()))
     if got["sweep"].null_count:

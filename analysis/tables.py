@@ -230,7 +230,7 @@ LIMIT_KEYS: list[str] = [*GROUP, "pruner", "lomp_l1", "eigen_policy", "epsilon_s
 LIMIT_COLUMNS: list[str] = [
     "epsilon", "zero_mass",
     "predicted_removed_frac", "predicted_kept_frac", "band_kept_frac_low", "band_kept_frac_high",
-    "trace_bound_removed_frac", "predicted_removed_frac_radau",
+    "trace_bound_removed_frac", "predicted_removed_frac_radau_rule",
     "actual_removed_frac_strict", "actual_kept_frac_strict", "actual_removed_frac_tol",
     "actual_kept_frac_tol", "limit_tolerance_pp",
 ]
@@ -458,7 +458,7 @@ def _yes_no(v: object) -> str:
 LIMIT_SEED_DISPLAY: list[tuple[str, Callable[[float], str] | None]] = [
     ("predicted_removed_frac", fmt_frac), ("predicted_kept_frac", fmt_frac),
     ("band_kept_frac_low", fmt_frac), ("band_kept_frac_high", fmt_frac),
-    ("trace_bound_removed_frac", fmt_frac), ("predicted_removed_frac_radau", fmt_frac),
+    ("trace_bound_removed_frac", fmt_frac), ("predicted_removed_frac_radau_rule", fmt_frac),
     ("actual_removed_frac_strict", fmt_frac), ("actual_kept_frac_strict", fmt_frac),
     ("actual_removed_frac_tol", fmt_frac), ("actual_kept_frac_tol", fmt_frac),
     ("delta_removed_pp_strict", fmt_pp), ("delta_removed_pp_tol", fmt_pp),

@@ -8,44 +8,95 @@ For trained prunable weights w* (N of them) and the Hessian spectrum from SLQ:
 - the predicted removable fraction s* solves s = G(R(s)); s − G(R(s)) increases with s, so
   bisection finds it to machine precision.
 The kinematic band and the Jensen trace bound are our derivations from the paper's framework.
-The actual limit is read from a one-shot accuracy-vs-sparsity curve by a named rule.
+How well s* is resolved is measured, not assumed: s* from the first m/2 Lanczos steps against all
+m, and the jackknife standard error over probes (`Resolution`); the Gauss–Radau estimate is kept
+as a diagnostic, not a bound. The actual limit is read from a one-shot accuracy-vs-sparsity curve
+by a named rule.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from scipy.linalg import eigh_tridiagonal
 from torch import Tensor, nn
 
 from pruning.slq import SLQResult
+from pruning.train import L1_SCOPES, l1_penalty
 
 # --- ε: the loss tolerance -----------------------------------------------------------------------
 
-EPSILON_SOURCES = ("batch_loss_std", "given")
+# How ε was obtained, by name (recorded as `epsilon_source`): keyword sets of `batch_loss_std`.
+# "batch_loss_std" is what prunetune did before (and what stored rows with that label mean): one
+# deterministic pass, fixed order, no augmentation, full batches only, sample std (ddof=1).
+# "batch_loss_std_authors" is the authors' recipe (Global-One-shot-Pruning, utils.cal_loss): one
+# pass of their shuffled training loader with its augmentation (the data set's default: crop+flip
+# for CIFAR, none for MNIST), the last partial batch included, np.std (ddof=0), model in eval mode,
+# the L1 term λ·Σ|θ| added to every batch's loss.
+EPSILON_RECIPES: dict[str, dict] = {
+    "batch_loss_std": {"augment": False, "shuffle": False, "drop_last": True, "ddof": 1},
+    "batch_loss_std_authors": {"augment": None, "shuffle": True, "drop_last": False, "ddof": 0},
+}
+EPSILON_SOURCES = (*EPSILON_RECIPES, "given")
+
+
+def epsilon_recipe(name: str) -> dict:
+    """The `batch_loss_std` keywords of recipe `name` (a copy)."""
+    if name not in EPSILON_RECIPES:
+        raise ValueError(f"epsilon_recipe {name!r}: choose from {list(EPSILON_RECIPES)}")
+    return dict(EPSILON_RECIPES[name])
 
 
 @torch.no_grad()
-def batch_loss_std(model: nn.Module, train, *, batch_size: int = 128, device: str | torch.device = "cpu",
-                   loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> float:
-    """ε as the authors take it: the standard deviation of the per-batch training loss over one pass.
+def batch_loss_std(
+    model: nn.Module,
+    train,
+    *,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    augment: bool | None = False,
+    shuffle: bool = False,
+    drop_last: bool = True,
+    ddof: int = 1,
+    l1: float = 0.0,
+    l1_scope: str = "all",
+    seed: int = 0,
+) -> float:
+    """ε: the standard deviation of the per-batch training loss over one pass, model in eval mode.
 
     Why this: it is the scale of loss change that SGD noise makes anyway, so a perturbation costing
-    less than ε is invisible. We use one deterministic pass (eval mode, fixed order, no
-    augmentation) and the sample standard deviation (ddof=1) over full batches.
+    less than ε is invisible. The defaults are prunetune's original deterministic variant (fixed
+    order, no augmentation, full batches, ddof=1; `EPSILON_RECIPES["batch_loss_std"]`); the
+    authors' variant is `**epsilon_recipe("batch_loss_std_authors")` with `l1=λ` of the LOMP run.
+    `augment` None: the split's default (`train.augmentable`); the order and the crops come from
+    one generator seeded with `seed`. `l1` > 0 adds λ·`l1_penalty(model, l1_scope)` to every
+    batch's loss as the authors do; in eval mode it is the same constant for every batch, so it
+    shifts the losses and leaves their standard deviation unchanged up to rounding.
     """
+    if l1 < 0:
+        raise ValueError(f"l1 {l1}: must be ≥ 0")
+    if l1_scope not in L1_SCOPES:
+        raise ValueError(f"l1_scope {l1_scope!r}: choose from {', '.join(L1_SCOPES)}")
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof {ddof}: choose 0 (population, the authors' np.std) or 1 (sample)")
     loss_fn = loss_fn or nn.functional.cross_entropy
+    aug = train.augmentable if augment is None else bool(augment)
     was_training = model.training
     model.eval()
-    losses = [float(loss_fn(model(x), y)) for x, y in
-              train.batches(batch_size, shuffle=False, device=device, drop_last=True)]
+    penalty = float(l1 * l1_penalty(model, l1_scope)) if l1 else 0.0
+    g = torch.Generator().manual_seed(seed)
+    losses = [float(loss_fn(model(x), y)) + penalty for x, y in
+              train.batches(batch_size, shuffle=shuffle, generator=g, device=device, augment=aug,
+                            drop_last=drop_last)]
     model.train(was_training)
     if len(losses) < 2:
-        raise ValueError(f"batch_size {batch_size}: gives {len(losses)} full batch(es); ε needs ≥ 2")
-    return float(np.std(losses, ddof=1))
+        raise ValueError(f"batch_size {batch_size}: gives {len(losses)} batch(es); ε needs ≥ 2")
+    return float(np.std(losses, ddof=ddof))
 
 
 def check_epsilon(epsilon: float) -> float:
@@ -105,10 +156,20 @@ def _flat(theta: np.ndarray, a: float, r2: float) -> np.ndarray:
 
 
 # What a negative eigenvalue contributes: "abs" (authors) treats it as curvature |λ|; "drop" gives
-# it no width (0, no renormalization); "flat" treats it as a flat direction (term 1).
+# it no width (0, no renormalization); "flat" treats it as a flat direction (term 1). Under every
+# policy a node with |θ| ≤ the zero-curvature tolerance is a flat direction (term 1): see `zero_tol`.
 EIGEN_POLICIES: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
     "abs": _abs, "drop": _drop, "flat": _flat,
 }
+
+# The zero-curvature tolerance, relative to the spectral radius ρ = max |θ|, in units of the
+# rounding unit eps of the operator's dtype: |θ| ≤ ZERO_CURVATURE_ULPS · eps · ρ is zero curvature.
+# Measured on the 1,810-parameter MLPs of docs/zero_mass.md (exact float64 Hessians): eigenvalues
+# that are zero in exact arithmetic come out within 2·eps·ρ, of either sign, and every eigenvalue
+# between 2·eps·ρ and 800·eps·ρ is positive; the same Hessians formed in float32 move every
+# eigenvalue by ≤ 12·eps32·ρ. 64 clears both noise floors ≥ 5×; a real curvature below it
+# (≤ 7.6e-6·ρ in float32, 1.4e-14·ρ in float64) changes its term by at most R²·tol/2ε.
+ZERO_CURVATURE_ULPS = 64.0
 
 
 def check_policy(policy: str) -> str:
@@ -117,26 +178,78 @@ def check_policy(policy: str) -> str:
     return policy
 
 
-def g_of_r(spectrum: SLQResult, epsilon: float, r: float, policy: str = "abs") -> float:
-    """G(R) = q + (1 − q)·mean_p Σ_j τ_j·term(θ_j) summed over the nodes directly (no binning)."""
+def _valid(spectrum: SLQResult) -> np.ndarray:
+    return np.arange(spectrum.nodes.shape[1])[None, :] < np.asarray(spectrum.steps)[:, None]
+
+
+def rounding_eps(spectrum: SLQResult) -> float:
+    """eps of the coarsest dtype the run computed in: `info["operator_dtype"]` and
+    `info["basis_dtype"]` where recorded (names like "float32"), float64 when neither is."""
+    names = [spectrum.info.get(k) for k in ("operator_dtype", "basis_dtype")]
+    found = [torch.finfo(getattr(torch, str(n).removeprefix("torch."))).eps for n in names if n]
+    return float(max(found)) if found else float(np.finfo(np.float64).eps)
+
+
+def zero_curvature_tol(spectrum: SLQResult, zero_tol: float | None = None) -> float:
+    """The absolute tolerance |θ| ≤ tol under which a node is zero curvature (term 1).
+
+    tol = zero_tol · ρ, ρ = max |θ| over every probe's nodes (the spectral radius estimate: the
+    extreme Ritz values converge first); `zero_tol` None means ZERO_CURVATURE_ULPS · eps(dtype)
+    with the dtype from `rounding_eps`. Why: the sign of an eigenvalue at rounding level is noise,
+    and under `drop` it decided between term 0 and term 1 (ALGORITHMS.md §7). `zero_tol=0` is the
+    behaviour before this rule (only exact zeros are flat).
+    """
+    rel = ZERO_CURVATURE_ULPS * rounding_eps(spectrum) if zero_tol is None else float(zero_tol)
+    if not (rel >= 0 and math.isfinite(rel)):
+        raise ValueError(f"zero_tol {zero_tol}: must be a finite number ≥ 0")
+    nodes = spectrum.nodes[_valid(spectrum)]
+    rho = float(np.abs(nodes).max()) if nodes.size else 0.0
+    return rel * rho
+
+
+def _terms(policy: str, tol: float) -> Callable[[np.ndarray, float, float], np.ndarray]:
     term = EIGEN_POLICIES[check_policy(policy)]
+    return lambda t, a, r2: np.where(np.abs(t) <= tol, 1.0, term(t, a, r2))
+
+
+def probe_g(spectrum: SLQResult, epsilon: float, r: float, policy: str = "abs", *,
+            tol: float = 0.0) -> np.ndarray:
+    """Σ_j τ_j·term(θ_j) of each probe alone (P,), on the deflated operator (no zero mass);
+    `tol` is the absolute zero-curvature tolerance (`zero_curvature_tol`)."""
+    term = _terms(policy, tol)
     a, r2 = 2.0 * check_epsilon(epsilon), float(r) ** 2
-    return spectrum.expect(lambda t: term(t, a, r2))
+    valid = _valid(spectrum)
+    vals = np.zeros_like(spectrum.nodes)
+    vals[valid] = term(spectrum.nodes[valid], a, r2)
+    return (spectrum.weights * vals).sum(axis=1)
 
 
-def _jensen(spectrum: SLQResult, epsilon: float, policy: str) -> Callable[[float], float]:
+def g_of_r(spectrum: SLQResult, epsilon: float, r: float, policy: str = "abs", *,
+           zero_tol: float | None = None, tol: float | None = None) -> float:
+    """G(R) = q + (1 − q)·mean_p Σ_j τ_j·term(θ_j) summed over the nodes directly (no binning).
+
+    Nodes with |θ| ≤ tol count as zero curvature (term 1) under every policy; tol is absolute
+    when given, else `zero_curvature_tol(spectrum, zero_tol)`.
+    """
+    tol = zero_curvature_tol(spectrum, zero_tol) if tol is None else float(tol)
+    q = spectrum.zero_mass
+    return float(q + (1 - q) * probe_g(spectrum, epsilon, r, policy, tol=tol).mean())
+
+
+def _jensen(spectrum: SLQResult, epsilon: float, policy: str, tol: float = 0.0) -> Callable[[float], float]:
     """A lower bound B(R) ≤ G(R) from Jensen's inequality (our derivation).
 
     x ↦ 2ε/(2ε + R²x) is convex, so the mean of the terms over the eigenvalues a policy treats
     as curvature is ≥ the term at their mean. With mass p of those eigenvalues, mean curvature
     m/p and a constant c from the others: B(R) = c + p · 2ε/(2ε + R² m/p). For "abs", c = 0, p = 1,
-    m = tr|H|/D, i.e. removable ≥ 2εD/(2εD + R² tr|H|).
+    m = tr|H|/D, i.e. removable ≥ 2εD/(2εD + R² tr|H|). Nodes with |θ| ≤ tol enter as curvature 0
+    (their term 1 is the term at 0, so convexity still applies).
     """
-    neg = spectrum.expect(lambda t: (t < 0).astype(np.float64))
+    neg = spectrum.expect(lambda t: (t < -tol).astype(np.float64))
     if policy == "abs":
-        c, p, m = 0.0, 1.0, spectrum.expect(np.abs)
+        c, p, m = 0.0, 1.0, spectrum.expect(lambda t: np.where(np.abs(t) <= tol, 0.0, np.abs(t)))
     else:
-        pos = spectrum.expect(lambda t: np.maximum(t, 0.0))
+        pos = spectrum.expect(lambda t: np.where(t > tol, t, 0.0))
         c, p, m = (neg if policy == "flat" else 0.0), 1.0 - neg, pos
     a = 2.0 * epsilon
 
@@ -172,9 +285,47 @@ def kinematic_halfwidth(dim: int, eta: float = 0.05) -> float:
     return math.sqrt(8 * math.log(4 / eta)) / math.sqrt(dim)
 
 
+# --- how far s* is resolved ---------------------------------------------------------------------
+
+RESOLUTION_TOL = 0.01  # |s*(m) − s*(m/2)| or 2·SE above this flags the prediction as unresolved
+
+
+def half_iterations(spectrum: SLQResult) -> SLQResult | None:
+    """The SLQ result the first ⌊m/2⌋ Lanczos steps of every probe would have given.
+
+    Each probe's Jacobi matrix is re-diagonalized from its stored alphas/betas, leading
+    ⌊m/2⌋ × ⌊m/2⌋ block only (a probe that stopped earlier keeps all its steps: it had found an
+    invariant subspace). None when the result carries no coefficients or m < 2.
+    """
+    m = int(spectrum.iterations)
+    if spectrum.alphas is None or spectrum.betas is None or m < 2:
+        return None
+    half = m // 2
+    P = len(spectrum.steps)
+    nodes, weights = np.zeros((P, half)), np.zeros((P, half))
+    steps = np.minimum(np.asarray(spectrum.steps), half)
+    for p, k in enumerate(steps):
+        k = int(k)
+        if k == 1:
+            theta, U = spectrum.alphas[p, :1], np.ones((1, 1))
+        else:
+            theta, U = eigh_tridiagonal(spectrum.alphas[p, :k], spectrum.betas[p, : k - 1])
+        nodes[p, :k], weights[p, :k] = theta, U[0] ** 2
+    return replace(spectrum, nodes=nodes, weights=weights, steps=steps, iterations=half,
+                   alphas=spectrum.alphas[:, :half], betas=spectrum.betas[:, :half],
+                   info={**spectrum.info, "rule": f"gauss@{half}"})
+
+
+def jackknife_se(values: Sequence[float]) -> float:
+    """Jackknife standard error from leave-one-out estimates: sqrt((P−1)/P · Σ (x_i − x̄)²)."""
+    x = np.asarray(values, dtype=np.float64)
+    return float(math.sqrt((len(x) - 1) / len(x) * ((x - x.mean()) ** 2).sum()))
+
+
 @dataclass
 class LimitPrediction:
-    """The predicted pruning limit: both fractions, ε and how it was found, the policy, q, bounds."""
+    """The predicted pruning limit: both fractions, ε and how it was found, the policy, q, bounds,
+    and how far the prediction is resolved (m/2 vs m steps, standard error over probes)."""
 
     removed_frac: float
     kept_frac: float
@@ -190,7 +341,12 @@ class LimitPrediction:
     n_weights: int
     dim: int                       # Hessian dimension D (full, before deflation)
     eta: float = 0.05
-    radau_removed_frac: float | None = None  # s* with the Gauss–Radau rule: the bracket's upper end
+    zero_curvature_tol: float = 0.0  # absolute: nodes with |θ| ≤ this count as zero curvature
+    radau_rule_removed_frac: float | None = None  # s* by the Gauss–Radau rule (node at 0): diagnostic, no bound
+    half_iters_removed_frac: float | None = None  # s* from the first m/2 Lanczos steps
+    removed_frac_se: float | None = None          # jackknife standard error of s* over probes
+    resolution_tol: float = RESOLUTION_TOL
+    unresolved: bool | None = None  # |s* − half| or 2·SE > resolution_tol; None: neither measurable
 
     def columns(self) -> dict:
         """The prediction columns of sweeps/schema.py TRIALS."""
@@ -200,7 +356,12 @@ class LimitPrediction:
             "predicted_kept_frac": self.kept_frac, "band_kept_frac_low": self.band_kept_frac_low,
             "band_kept_frac_high": self.band_kept_frac_high,
             "trace_bound_removed_frac": self.trace_bound_removed_frac,
-            "predicted_removed_frac_radau": self.radau_removed_frac,
+            "zero_curvature_tol": self.zero_curvature_tol,
+            "predicted_removed_frac_radau_rule": self.radau_rule_removed_frac,
+            "predicted_removed_frac_half_iters": self.half_iters_removed_frac,
+            "predicted_removed_frac_se": self.removed_frac_se,
+            "predicted_resolution_tol": self.resolution_tol,
+            "predicted_unresolved": self.unresolved,
         }
 
 
@@ -212,37 +373,69 @@ def predict_limit(
     policy: str = "abs",
     epsilon_source: str = "given",
     eta: float = 0.05,
+    zero_tol: float | None = None,
+    resolution_tol: float = RESOLUTION_TOL,
 ) -> LimitPrediction:
     """Solve s = G(R(s)) for the removable fraction s* of the prunable `weights`.
 
-    G uses the full Hessian dimension (zero mass included). The band is kept_frac ± a_η/√D and
-    the trace bound solves s = B(R(s)) with Jensen's B ≤ G, so it lies below s* (both ours).
-    When the SLQ result carries its Lanczos coefficients, `radau_removed_frac` is s* with the
-    Gauss–Radau rule (`SLQResult.radau`): Gauss under-counts near-zero curvature at large R and
-    Radau over-counts it, so [removed_frac, radau_removed_frac] brackets the exact s* on the
-    nets of docs/zero_mass.md; a wide bracket says the prediction is not resolved.
+    G uses the full Hessian dimension (zero mass included); nodes with |θ| ≤
+    `zero_curvature_tol(slq_result, zero_tol)` are zero curvature under every policy. The band is
+    kept_frac ± a_η/√D and the trace bound solves s = B(R(s)) with Jensen's B ≤ G, so it lies
+    below s* (both ours).
+
+    Resolution (ALGORITHMS.md §7): `half_iters_removed_frac` is s* from the first m/2 Lanczos
+    steps (needs the Lanczos coefficients) and `removed_frac_se` the jackknife standard error over
+    probes (needs ≥ 2): leave each probe out, re-solve, SE = sqrt((P−1)/P·Σ(s₋ₚ − s̄)²). Jackknife
+    rather than the spread of single-probe solutions because s* is a nonlinear function of the
+    probe *mean* of the quadratures: the jackknife measures the error of that statistic, while a
+    single probe's fixed point solves a different (noisier, biased) equation. `unresolved` is set
+    when |s* − half| or 2·SE exceeds `resolution_tol`.
+
+    `radau_rule_removed_frac` is s* with the Gauss–Radau rule (`SLQResult.radau`, node at 0).
+    For a PSD spectrum and the f of G, Gauss and Radau bound each probe's quadratic form, so they
+    bracket the probe-mean estimate of s*; not the exact s*, which probe noise moves (and with
+    negative eigenvalues not even that). Kept as a diagnostic, not as a bound.
     """
     eps = check_epsilon(epsilon)
     check_policy(policy)
     if epsilon_source not in EPSILON_SOURCES:
         raise ValueError(f"epsilon_source {epsilon_source!r}: choose from {list(EPSILON_SOURCES)}")
+    if not (resolution_tol > 0 and math.isfinite(resolution_tol)):
+        raise ValueError(f"resolution_tol {resolution_tol}: must be a finite number > 0")
+    tol = zero_curvature_tol(slq_result, zero_tol)
     dist = SparseDistance(weights)
-    g = lambda s: g_of_r(slq_result, eps, dist(s), policy)  # noqa: E731
-    s_star = solve_fixed_point(lambda s: s - g(s))
-    bound = _jensen(slq_result, eps, policy)
+
+    def solve(spectrum: SLQResult) -> float:
+        return solve_fixed_point(lambda s: s - g_of_r(spectrum, eps, dist(s), policy, tol=tol))
+
+    s_star = solve(slq_result)
+    bound = _jensen(slq_result, eps, policy, tol)
     s_bound = solve_fixed_point(lambda s: s - bound(dist(s)))
     half = kinematic_halfwidth(slq_result.full_dim, eta)
     kept = 1.0 - s_star
-    s_radau = None
-    if slq_result.alphas is not None:  # [Gauss, Radau] brackets s* where the rules bound G
-        upper = slq_result.radau()
-        s_radau = solve_fixed_point(lambda s: s - g_of_r(upper, eps, dist(s), policy))
+    s_radau = solve(slq_result.radau()) if slq_result.alphas is not None else None
+    halved = half_iterations(slq_result)
+    s_half = solve(halved) if halved is not None else None
+    se = None
+    P, q = slq_result.probes, slq_result.zero_mass
+    if P >= 2:
+        def loo(p: int) -> float:
+            def h(s: float) -> float:
+                g = probe_g(slq_result, eps, dist(s), policy, tol=tol)
+                return s - (q + (1 - q) * (g.sum() - g[p]) / (P - 1))
+            return solve_fixed_point(h)
+
+        se = jackknife_se([loo(p) for p in range(P)])
+    spreads = ([abs(s_star - s_half)] if s_half is not None else []) + ([2 * se] if se is not None else [])
     return LimitPrediction(
         removed_frac=s_star, kept_frac=kept, epsilon=eps, epsilon_source=epsilon_source,
-        policy=policy, zero_mass=slq_result.zero_mass, r=dist(s_star), g_of_r=g(s_star),
+        policy=policy, zero_mass=slq_result.zero_mass, r=dist(s_star),
+        g_of_r=g_of_r(slq_result, eps, dist(s_star), policy, tol=tol),
         band_kept_frac_low=max(0.0, kept - half), band_kept_frac_high=min(1.0, kept + half),
         trace_bound_removed_frac=s_bound, n_weights=dist.n, dim=slq_result.full_dim, eta=eta,
-        radau_removed_frac=s_radau,
+        zero_curvature_tol=tol, radau_rule_removed_frac=s_radau, half_iters_removed_frac=s_half,
+        removed_frac_se=se, resolution_tol=float(resolution_tol),
+        unresolved=bool(max(spreads) > resolution_tol) if spreads else None,
     )
 
 
@@ -298,14 +491,16 @@ def limit_columns(prediction: LimitPrediction, actual: ActualLimit | None = None
 
 def curve_rows(removed_frac: Sequence[float], test_acc: Sequence[float], test_loss: Sequence[float],
                train_loss: Sequence[float], weights, spectrum: SLQResult, epsilon: float,
-               policy: str = "abs") -> list[dict]:
-    """Rows of sweeps/schema.py CURVES (without cell_id, sweep, schema_version)."""
+               policy: str = "abs", *, zero_tol: float | None = None) -> list[dict]:
+    """Rows of sweeps/schema.py CURVES (without cell_id, sweep, schema_version); `zero_tol` as in
+    `predict_limit`."""
     dist = SparseDistance(weights)
+    tol = zero_curvature_tol(spectrum, zero_tol)
     rows = []
     for s, acc, tl, trl in zip(removed_frac, test_acc, test_loss, train_loss):
         r = dist(float(s))
         rows.append({"removed_frac": float(s), "kept_frac": 1.0 - float(s), "test_acc": float(acc),
                      "test_loss": float(tl), "train_loss": float(trl), "r": r,
-                     "g_of_r": g_of_r(spectrum, epsilon, r, policy)})
+                     "g_of_r": g_of_r(spectrum, epsilon, r, policy, tol=tol)})
     return rows
 

@@ -1,10 +1,10 @@
 """LOMP (ALGORITHMS.md §7): L1-regularized training, one-shot global magnitude pruning, and the
 predicted vs actual pruning limit, as one function.
 
-Flow: train with cross-entropy + λ·Σ|w| (SGD momentum 0.9, weight decay 0) → ε (per-batch loss
-std, or given) → SLQ of the trained dense model → accuracy/loss curve of one-shot global-magnitude
-pruning over the sparsity grid (no retraining; the trained weights are restored after the curve)
-→ `predict_limit` and `actual_limit`. Every number a limit row needs comes back in `LompResult`.
+Flow: train with cross-entropy + λ·Σ|θ| (SGD momentum 0.9, weight decay 0; θ per cfg.l1_scope)
+→ ε (per-batch loss std by a named recipe, or given) → SLQ of the trained dense model →
+accuracy/loss curve of one-shot global-magnitude pruning over the sparsity grid (no retraining;
+the trained weights are restored after the curve) → `predict_limit` and `actual_limit`. Every number a limit row needs comes back in `LompResult`.
 """
 
 from __future__ import annotations
@@ -24,18 +24,22 @@ from pruning.limit import (
     ActualLimit, LimitPrediction, actual_limit, batch_loss_std, check_epsilon, check_policy, curve_rows,
     limit_columns, predict_limit,
 )
+from pruning.limit import epsilon_recipe as recipe_options  # run_lomp's keyword has the plain name
 from pruning.train import TrainConfig, TrainResult, evaluate, train
 
 log = logging.getLogger(__name__)
 
-# λ of the L1 term used by the authors (ALGORITHMS.md §7); other models need an explicit `l1`.
+# λ of the L1 term used by the authors (ALGORITHMS.md §7), per registry model; other models need an
+# explicit `l1`. AlexNet's 3e-5 serves both our CIFAR-sized `alexnet` and the authors' `alexnet224`.
 LOMP_L1: dict[str, float] = {
-    "fc5": 5e-5, "fc12": 5e-5, "alexnet": 3e-5, "vgg16": 1e-4, "resnet18": 5e-5, "resnet50": 2e-5,
+    "fc5": 5e-5, "fc12": 5e-5, "alexnet": 3e-5, "alexnet224": 3e-5, "vgg16": 1e-4, "resnet18": 5e-5,
+    "resnet50": 2e-5,
 }
 
 
 def default_l1(model_name: str | None) -> float:
-    """The authors' λ for `model_name`: the one table every caller (spec, `prunetune prune`) uses."""
+    """The authors' λ for `model_name`: the one table every caller (spec, `prunetune prune`) uses;
+    a one-line ValueError for a model they did not run."""
     if model_name not in LOMP_L1:
         raise ValueError(f"lomp_l1: no published value for model {model_name!r} (published for "
                          f"{', '.join(sorted(LOMP_L1))}); set lomp_l1 explicitly")
@@ -43,8 +47,9 @@ def default_l1(model_name: str | None) -> float:
 
 
 def lomp_config(cfg: TrainConfig, l1: float) -> TrainConfig:
-    """LOMP's training recipe on top of `cfg` (ALGORITHMS.md §7): the L1 term λ·Σ|w|, SGD momentum
-    0.9 and no weight decay (the L1 term is the regularizer). The one place the recipe is stated."""
+    """LOMP's training recipe on top of `cfg` (ALGORITHMS.md §7): the L1 term λ·Σ|θ| (over
+    cfg.l1_scope; the authors' is "all"), SGD momentum 0.9 and no weight decay (the L1 term is the
+    regularizer). The one place the recipe is stated."""
     return replace(cfg, l1=float(l1), momentum=0.9, weight_decay=0.0)
 
 
@@ -123,6 +128,8 @@ def run_lomp(
     epsilon: float | None = None,
     policy: str = "abs",
     tolerance_pp: float = 0.1,
+    epsilon_recipe: str = "batch_loss_std_authors",
+    zero_tol: float | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
     hessian_params: Sequence[str] | str | None = None,
@@ -132,7 +139,11 @@ def run_lomp(
 
     `l1` defaults to the authors' λ for `model_name` (LOMP_L1). The training config keeps the
     caller's schedule, epochs and batch size, but LOMP fixes momentum 0.9 and weight decay 0.
-    `epsilon` None: the per-batch training-loss std over one pass (batch size cfg.batch_size).
+    `epsilon` None: the per-batch training-loss std over one pass (batch size cfg.batch_size) by
+    `epsilon_recipe` (`pruning.limit.EPSILON_RECIPES`; the default is the authors', with the L1
+    term λ over cfg.l1_scope added per batch and `seed` drawing the order and the augmentation;
+    "batch_loss_std" is the deterministic un-augmented variant used before), recorded as the
+    prediction's `epsilon_source`. `zero_tol` as in `predict_limit`.
     `sparsities`: removed fractions in [0, 1); 0 is added (the dense point of the curve).
     """
     t_all = time.perf_counter()
@@ -143,6 +154,7 @@ def run_lomp(
     grid = sorted({0.0, *(masks_lib.check_sparsity(s, "sparsities") for s in sparsities)})
     if epsilon is not None:
         check_epsilon(epsilon)
+    eps_options = recipe_options(epsilon_recipe)
     cfg = lomp_config(cfg, lam)
     seconds = {}
 
@@ -154,7 +166,9 @@ def run_lomp(
 
     t0 = time.perf_counter()
     if epsilon is None:
-        eps, source = batch_loss_std(model, train_split, batch_size=cfg.batch_size, device=device), "batch_loss_std"
+        eps = batch_loss_std(model, train_split, batch_size=cfg.batch_size, device=device, l1=lam,
+                             l1_scope=cfg.l1_scope, seed=seed, **eps_options)
+        source = epsilon_recipe
     else:
         eps, source = float(epsilon), "given"
     seconds["epsilon"] = time.perf_counter() - t0
@@ -165,14 +179,14 @@ def run_lomp(
     seconds["hessian"] = time.perf_counter() - t0
 
     weights = masks_lib.weights(model)
-    prediction = predict_limit(weights, spectrum, eps, policy=policy, epsilon_source=source)
+    prediction = predict_limit(weights, spectrum, eps, policy=policy, epsilon_source=source, zero_tol=zero_tol)
 
     t0 = time.perf_counter()
     accs, losses, train_losses = pruning_curve(model, train_split, test_split, grid, device=device)
     seconds["curve"] = time.perf_counter() - t0
     dense_acc = accs[0]
     actual = actual_limit(grid, accs, dense_acc, tolerance_pp=tolerance_pp)
-    rows = curve_rows(grid, accs, losses, train_losses, weights, spectrum, eps, policy)
+    rows = curve_rows(grid, accs, losses, train_losses, weights, spectrum, eps, policy, zero_tol=zero_tol)
     seconds["total"] = time.perf_counter() - t_all
     log.info("lomp: predicted removed %.4f (kept %.4f), actual strict %.4f tol %.4f, ε=%.4g (%s), q=%.3f",
              prediction.removed_frac, prediction.kept_frac, actual.removed_frac_strict,

@@ -74,8 +74,8 @@ def lenet5(shape: Shape, num_classes: int) -> nn.Module:
 def alexnet(shape: Shape, num_classes: int) -> nn.Module:
     """A CIFAR-sized AlexNet: five 3×3 convs, three 2× max-pools, FC 4096→4096→classes.
 
-    The limit paper upsamples 32→224 and uses the ImageNet AlexNet; that costs ~50× more compute, so
-    it is offered separately as `alexnet224`.
+    The limit paper upsamples 32→224 and uses an ImageNet-style AlexNet; that costs ~50× more
+    compute, so it is offered separately as `alexnet224`.
     """
     c, h, w = shape
     return nn.Sequential(
@@ -91,14 +91,39 @@ def alexnet(shape: Shape, num_classes: int) -> nn.Module:
     )
 
 
-def alexnet224(shape: Shape, num_classes: int) -> nn.Module:
-    """torchvision's ImageNet AlexNet behind a bilinear upsampling of the input to 224×224."""
-    from torchvision.models import alexnet as tv_alexnet
+ALEXNET224_UPSAMPLE = 7  # 32 px × 7 = 224 px
 
-    net = tv_alexnet(num_classes=num_classes)
-    if shape[0] != 3:
-        net.features[0] = nn.Conv2d(shape[0], 64, kernel_size=11, stride=4, padding=2)
-    return nn.Sequential(nn.Upsample(size=(224, 224), mode="bilinear", align_corners=False), net)
+
+def _alexnet224_side(n: int) -> int:
+    """Spatial size after alexnet224's features for an input side n (before the ×7 upsampling)."""
+    n = (ALEXNET224_UPSAMPLE * n + 2 * 1 - 11) // 4 + 1   # conv k11 s4 p1
+    for _ in range(3):                                     # three max-pools 3/2 (convs keep the size)
+        n = (n - 3) // 2 + 1
+    return n
+
+
+def alexnet224(shape: Shape, num_classes: int) -> nn.Module:
+    """The limit paper's AlexNet as its authors built it (Global-One-shot-Pruning, model.AlexNet).
+
+    The input is upsampled ×7 by nearest neighbour (32 → 224 px, their `F.interpolate(x,
+    scale_factor=7)` in the training loop, here the model's first layer); conv C→96 k11 s4 p1,
+    max-pool 3/2, conv 96→256 k5 p2, max-pool 3/2, convs 256→384→384→256 k3 p1, max-pool 3/2,
+    FC 256·5·5 = 6400 → 4096 → 4096 → classes; ReLU, no BatchNorm, no dropout. On 32×32×3 with
+    10 classes: 46,787,978 parameters (ALGORITHMS.md §8).
+    """
+    c, h, w = shape
+    return nn.Sequential(
+        nn.Upsample(scale_factor=ALEXNET224_UPSAMPLE, mode="nearest"),
+        nn.Conv2d(c, 96, 11, stride=4, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Flatten(),
+        nn.Linear(256 * _alexnet224_side(h) * _alexnet224_side(w), 4096), nn.ReLU(),
+        nn.Linear(4096, 4096), nn.ReLU(),
+        nn.Linear(4096, num_classes),
+    )
 
 
 _VGG_CFG = {
@@ -202,7 +227,8 @@ MODELS: dict[str, ModelInfo] = {
     "fc5": ModelInfo(fc5, 1, "FC5: MLP 1000-600-300-100 (limit paper)"),
     "fc12": ModelInfo(fc12, 1, "FC12: MLP 1000-900-800-750-700-650-600-500-400-200-100"),
     "alexnet": ModelInfo(alexnet, 8, "AlexNet, CIFAR-sized: five 3×3 convs, FC 4096-4096"),
-    "alexnet224": ModelInfo(alexnet224, 1, "torchvision AlexNet on inputs upsampled to 224×224"),
+    "alexnet224": ModelInfo(alexnet224, 10, "AlexNet of the limit paper: input upsampled ×7 (32→224), "
+                            "convs 96-256-384-384-256, FC 4096-4096, no BN/dropout"),
     "vgg16": ModelInfo(vgg16, 32, "VGG-16 for CIFAR: 13 convs with BN, one linear layer"),
     "vgg19": ModelInfo(vgg19, 32, "VGG-19 for CIFAR: 16 convs with BN, one linear layer"),
     "resnet18": ModelInfo(resnet18, 8, "ResNet-18, CIFAR stem (3×3, no max-pool), projection shortcuts"),

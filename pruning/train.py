@@ -25,6 +25,10 @@ from pruning import masks as masks_lib
 from pruning.data import Split
 
 SCHEDULES = ("constant", "multistep", "cosine")
+# What the L1 term λ·Σ|θ| sums over: "prunable" the Conv/Linear weights (prunetune's original
+# term), "all" every parameter, biases and BatchNorm's affine ones included (the authors' LOMP
+# regulariser, Global-One-shot-Pruning utils.get_regularization_loss_my).
+L1_SCOPES = ("prunable", "all")
 STEP_UNITS = ("epoch", "iteration")
 
 
@@ -39,7 +43,8 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4        # PyTorch decay; Keras l2(λ) equals weight_decay = 2λ
-    l1: float = 0.0                   # λ of λ·Σ|w| over prunable weights (LOMP); 0 disables it
+    l1: float = 0.0                   # λ of the L1 term λ·Σ|θ| (LOMP); 0 disables it
+    l1_scope: str = "prunable"        # prunable | all: the parameters the L1 term sums over
     schedule: str = "cosine"          # constant | multistep | cosine
     milestones: tuple[int, ...] = ()  # multistep: steps (in step_unit) where lr *= gamma
     gamma: float = 0.1
@@ -54,6 +59,8 @@ class TrainConfig:
         problems = []
         if self.schedule not in SCHEDULES:
             problems.append(f"train.schedule {self.schedule!r}: choose from {', '.join(SCHEDULES)}")
+        if self.l1_scope not in L1_SCOPES:
+            problems.append(f"train.l1_scope {self.l1_scope!r}: choose from {', '.join(L1_SCOPES)}")
         if self.step_unit not in STEP_UNITS:
             problems.append(f"train.step_unit {self.step_unit!r}: choose from {', '.join(STEP_UNITS)}")
         if self.iterations is None and self.epochs < 0:
@@ -124,9 +131,19 @@ def evaluate(model: nn.Module, split: Split, *, device: str | torch.device = "cp
     return float(loss_sum) / n, float(correct) / n
 
 
-def l1_penalty(model: nn.Module) -> torch.Tensor:
-    """Σ|w| over the prunable weights (masked entries contribute 0 and get no gradient)."""
-    return sum(m.weight.abs().sum() for _, m in masks_lib.prunable_layers(model))  # type: ignore[return-value]
+def l1_penalty(model: nn.Module, scope: str = "prunable") -> torch.Tensor:
+    """Σ|θ| over the parameters of `scope` (L1_SCOPES); masked entries contribute 0 and get no
+    gradient: a masked parameter enters as its masked value (`weight`, not `weight_orig`)."""
+    if scope == "prunable":
+        return sum(m.weight.abs().sum() for _, m in masks_lib.prunable_layers(model))  # type: ignore[return-value]
+    if scope != "all":
+        raise ValueError(f"l1_scope {scope!r}: choose from {', '.join(L1_SCOPES)}")
+    total = torch.zeros((), device=next(model.parameters()).device)
+    for module in model.modules():
+        for name, _ in module.named_parameters(recurse=False):
+            masked = name.endswith("_orig") and hasattr(module, name.removesuffix("_orig") + "_mask")
+            total = total + getattr(module, name.removesuffix("_orig") if masked else name).abs().sum()
+    return total
 
 
 def train(
@@ -183,7 +200,7 @@ def train(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = model(xb)
                 loss = nn.functional.cross_entropy(out.float(), yb)
-            objective = loss + cfg.l1 * l1_penalty(model) if cfg.l1 else loss
+            objective = loss + cfg.l1 * l1_penalty(model, cfg.l1_scope) if cfg.l1 else loss
             opt.zero_grad(set_to_none=True)
             objective.backward()
             opt.step()

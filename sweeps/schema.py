@@ -10,7 +10,9 @@ Layout of a sweep in a storage root (local path or pyarrow.fs URI):
     <storage>/_cache/...                           dense checkpoints and their SLQ, shared by sweeps
 
 Hidden names (a leading '.' or '_') are temp files or caches and are never results.
-New columns may be added (always nullable, never renamed); readers fill missing ones with nulls.
+New columns may be added (always nullable); readers fill missing ones with nulls. A column is
+renamed only when its name claimed something false, and then `RENAMED` maps the old name to the new
+one, so readers show files of either age under the new name.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import pyarrow as pa
 SCHEMA_VERSION = 1
 
 TABLES = ("trials", "layers", "spectra", "curves", "epochs")
+
+# old column name → new name (the Gauss–Radau s* is a diagnostic, not the end of a guaranteed bracket)
+RENAMED = {"predicted_removed_frac_radau": "predicted_removed_frac_radau_rule"}
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -69,7 +74,7 @@ TRIALS = pa.schema(
         # pruning limit (kind == "limit"); removed_frac and kept_frac are always both stored
         ("lomp_l1", pa.float64()),
         ("epsilon", pa.float64()),
-        ("epsilon_source", pa.string()),     # "batch_loss_std" | "given"
+        ("epsilon_source", pa.string()),     # "batch_loss_std" | "batch_loss_std_authors" | "given"
         ("eigen_policy", pa.string()),       # "abs" | "drop" | "flat"
         ("predicted_removed_frac", pa.float64()),
         ("predicted_kept_frac", pa.float64()),
@@ -93,7 +98,13 @@ TRIALS = pa.schema(
         ("finished_at", _TS),
         ("schema_version", pa.int32()),
         # added after version 1 (nullable; older files read back with nulls)
-        ("predicted_removed_frac_radau", pa.float64()),  # Gauss–Radau end of the s* bracket (ours)
+        # how far the predicted limit is resolved (pruning.limit.predict_limit)
+        ("predicted_removed_frac_radau_rule", pa.float64()),  # s* by the Gauss–Radau rule: a diagnostic, not a bound
+        ("predicted_removed_frac_half_iters", pa.float64()),  # s* from the first m/2 Lanczos steps
+        ("predicted_removed_frac_se", pa.float64()),     # jackknife standard error of s* over probes
+        ("predicted_resolution_tol", pa.float64()),      # the tolerance of predicted_unresolved
+        ("predicted_unresolved", pa.bool_()),            # |s* − half| or 2·SE > tolerance
+        ("zero_curvature_tol", pa.float64()),            # |θ| ≤ this is zero curvature (absolute)
     ]
 )
 

@@ -289,3 +289,18 @@ def test_a_remote_like_filesystem_reads_and_caches_like_the_local_one(store: Pat
     counted.clear()
     pd.testing.assert_frame_equal(load_table(remote, "trials"), got)
     assert counted == []                                              # the second read is the cache
+
+
+def test_a_renamed_column_reads_back_under_its_new_name(tmp_path: Path) -> None:
+    """Files written before `predicted_removed_frac_radau` was renamed (sweeps.schema.RENAMED) show
+    their value under the new name, in full reads and in column projections alike."""
+    old_schema = pa.schema([("cell_id", pa.string()), ("sweep", pa.string()), ("status", pa.string()),
+                            ("predicted_removed_frac_radau", pa.float64())])
+    write_file(tmp_path, "old", "trials", [{"cell_id": "a", "sweep": "old", "status": "ok",
+                                            "predicted_removed_frac_radau": 0.75}], schema=old_schema)
+    full = load_table(str(tmp_path / "old"), "trials", use_cache=False)
+    assert full["predicted_removed_frac_radau_rule"].tolist() == [0.75]
+    assert "predicted_removed_frac_radau" not in full.columns
+    some = load_table(str(tmp_path / "old"), "trials", columns=["cell_id", "predicted_removed_frac_radau_rule"],
+                      use_cache=False)
+    assert some["predicted_removed_frac_radau_rule"].tolist() == [0.75]

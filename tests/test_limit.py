@@ -1,26 +1,58 @@
 """Pruning-limit theory against closed forms and direct computation."""
 
 import math
+import statistics
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from torch import nn
 
 from pruning.slq import SLQResult
 from pruning.limit import (
-    SparseDistance, actual_limit, batch_loss_std, curve_rows, g_of_r, kinematic_halfwidth, limit_columns,
-    predict_limit,
+    EPSILON_RECIPES, ZERO_CURVATURE_ULPS, SparseDistance, actual_limit, batch_loss_std, curve_rows,
+    epsilon_recipe, g_of_r, half_iterations, kinematic_halfwidth, limit_columns, predict_limit,
+    zero_curvature_tol,
 )
 from sweeps.schema import CURVES, TRIALS
 
+EPS64 = np.finfo(np.float64).eps
 
-def spectrum(values, masses, zero_mass=0.0, dim=1000) -> SLQResult:
+
+def spectrum(values, masses, zero_mass=0.0, dim=1000, info=None) -> SLQResult:
     """An exact 'SLQ result': one probe whose nodes are the eigenvalues and weights their masses."""
     k = len(values)
     return SLQResult(nodes=np.array([values], float), weights=np.array([masses], float),
                      steps=np.array([k]), probe_ids=np.array([0]), dim=dim, full_dim=dim,
-                     zero_mass=zero_mass, seed=0, iterations=k)
+                     zero_mass=zero_mass, seed=0, iterations=k, info=dict(info or {}))
+
+
+def jacobi(A: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All D Lanczos coefficients (alphas, betas) of symmetric A from start vector v, by an
+    independent route: reflect v onto e1 (Householder), then Householder tridiagonalization
+    (scipy.linalg.hessenberg keeps e1), which is Lanczos from v in exact arithmetic."""
+    u = v / np.linalg.norm(v)
+    h = u.copy()
+    h[0] -= 1.0
+    P = np.eye(len(u)) - 2.0 * np.outer(h, h) / (h @ h) if h @ h > 0 else np.eye(len(u))
+    T = scipy.linalg.hessenberg(P @ A @ P)
+    return np.diag(T).copy(), np.append(np.abs(np.diag(T, -1)), 0.0)
+
+
+def lanczos_result(A: np.ndarray, probes: int, m: int, seed: int = 0) -> SLQResult:
+    """An SLQResult of `m` exact Lanczos steps per Rademacher probe on the dense operator A."""
+    rng = np.random.default_rng(seed)
+    D = len(A)
+    alphas, betas = np.zeros((probes, m)), np.zeros((probes, m))
+    nodes, weights = np.zeros((probes, m)), np.zeros((probes, m))
+    for p in range(probes):
+        a, b = jacobi(A, rng.choice([-1.0, 1.0], D))
+        alphas[p], betas[p] = a[:m], b[:m]
+        theta, U = np.linalg.eigh(np.diag(a[:m]) + np.diag(b[: m - 1], 1) + np.diag(b[: m - 1], -1))
+        nodes[p], weights[p] = theta, U[0] ** 2
+    return SLQResult(nodes=nodes, weights=weights, steps=np.full(probes, m), probe_ids=np.arange(probes),
+                     dim=D, full_dim=D, zero_mass=0.0, seed=seed, iterations=m, alphas=alphas, betas=betas)
 
 
 def test_r_of_s_matches_direct_computation():
@@ -130,6 +162,149 @@ def test_epsilon_from_batch_losses():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     losses = [nn.functional.cross_entropy(model(x), y).item() for x, y in train.batches(32)][:3]
     assert batch_loss_std(model, train, batch_size=32) == pytest.approx(np.std(losses, ddof=1), rel=1e-6)
+    # the named recipe "batch_loss_std" is exactly these defaults (what stored rows with that label mean)
+    assert batch_loss_std(model, train, batch_size=32, **epsilon_recipe("batch_loss_std")) == \
+        batch_loss_std(model, train, batch_size=32)
+
+
+def test_epsilon_authors_recipe_matches_manual_augmented_pass():
+    """The authors' ε: shuffled augmented loader, eval mode, L1 term per batch, np.std (ddof=0),
+    the last partial batch included; against a hand loop over the same loader and seed."""
+    from pruning.data import load
+
+    train, _ = load("synthetic", input_shape=(3, 8, 8), num_classes=4, n_train=300, n_test=10)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 4))
+    with torch.no_grad():  # non-trivial BN running statistics: eval mode must use them
+        model[1].running_mean.uniform_(-0.5, 0.5), model[1].running_var.uniform_(0.5, 2.0)
+    model.train()
+    lam, seed = 1e-3, 5
+    eps = batch_loss_std(model, train, l1=lam, l1_scope="all", seed=seed,
+                         **{**epsilon_recipe("batch_loss_std_authors"), "augment": True})
+    assert model.training  # restored
+
+    ref = nn.Sequential(*[m for m in model]).eval()  # same modules, eval mode
+    penalty = sum(float(p.detach().abs().sum()) for p in model.parameters())  # every weight and bias, BN's too
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        losses = [float(nn.functional.cross_entropy(ref(x), y)) + lam * penalty
+                  for x, y in train.batches(128, shuffle=True, generator=g, augment=True)]
+    model.train()
+    assert len(losses) == 3  # 128 + 128 + 44: the partial batch counts
+    assert eps == pytest.approx(statistics.pstdev(losses), rel=1e-9)
+    # augmentation and order matter; the L1 term (a constant in eval mode) does not
+    plain = batch_loss_std(model, train, **epsilon_recipe("batch_loss_std"))
+    assert abs(eps - plain) > 1e-3 * plain
+    no_l1 = batch_loss_std(model, train, seed=seed, **{**EPSILON_RECIPES["batch_loss_std_authors"], "augment": True})
+    assert eps == pytest.approx(no_l1, rel=1e-6)
+    # augment=None takes the split's default: synthetic data is not augmentable
+    assert batch_loss_std(model, train, seed=seed, **EPSILON_RECIPES["batch_loss_std_authors"]) == \
+        batch_loss_std(model, train, seed=seed, **{**EPSILON_RECIPES["batch_loss_std_authors"], "augment": False})
+    with pytest.raises(ValueError, match="l1_scope"):
+        batch_loss_std(model, train, l1=1e-3, l1_scope="some")
+    with pytest.raises(ValueError, match="epsilon_recipe"):
+        epsilon_recipe("authors")
+
+
+@pytest.mark.parametrize("policy", ["abs", "drop", "flat"])
+def test_near_zero_nodes_are_zero_curvature_under_every_policy(policy):
+    """|θ| ≤ 64·eps·ρ is term 1 whatever its sign: G(R) = 0.5·2ε/(2ε + 2R²) + 0.5 by hand."""
+    eps, r = 0.01, 3.0
+    tiny = 10 * EPS64 * 2.0  # ρ = 2, well inside the tolerance
+    expected = 0.5 * 0.02 / (0.02 + 2.0 * r * r) + 0.5
+    values = [g_of_r(spectrum([2.0, a, b], [0.5, 0.25, 0.25]), eps, r, policy)
+              for a, b in ((tiny, -tiny), (-tiny, -tiny), (tiny, tiny), (0.0, 0.0))]
+    assert values == pytest.approx([expected] * 4, rel=1e-14)
+    assert len(set(values)) == 1  # identical, not merely close
+    # zero_tol=0 is the old rule: only exact zeros are flat, so under "drop" the sign decides
+    old = [g_of_r(spectrum([2.0, a, a], [0.5, 0.25, 0.25]), eps, r, policy, zero_tol=0.0) for a in (tiny, -tiny)]
+    if policy == "drop":
+        assert old[0] == pytest.approx(expected, rel=1e-12) and old[1] == pytest.approx(expected - 0.5)
+    else:
+        assert old == pytest.approx([expected] * 2, rel=1e-12)
+
+
+def test_zero_curvature_tol_rule():
+    """tol = ZERO_CURVATURE_ULPS · eps(dtype) · max|θ|, the dtype from the run's info."""
+    spec = spectrum([-4.0, 1.0, 1e-20], [0.2, 0.5, 0.3])
+    assert zero_curvature_tol(spec) == ZERO_CURVATURE_ULPS * EPS64 * 4.0
+    f32 = spectrum([-4.0, 1.0], [0.5, 0.5], info={"basis_dtype": "float32"})
+    assert zero_curvature_tol(f32) == pytest.approx(ZERO_CURVATURE_ULPS * float(np.finfo(np.float32).eps) * 4.0)
+    mixed = spectrum([2.0], [1.0], info={"basis_dtype": "float64", "operator_dtype": "bfloat16"})
+    assert zero_curvature_tol(mixed) == pytest.approx(ZERO_CURVATURE_ULPS * 2.0 ** -7 * 2.0)  # the coarser
+    assert zero_curvature_tol(spec, zero_tol=1e-3) == pytest.approx(4e-3)
+    with pytest.raises(ValueError, match="zero_tol"):
+        zero_curvature_tol(spec, zero_tol=-1.0)
+
+
+def test_drop_limit_does_not_move_when_rounding_level_signs_flip():
+    """An explicit spectrum with 40% of its eigenvalues at rounding level (≤ 50·eps·ρ): flipping
+    their signs leaves the exact s* unchanged under every policy; with zero_tol=0 (the old rule)
+    it moved under `drop`."""
+    rng = np.random.default_rng(0)
+    D = 500
+    rho = 5.0
+    bulk = np.geomspace(1e-3, rho, 300)
+    noise = rng.uniform(0, 50, 200) * EPS64 * rho
+    w = torch.from_numpy(rng.normal(0, 0.05, 4000))
+    flips = [np.where(rng.random(200) < 0.5, -1.0, 1.0) for _ in range(3)] + [np.ones(200), -np.ones(200)]
+    for policy in ("abs", "drop", "flat"):
+        s = {predict_limit(w, spectrum(np.concatenate([bulk, f * noise]), np.full(D, 1 / D), dim=D),
+                           0.01, policy=policy).removed_frac for f in flips}
+        assert len(s) == 1
+    old = [predict_limit(w, spectrum(np.concatenate([bulk, f * noise]), np.full(D, 1 / D), dim=D),
+                         0.01, policy="drop", zero_tol=0.0).removed_frac for f in (np.ones(200), -np.ones(200))]
+    assert old[0] - old[1] > 0.1  # the sign of rounding noise decided 40% of the width before
+
+
+def test_resolution_flags_an_under_resolved_run():
+    """Few Lanczos steps on a spread spectrum with probe noise: s*(m) vs s*(m/2) and the jackknife
+    SE over probes are large, and both equal their definitions computed independently."""
+    rng = np.random.default_rng(1)
+    D, P, m = 120, 6, 4
+    Q, _ = np.linalg.qr(rng.normal(size=(D, D)))
+    A = (Q * np.geomspace(1e-5, 5.0, D)) @ Q.T
+    spec = lanczos_result(A, P, m, seed=2)
+    w = torch.from_numpy(rng.normal(0, 0.05, 3000))
+    pred = predict_limit(w, spec, 0.01)
+    assert pred.unresolved is True and pred.resolution_tol == 0.01
+    # s*(m/2): the same prediction on the result of m/2 exact Lanczos steps (dense eigh of T[:2, :2])
+    assert pred.half_iters_removed_frac == pytest.approx(
+        predict_limit(w, lanczos_result(A, P, m // 2, seed=2), 0.01).removed_frac, abs=1e-12)
+    # jackknife: leave each probe out, solve again, sqrt((P−1)/P · Σ (s₋ₚ − mean)²)
+    loo = []
+    for p in range(P):
+        keep = np.arange(P) != p
+        sub = SLQResult(nodes=spec.nodes[keep], weights=spec.weights[keep], steps=spec.steps[keep],
+                        probe_ids=spec.probe_ids[keep], dim=D, full_dim=D, zero_mass=0.0, seed=0,
+                        iterations=m)
+        loo.append(predict_limit(w, sub, 0.01, zero_tol=0.0).removed_frac)
+    se = math.sqrt((P - 1) / P * sum((x - np.mean(loo)) ** 2 for x in loo))
+    assert pred.removed_frac_se == pytest.approx(se, rel=1e-9, abs=1e-15) and se > 0
+    assert max(abs(pred.removed_frac - pred.half_iters_removed_frac), 2 * se) > 0.01
+    cols = pred.columns()
+    assert set(cols) <= set(TRIALS.names) and cols["predicted_unresolved"] is True
+    assert cols["predicted_removed_frac_se"] == pred.removed_frac_se
+
+
+def test_resolution_passes_a_converged_run():
+    """Iterations = dimension on a small diagonal operator (Rademacher probes see it exactly):
+    s* is the exact one, m/2 steps agree within the tolerance, the SE over probes is 0."""
+    d = np.linspace(0.2, 3.0, 16)
+    spec = lanczos_result(np.diag(d), probes=4, m=16)
+    w = torch.from_numpy(np.random.default_rng(3).normal(0, 0.05, 2000))
+    exact = predict_limit(w, spectrum(d, np.full(16, 1 / 16), dim=16), 0.01).removed_frac
+    pred = predict_limit(w, spec, 0.01)
+    assert pred.removed_frac == pytest.approx(exact, abs=1e-12)
+    assert abs(pred.removed_frac - pred.half_iters_removed_frac) < 1e-3
+    assert pred.removed_frac_se == pytest.approx(0.0, abs=1e-12)
+    assert pred.unresolved is False
+    assert half_iterations(spec).iterations == 8 and half_iterations(spectrum([1.0], [1.0])) is None
+    # without coefficients and with one probe neither diagnostic exists: the flag is unknown
+    one = predict_limit(w, spectrum(d, np.full(16, 1 / 16), dim=16), 0.01)
+    assert one.unresolved is None and one.half_iters_removed_frac is None and one.removed_frac_se is None
+    with pytest.raises(ValueError, match="resolution_tol"):
+        predict_limit(w, spec, 0.01, resolution_tol=0.0)
 
 
 def test_bad_input():

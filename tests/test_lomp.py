@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from pruning import masks as masks_lib
+from pruning import models
 from pruning.data import load
-from pruning.limit import actual_limit, predict_limit
+from pruning.limit import actual_limit, batch_loss_std, epsilon_recipe, predict_limit
 from pruning.lomp import LOMP_L1, default_l1, global_magnitude_masks, run_lomp
 from pruning.train import TrainConfig, evaluate
 from sweeps.schema import CURVES, TRIALS
@@ -48,7 +49,11 @@ def test_lomp_curve_and_limits(lomp_run):
     # prediction and actual limit are the library functions on the same inputs
     again = predict_limit(masks_lib.weights(model), res.spectrum, res.prediction.epsilon)
     assert again.removed_frac == res.prediction.removed_frac
-    assert res.prediction.epsilon_source == "batch_loss_std" and res.prediction.epsilon > 0
+    # ε by the authors' recipe (default): shuffled pass with seed 0, all batches, ddof 0, L1 term added
+    assert res.prediction.epsilon_source == "batch_loss_std_authors"
+    assert res.prediction.epsilon == batch_loss_std(model, train, batch_size=64, l1=1e-4, l1_scope="prunable",
+                                                    seed=0, **epsilon_recipe("batch_loss_std_authors"))
+    assert res.prediction.removed_frac_se is not None and res.prediction.half_iters_removed_frac is not None
     acc_curve = [r["test_acc"] for r in res.curve]
     assert res.actual == actual_limit([r["removed_frac"] for r in res.curve], acc_curve, acc_curve[0])
     cols = res.columns()
@@ -59,9 +64,14 @@ def test_lomp_curve_and_limits(lomp_run):
 
 
 def test_lomp_defaults_and_bad_input():
-    assert default_l1("fc5") == 5e-5 and LOMP_L1["vgg16"] == 1e-4 and LOMP_L1["resnet50"] == 2e-5
-    with pytest.raises(ValueError, match="l1"):
-        default_l1("lenet5")
+    published = {"fc5": 5e-5, "fc12": 5e-5, "alexnet": 3e-5, "alexnet224": 3e-5, "vgg16": 1e-4,
+                 "resnet18": 5e-5, "resnet50": 2e-5}  # ALGORITHMS.md §7, both AlexNet names
+    assert LOMP_L1 == published and {m: default_l1(m) for m in published} == published
+    assert set(LOMP_L1) <= set(models.MODELS)
+    for other in ("lenet5", "resnet20", None):
+        with pytest.raises(ValueError, match="l1") as err:
+            default_l1(other)
+        assert "\n" not in str(err.value)
     train, test = load("digits")
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     cfg = TrainConfig(epochs=0)
@@ -71,6 +81,8 @@ def test_lomp_defaults_and_bad_input():
         run_lomp(model, train, test, cfg, l1=1e-4, sparsities=[0.5], epsilon=0.0)
     with pytest.raises(ValueError, match="eigen_policy"):
         run_lomp(model, train, test, cfg, l1=1e-4, sparsities=[0.5], policy="x")
+    with pytest.raises(ValueError, match="epsilon_recipe"):
+        run_lomp(model, train, test, cfg, l1=1e-4, sparsities=[0.5], epsilon_recipe="x")
 
 
 def test_global_magnitude_masks_counts():

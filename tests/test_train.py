@@ -73,6 +73,55 @@ def test_l1_term_shrinks_weights():
     assert norms[1] < 0.8 * norms[0]
 
 
+def _bn_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 10))
+
+
+def test_l1_scope_all_is_every_weight_and_bias():
+    """scope "all": Σ|θ| over every parameter (conv/linear weights and biases, BN's γ and β), a
+    masked weight by its masked values; "prunable": the conv/linear weights only."""
+    from pruning import masks
+
+    model = _bn_net()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5), model[1].bias.uniform_(-1, 1)
+    hand = sum(float(p.detach().abs().sum()) for p in model.parameters())
+    assert float(T.l1_penalty(model, "all").detach()) == pytest.approx(hand, rel=1e-6)
+    assert float(T.l1_penalty(model).detach()) == pytest.approx(
+        float((model[0].weight.abs().sum() + model[4].weight.abs().sum()).detach()), rel=1e-6)
+    keep = torch.rand(model[4].weight.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    masks.apply_masks(model, {"4": keep})
+    pruned = float(model[4].weight_orig.detach()[~keep].abs().sum())
+    assert float(T.l1_penalty(model, "all").detach()) == pytest.approx(hand - pruned, rel=1e-6)
+    with pytest.raises(ValueError, match="l1_scope"):
+        T.l1_penalty(model, "bn")
+    with pytest.raises(ValueError, match=r"train.l1_scope 'bn': choose from prunable, all"):
+        T.TrainConfig(l1_scope="bn")
+
+
+def test_l1_scope_all_reaches_batchnorm_in_training():
+    """One plain SGD step: with scope "all" BN's γ (initially 1) moves by an extra −lr·λ and every
+    linear/conv bias by −lr·λ·sign(b); with "prunable" they get no L1 gradient."""
+    tr, _ = data.load("synthetic", n_train=16, n_test=8)
+    lr, lam = 0.1, 0.5
+    after = {}
+    for scope in ("prunable", "all"):
+        model = _bn_net()
+        cfg = T.TrainConfig(iterations=1, batch_size=16, lr=lr, momentum=0.0, weight_decay=0.0, l1=lam,
+                            l1_scope=scope, schedule="constant")
+        T.train(model, tr, None, cfg, seed=0)
+        after[scope] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    init = dict(_bn_net().named_parameters())
+    diff = {n: after["all"][n] - after["prunable"][n] for n in init}
+    torch.testing.assert_close(diff["1.weight"], torch.full((3,), -lr * lam), rtol=0, atol=1e-6)
+    for n in ("0.bias", "4.bias"):
+        torch.testing.assert_close(diff[n], -lr * lam * torch.sign(init[n].detach()), rtol=0, atol=1e-6)
+    for n in ("0.weight", "4.weight"):  # same L1 gradient under both scopes
+        torch.testing.assert_close(diff[n], torch.zeros_like(diff[n]), rtol=0, atol=1e-6)
+
+
 def test_on_epoch_receives_metrics():
     tr, te = data.load("synthetic", n_train=32, n_test=16)
     model = models.build("lenet300100", input_shape=tr.input_shape, num_classes=10)
