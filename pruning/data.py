@@ -5,10 +5,9 @@ Why tensors and not a per-sample DataLoader: every data set here fits in memory,
 images once; `batches()` moves them to the device once, normalizes there, and does the augmentation
 as batched tensor ops from a seeded generator, so a run is reproducible and the device does the
 work. Each split names its augmentation: random crop with 4-pixel zero padding and horizontal flip
-for natural images (`crop_flip`), a random rotation of at most ±4° for Fashion-MNIST (`rotate`, the
-authors' MNIST-family augmentation; a horizontal flip or a crop would change what a garment looks
-like less than it changes a digit, but we follow the paper). Whether a split is augmented by
-default is `augmentable`; `TrainConfig.augment` overrides it either way.
+for natural images (`crop_flip`), a random rotation of at most ±4° for Fashion-MNIST (`rotate`: the
+effective-sparsity authors' augmentation for MNIST and Fashion-MNIST). Whether a split is augmented
+by default is `augmentable`; `TrainConfig.augment` overrides it either way.
 
 Real data sets are read from the on-disk formats torchvision writes (MNIST raw idx files, CIFAR python
 pickles, Fashion-MNIST idx.gz files) or the tiny-imagenet-200 folder layout; Fashion-MNIST is also

@@ -15,9 +15,11 @@ authors built them in Keras (avysogorets/effective-sparsity), to reproduce their
 after *every* Dense/conv layer (the classifier included, before the softmax) and Keras'
 `VarianceScaling(scale=2, mode="fan_avg", distribution="normal")` on the kernels with zero biases.
 Same layers, so the same prunable weights N; BatchNorm adds 2 parameters per unit, not prunable.
-Two deliberate differences from their code: their BatchNorm is called with `training=True`, so it
-uses batch statistics even at test time (evaluation depends on the test batch); here BatchNorm
-evaluates with running statistics as usual. Its epsilon is Keras' 1e-3.
+BatchNorm's epsilon is Keras' 1e-3. One deliberate difference from their code: their BatchNorm is
+called with `training=True`, so it uses batch statistics even at test time (a test prediction then
+depends on the rest of its batch); here it evaluates with running statistics (PyTorch's momentum
+0.1; their running averages were never used). Their Keras `l2(5e-4)` sits on kernels only: train
+these with `TrainConfig(decay="kernels", weight_decay=1e-3)` (Keras l2(λ) = PyTorch 2λ).
 """
 
 from __future__ import annotations
