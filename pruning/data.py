@@ -3,27 +3,36 @@
 Why tensors and not a per-sample DataLoader: every data set here fits in memory, and a Python
 `__getitem__` per sample costs more than the small models' forward passes. A `Split` holds the raw
 images once; `batches()` moves them to the device once, normalizes there, and does the augmentation
-(random crop with 4-pixel zero padding, horizontal flip) as batched tensor ops from a seeded
-generator, so a run is reproducible and the device does the work.
+as batched tensor ops from a seeded generator, so a run is reproducible and the device does the
+work. Each split names its augmentation: random crop with 4-pixel zero padding and horizontal flip
+for natural images (`crop_flip`), a random rotation of at most ±4° for Fashion-MNIST (`rotate`: the
+effective-sparsity authors' augmentation for MNIST and Fashion-MNIST). Whether a split is augmented
+by default is `augmentable`; `TrainConfig.augment` overrides it either way.
 
 Real data sets are read from the on-disk formats torchvision writes (MNIST raw idx files, CIFAR python
-pickles) or the tiny-imagenet-200 folder layout. Nothing is downloaded here: a missing file gives one
-line naming the expected path and how to fetch it on a machine with internet.
+pickles, Fashion-MNIST idx.gz files) or the tiny-imagenet-200 folder layout; Fashion-MNIST is also
+read from Debian's `dataset-fashion-mnist` package. Nothing is downloaded here: a missing file gives
+one line naming the expected path and how to fetch it.
 """
 
 from __future__ import annotations
 
+import gzip
 import inspect
-
+import math
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 DEFAULT_ROOT = "./data"
 _CACHE_LIMIT_BYTES = 2 << 30  # normalized float copies above this stay uint8 and normalize per batch
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian: dataset-fashion-mnist
+AUGMENTATIONS = ("crop_flip", "rotate")
 
 
 class DataNotFound(FileNotFoundError):
@@ -41,8 +50,14 @@ class Split:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     scale: float = 1.0  # raw value that maps to 1.0 before normalization (255 for uint8 images)
-    augmentable: bool = False  # crop+flip make sense (natural images), not for 8×8 digits
+    augmentable: bool = False  # augmented by default (crop+flip: natural images; not 8×8 digits)
+    augmentation: str = "crop_flip"  # what `augment` does: crop_flip | rotate
+    max_rotation: float = 4.0  # degrees, for augmentation "rotate"
     _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation {self.augmentation!r}: choose from {', '.join(AUGMENTATIONS)}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -113,6 +128,12 @@ class Split:
             yield xb, yb
 
     def augment(self, xb: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
+        """The split's augmentation of a normalized batch: `crop_flip` (with `pad`) or `rotate`."""
+        if self.augmentation == "rotate":
+            return self.rotate(xb, g, self.max_rotation)
+        return self.crop_flip(xb, g, pad)
+
+    def crop_flip(self, xb: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
         """Random crop with `pad`-pixel zero padding (raw zero, i.e. black) and horizontal flip."""
         b, c, h, w = xb.shape
         mean, std = self._stats(xb.device)
@@ -128,6 +149,27 @@ class Split:
         bi = torch.arange(b, device=xb.device)[:, None, None]
         out = padded[bi, :, rows[:, :, None], cols[:, None, :]]  # (b, h, w, c)
         return out.permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    def rotate(xb: torch.Tensor, g: torch.Generator, degrees: float = 4.0) -> torch.Tensor:
+        """Rotate each image about its centre by an angle uniform in [−degrees, degrees].
+
+        As Keras' `ImageDataGenerator(rotation_range=4)`, which the authors use on (Fashion-)MNIST:
+        bilinear interpolation, and points that come from outside the image take the nearest edge
+        value (`border`). Interpolation weights sum to one, so rotating the normalized batch equals
+        normalizing the rotated raw batch.
+        """
+        b, _, h, w = xb.shape
+        theta = (torch.rand(b, generator=g, dtype=torch.float64) * 2 - 1) * math.radians(degrees)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        zero = torch.zeros_like(theta)
+        # the rotation in pixels, written in affine_grid's [-1, 1] coordinates (x spans w, y spans h)
+        affine = torch.stack([torch.stack([cos, -sin * h / w, zero], 1),
+                              torch.stack([sin * w / h, cos, zero], 1)], 1)
+        affine = affine.to(xb.device, xb.dtype)
+        grid = torch.nn.functional.affine_grid(affine, list(xb.shape), align_corners=False)
+        return torch.nn.functional.grid_sample(xb, grid, mode="bilinear", padding_mode="border",
+                                               align_corners=False)
 
 
 @dataclass(frozen=True)
@@ -220,6 +262,78 @@ def load_mnist(root=None, seed: int = 0) -> tuple[Split, Split]:
                      scale=255.0, augmentable=False)
 
     return split(True), split(False)
+
+
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_IDX_UBYTE = 0x08  # the idx type code of unsigned bytes (the third byte of the magic number)
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An idx file of unsigned bytes (gzip-compressed when it ends in .gz) as a uint8 array.
+
+    The format (LeCun's MNIST page): a big-endian magic number 0x0000 08 <ndim>, then ndim
+    big-endian uint32 sizes, then the bytes in C order. Anything else — a wrong magic number, a
+    size that does not match the payload, a broken gzip stream — is a one-line ValueError naming
+    the file, instead of a reshape error later.
+    """
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise ValueError(f"{path}: not a readable gzip file ({e})") from None
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: corrupt idx header (only {len(raw)} bytes)")
+    magic = int.from_bytes(raw[:4], "big")
+    want = (_IDX_UBYTE << 8) | ndim
+    if magic != want:
+        raise ValueError(f"{path}: corrupt idx header (magic 0x{magic:08x}, expected 0x{want:08x})")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != math.prod(dims):
+        raise ValueError(f"{path}: corrupt idx file (header says {dims}, "
+                         f"{math.prod(dims)} bytes, but {len(raw) - offset} follow)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims).copy()
+
+
+def _fashion_mnist_dir(root, system_dir) -> Path:
+    """The folder holding all four files: the data root's torchvision layout, else Debian's."""
+    base = _root(root)
+    places = [base / "FashionMNIST" / "raw",
+              Path(system_dir if system_dir is not None else FASHION_MNIST_SYSTEM_DIR)]
+    for place in places:
+        if all((place / f).is_file() for f in FASHION_MNIST_FILES):
+            return place
+    missing = next(f for f in FASHION_MNIST_FILES if not (places[0] / f).is_file())
+    raise DataNotFound(
+        f"fashion_mnist: {missing} not found under {places[0]} nor {places[1]}; install it with "
+        f"`apt-get install dataset-fashion-mnist`, or on a machine with internet run "
+        f"`prunetune data download fashion_mnist --root {base}` (or set PRUNETUNE_DATA)"
+    )
+
+
+def load_fashion_mnist(root=None, seed: int = 0, *, augment: bool = False,
+                       system_dir: str | os.PathLike | None = None) -> tuple[Split, Split]:
+    """Fashion-MNIST (Xiao et al. 2017): 60,000 / 10,000 28×28 grey images of 10 garment classes.
+
+    Read from <root>/FashionMNIST/raw/*-idx?-ubyte.gz (what `torchvision.datasets.FashionMNIST`
+    downloads), else from `system_dir` (default `FASHION_MNIST_SYSTEM_DIR`, where Debian's
+    `dataset-fashion-mnist` installs the same original files). Normalized with the training set's
+    mean 0.2860 and std 0.3530. Not augmented by default; `augment=True` makes the training split's
+    default the authors' random ±4° rotation (their `rotation_range=4`).
+    """
+    place = _fashion_mnist_dir(root, system_dir)
+
+    def split(prefix: str, augmentable: bool) -> Split:
+        x = read_idx(place / f"{prefix}-images-idx3-ubyte.gz", 3)
+        y = read_idx(place / f"{prefix}-labels-idx1-ubyte.gz", 1)
+        if x.shape[0] != y.shape[0] or x.shape[1:] != (28, 28) or (y.size and int(y.max()) > 9):
+            raise ValueError(f"fashion_mnist: {place}/{prefix}-*: {x.shape} images, {y.shape} labels "
+                             f"(max {int(y.max()) if y.size else None}); expected N×28×28 and N labels < 10")
+        return Split("fashion_mnist", torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y).long(), 10,
+                     (0.2860,), (0.3530,), scale=255.0, augmentable=augmentable,
+                     augmentation="rotate", max_rotation=4.0)
+
+    return split("train", bool(augment)), split("t10k", False)
 
 
 def _cifar(name: str, cls_name: str, folder: str, num_classes: int, mean, std, root) -> tuple[Split, Split]:
@@ -325,6 +439,8 @@ DATASETS: dict[str, DataInfo] = {
     "digits": DataInfo((1, 8, 8), 10, load_digits, "scikit-learn's 8×8 handwritten digits (embedded)", True),
     "synthetic": DataInfo((1, 8, 8), 10, load_synthetic, "Gaussian classes, any shape (tests)", True),
     "mnist": DataInfo((1, 28, 28), 10, load_mnist, "MNIST, torchvision raw idx files"),
+    "fashion_mnist": DataInfo((1, 28, 28), 10, load_fashion_mnist,
+                              "Fashion-MNIST, idx.gz files (torchvision layout or Debian's package)"),
     "cifar10": DataInfo((3, 32, 32), 10, load_cifar10, "CIFAR-10, python pickles"),
     "cifar100": DataInfo((3, 32, 32), 100, load_cifar100, "CIFAR-100, python pickles"),
     "tinyimagenet": DataInfo((3, 64, 64), 200, load_tinyimagenet, "tiny-imagenet-200 folder"),
@@ -369,6 +485,7 @@ def _download_tinyimagenet(root: str) -> None:
 
 _DOWNLOADS: dict[str, Callable[[str], None]] = {
     "mnist": _download_torchvision("MNIST"),
+    "fashion_mnist": _download_torchvision("FashionMNIST"),
     "cifar10": _download_torchvision("CIFAR10"),
     "cifar100": _download_torchvision("CIFAR100"),
     "tinyimagenet": _download_tinyimagenet,

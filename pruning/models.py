@@ -7,6 +7,19 @@ that input-dependent analyses (effective sparsity's all-ones input) know what to
 
 Prunable weights are the weights of every Conv*d and Linear layer (see `pruning.masks`); the counts
 in ALGORITHMS.md §8 are test fixtures.
+
+Variants. `build(..., variant="default")` — the default — gives the architectures below with
+PyTorch's own initialization: it is what every existing sweep and result was computed with, so it
+stays the default. `variant="authors"` gives LeNet-300-100 and LeNet-5 as the effective-sparsity
+authors built them in Keras (avysogorets/effective-sparsity), to reproduce their numbers: BatchNorm
+after *every* Dense/conv layer (the classifier included, before the softmax) and Keras'
+`VarianceScaling(scale=2, mode="fan_avg", distribution="normal")` on the kernels with zero biases.
+Same layers, so the same prunable weights N; BatchNorm adds 2 parameters per unit, not prunable.
+BatchNorm's epsilon is Keras' 1e-3. One deliberate difference from their code: their BatchNorm is
+called with `training=True`, so it uses batch statistics even at test time (a test prediction then
+depends on the rest of its batch); here it evaluates with running statistics (PyTorch's momentum
+0.1; their running averages were never used). Their Keras `l2(5e-4)` sits on kernels only: train
+these with `TrainConfig(decay="kernels", weight_decay=1e-3)` (Keras l2(λ) = PyTorch 2λ).
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import scipy.stats
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -28,6 +42,11 @@ class ModelInfo:
     builder: Callable[[Shape, int], nn.Module]
     min_hw: int  # smallest H and W the architecture's downsampling allows
     doc: str
+    authors: Callable[[Shape, int], nn.Module] | None = None  # variant="authors", where it exists
+
+
+VARIANTS = ("default", "authors")
+KERAS_BN_EPS = 1e-3  # Keras BatchNormalization's epsilon (PyTorch's default is 1e-5)
 
 
 def _mlp(in_features: int, widths: Sequence[int], num_classes: int) -> nn.Sequential:
@@ -69,6 +88,64 @@ def lenet5(shape: Shape, num_classes: int) -> nn.Module:
         nn.Linear(120, 84), nn.ReLU(),
         nn.Linear(84, num_classes),
     )
+
+
+# --- the effective-sparsity authors' variants (Keras) ----------------------------------------
+
+# std of a standard normal truncated to [-2, 2]: Keras divides by it so that the *truncated*
+# draw has the requested std (VarianceScaling's "normal" is a truncated normal since TF 2)
+_TRUNC2_STD = float(scipy.stats.truncnorm.std(-2.0, 2.0))
+
+
+def keras_fan_avg_init_(weight: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
+    """Keras `VarianceScaling(scale, mode="fan_avg", distribution="normal")`, in place.
+
+    fan_avg = (fan_in + fan_out) / 2 with the receptive field counted in both fans; the weight is
+    drawn from a normal truncated at ±2 of its own std, with that std enlarged by 1/0.8796 so that
+    the truncated draw has std √(scale / fan_avg) exactly.
+    """
+    receptive = weight[0][0].numel() if weight.dim() > 2 else 1
+    fan_avg = (weight.shape[0] + weight.shape[1]) * receptive / 2.0
+    std = (scale / fan_avg) ** 0.5 / _TRUNC2_STD
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+
+
+def _authors_init(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            keras_fan_avg_init_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
+
+def _bn(kind: type[nn.Module], features: int) -> nn.Module:
+    return kind(features, eps=KERAS_BN_EPS)
+
+
+def lenet300100_authors(shape: Shape, num_classes: int) -> nn.Module:
+    """LeNet-300-100 as the authors: Dense → BatchNorm → ReLU, BatchNorm after the classifier too."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    prev = _numel(shape)
+    for w in (300, 100):
+        layers += [nn.Linear(prev, w), _bn(nn.BatchNorm1d, w), nn.ReLU()]
+        prev = w
+    layers += [nn.Linear(prev, num_classes), _bn(nn.BatchNorm1d, num_classes)]
+    return _authors_init(nn.Sequential(*layers))
+
+
+def lenet5_authors(shape: Shape, num_classes: int) -> nn.Module:
+    """LeNet-5 as the authors: every conv and Dense followed by BatchNorm (then ReLU, avg-pool)."""
+    c, h, w = shape
+    fh, fw = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+    return _authors_init(nn.Sequential(
+        nn.Conv2d(c, 6, 5), _bn(nn.BatchNorm2d, 6), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(6, 16, 5), _bn(nn.BatchNorm2d, 16), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * fh * fw, 120), _bn(nn.BatchNorm1d, 120), nn.ReLU(),
+        nn.Linear(120, 84), _bn(nn.BatchNorm1d, 84), nn.ReLU(),
+        nn.Linear(84, num_classes), _bn(nn.BatchNorm1d, num_classes),
+    ))
 
 
 def alexnet(shape: Shape, num_classes: int) -> nn.Module:
@@ -222,8 +299,9 @@ def resnet20(shape: Shape, num_classes: int) -> nn.Module:
 
 
 MODELS: dict[str, ModelInfo] = {
-    "lenet300100": ModelInfo(lenet300100, 1, "LeNet-300-100: MLP with hidden widths 300, 100"),
-    "lenet5": ModelInfo(lenet5, 16, "LeNet-5: two 5×5 convs (6, 16) with avg-pool, FC 120-84"),
+    "lenet300100": ModelInfo(lenet300100, 1, "LeNet-300-100: MLP with hidden widths 300, 100",
+                             lenet300100_authors),
+    "lenet5": ModelInfo(lenet5, 16, "LeNet-5: two 5×5 convs (6, 16) with avg-pool, FC 120-84", lenet5_authors),
     "fc5": ModelInfo(fc5, 1, "FC5: MLP 1000-600-300-100 (limit paper)"),
     "fc12": ModelInfo(fc12, 1, "FC12: MLP 1000-900-800-750-700-650-600-500-400-200-100"),
     "alexnet": ModelInfo(alexnet, 8, "AlexNet, CIFAR-sized: five 3×3 convs, FC 4096-4096"),
@@ -237,10 +315,15 @@ MODELS: dict[str, ModelInfo] = {
 }
 
 
-def check(name: str, input_shape: Sequence[int]) -> None:
-    """Raise ValueError (one line) if `name` is unknown or cannot take `input_shape`."""
+def check(name: str, input_shape: Sequence[int], variant: str = "default") -> None:
+    """Raise ValueError (one line) if `name` is unknown, lacks `variant` or cannot take `input_shape`."""
     if name not in MODELS:
         raise ValueError(f"model {name!r}: choose from {', '.join(sorted(MODELS))}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}: choose from {', '.join(VARIANTS)}")
+    if variant == "authors" and MODELS[name].authors is None:
+        have = ", ".join(n for n, m in MODELS.items() if m.authors is not None)
+        raise ValueError(f"variant 'authors': model {name!r} has none; it exists for {have}")
     if len(input_shape) != 3 or any(int(d) < 1 for d in input_shape):
         raise ValueError(f"input_shape {tuple(input_shape)}: expected (channels, height, width)")
     _, h, w = (int(d) for d in input_shape)
@@ -252,15 +335,22 @@ def check(name: str, input_shape: Sequence[int]) -> None:
         )
 
 
-def build(name: str, *, input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """Build model `name` for inputs of shape (C, H, W) and `num_classes` outputs."""
-    check(name, input_shape)
+def build(name: str, *, input_shape: Sequence[int], num_classes: int, variant: str = "default") -> nn.Module:
+    """Build model `name` for inputs of shape (C, H, W) and `num_classes` outputs.
+
+    `variant`: "default" (our architectures, PyTorch initialization) or "authors" (the
+    effective-sparsity authors' BatchNorm LeNets and Keras initialization; see the module docstring).
+    """
+    check(name, input_shape, variant)
     if num_classes < 2:
         raise ValueError(f"num_classes {num_classes}: must be ≥ 2")
     shape = tuple(int(d) for d in input_shape)
-    model = MODELS[name].builder(shape, int(num_classes))  # type: ignore[arg-type]
+    info = MODELS[name]
+    builder = info.authors if variant == "authors" else info.builder
+    model = builder(shape, int(num_classes))  # type: ignore[arg-type, misc]
     model.input_shape = shape  # read by effective sparsity (all-ones input) and the trial
     model.model_name = name
+    model.variant = variant
     return model
 
 

@@ -221,6 +221,23 @@ def _refuse_mask_quota(scheme: str) -> None:
                          f"pruning.pruners.quota.mask_quotas(scheme, model, sparsity, data=...)")
 
 
+def check_applicable(scheme: str, shapes: Sequence[Shape]) -> None:
+    """Refuse a scheme on an architecture it is not defined for (one-line ValueError).
+
+    uniform_plus (Gale et al.) is defined for convolutional networks only (ALGORITHMS.md §4): its
+    dense first layer is a small stem there, but on an MLP it holds most weights (88% of
+    LeNet-300-100), so the other layers are emptied long before the target. A network counts as
+    convolutional when any prunable weight has more than two dimensions. (The authors assert the
+    same on the first layer's shape; every registry model with a conv starts with one.) Pure:
+    shapes only, so spec validation can call it before anything is built.
+    """
+    check_scheme(scheme)
+    if scheme == "uniform_plus" and not any(len(s) > 2 for s in shapes):
+        raise ValueError("quota 'uniform_plus' is defined for convolutional networks only (a dense first "
+                         "layer holds most of an MLP's weights); this network has no conv layer — "
+                         "choose uniform, erk, igq or smart_ratio")
+
+
 def _check_total(scheme: str, shapes: Sequence[Shape], sparsity: float, d: list[float]) -> list[float]:
     """The contract of every scheme, enforced at the boundary: valid densities, exact total."""
     counts = _counts(shapes)
@@ -342,4 +359,6 @@ def quotas(scheme: str, model: nn.Module, sparsity: float, *, vgg_style: bool | 
     _refuse_mask_quota(scheme)
     s = masks_lib.check_sparsity(sparsity)
     vgg = is_vgg_style(model) if vgg_style is None else vgg_style
-    return [1.0 - d for d in densities(scheme, layer_shapes(model), s, vgg_style=vgg)]
+    shapes = layer_shapes(model)
+    check_applicable(scheme, shapes)
+    return [1.0 - d for d in densities(scheme, shapes, s, vgg_style=vgg)]

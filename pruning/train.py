@@ -30,6 +30,7 @@ SCHEDULES = ("constant", "multistep", "cosine")
 # regulariser, Global-One-shot-Pruning utils.get_regularization_loss_my).
 L1_SCOPES = ("prunable", "all")
 STEP_UNITS = ("epoch", "iteration")
+DECAY = ("all", "kernels")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4        # PyTorch decay; Keras l2(λ) equals weight_decay = 2λ
+    decay: str = "all"                # all | kernels: decay every parameter, or conv/linear weights only
     l1: float = 0.0                   # λ of the L1 term λ·Σ|θ| (LOMP); 0 disables it
     l1_scope: str = "prunable"        # prunable | all: the parameters the L1 term sums over
     schedule: str = "cosine"          # constant | multistep | cosine
@@ -51,7 +53,7 @@ class TrainConfig:
     warmup: int = 0                   # linear warm-up length in step_unit; 0 disables it
     step_unit: str = "epoch"          # epoch | iteration: the unit of milestones, warmup, horizon
     bf16: bool = False                # bf16 autocast (CUDA only; ignored on CPU)
-    augment: bool | None = None       # crop+flip; None = the data set's default
+    augment: bool | None = None       # the split's augmentation (crop+flip, rotation); None = its default
     eval_every: int = 1               # evaluate on the test split every k epochs (0: only at the end)
     eval_batch_size: int = 1024
 
@@ -63,6 +65,8 @@ class TrainConfig:
             problems.append(f"train.l1_scope {self.l1_scope!r}: choose from {', '.join(L1_SCOPES)}")
         if self.step_unit not in STEP_UNITS:
             problems.append(f"train.step_unit {self.step_unit!r}: choose from {', '.join(STEP_UNITS)}")
+        if self.decay not in DECAY:
+            problems.append(f"train.decay {self.decay!r}: choose from {', '.join(DECAY)}")
         if self.iterations is None and self.epochs < 0:
             problems.append(f"train.epochs {self.epochs}: must be ≥ 0")
         if self.iterations is not None and self.iterations < 0:
@@ -146,6 +150,27 @@ def l1_penalty(model: nn.Module, scope: str = "prunable") -> torch.Tensor:
     return total
 
 
+def param_groups(model: nn.Module, weight_decay: float, decay: str = "all") -> list[dict]:
+    """SGD parameter groups: `decay="all"` decays every trainable parameter (one group, as before);
+    `"kernels"` decays only the weights of the prunable conv/linear layers, not biases or BatchNorm.
+
+    Why "kernels": the effective-sparsity authors put Keras' `kernel_regularizer=l2(λ)` on kernels
+    only, so biases and BatchNorm's scale and shift are not pulled toward zero there.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay == "all":
+        return [{"params": params, "weight_decay": weight_decay}]
+    if decay != "kernels":
+        raise ValueError(f"train.decay {decay!r}: choose from {', '.join(DECAY)}")
+    # a masked layer's trainable tensor is `weight_orig` (torch.nn.utils.prune): the kernel all the same
+    kernel_ids = {id(m.weight_orig if masks_lib.is_masked(m) else m.weight)
+                  for _, m in masks_lib.prunable_layers(model)}
+    kernels = [p for p in params if id(p) in kernel_ids]
+    others = [p for p in params if id(p) not in kernel_ids]
+    return [g for g in ({"params": kernels, "weight_decay": weight_decay},
+                        {"params": others, "weight_decay": 0.0}) if g["params"]]
+
+
 def train(
     model: nn.Module,
     train_split: Split,
@@ -166,9 +191,8 @@ def train(
     """
     device = torch.device(device)
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.decay), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     total_iters = cfg.iterations if cfg.iterations is not None else cfg.epochs * steps_per_epoch

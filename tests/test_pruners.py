@@ -16,6 +16,7 @@ from torch.func import functional_call, grad
 
 from pruning import masks, models, quotas
 from pruning.pruners import PRUNERS, plan_for, prune
+from pruning.pruners import grasp as grasp_mod
 from pruning.pruners.common import iterative_order, kept_after_round, scoring_copy
 from pruning.pruners.grasp import grasp_scores
 from pruning.pruners.imp import imp_schedule
@@ -32,7 +33,7 @@ NAMES = [
     "lamp", "snip", "snip/iterative", "grasp", "synflow", "imp", "lomp", "rare_gems",
 ]
 FAST = {"synflow": {"rounds": 4}, "random/synflow": {"rounds": 4}, "snip/iterative": {"rounds": 4},
-        "snip": {"batches": 2}, "grasp": {"batches": 2}, "random/snip": {"batches": 2}}
+        "snip": {"batches": 2}, "grasp": {"batches": 2, "samples_per_class": 1}, "random/snip": {"batches": 2}}
 
 
 def mlp(seed: int = 0, widths=(6, 4, 4, 3), bias: bool = True) -> nn.Module:
@@ -157,8 +158,123 @@ def test_grasp_scores_match_the_full_hessian():
     want = -theta * (h @ g)
     got = grasp_scores(scoring_copy(model), data)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
-    plan = plan_for(model, "grasp", 0.5, data=data, batches=2)
+    plan = plan_for(model, "grasp", 0.5, data=data, batches=2, temperature=1.0, balanced=False)
     assert plan.order[:10].tolist() == torch.argsort(want, descending=True)[:10].tolist()  # highest first
+
+
+def _grasp_oracle(model: nn.Module, data, temperature: float) -> torch.Tensor:
+    """−θ ⊙ (H g) from the full Hessian of the mean loss of logits / T (torch.autograd.functional)."""
+    layers = masks.prunable_layers(model)
+    theta = torch.cat([layer.weight.detach().reshape(-1) for _, layer in layers])
+    base = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(vec):
+        p = dict(base)
+        for (name, layer), part in zip(layers, vec.split([layer.weight.numel() for _, layer in layers])):
+            p[f"{name}.weight"] = part.reshape(layer.weight.shape)
+        return sum(F.cross_entropy(functional_call(model, p, (x,)) / temperature, y) for x, y in data) / len(data)
+
+    g = torch.autograd.functional.jacobian(loss, theta)
+    return -theta * (torch.autograd.functional.hessian(loss, theta) @ g)
+
+
+def test_grasp_temperature_divides_the_logits():
+    """S at T = 200 against the full-Hessian oracle of CE(logits / 200); in float64, since S shrinks
+    roughly as 1/T². T changes the ranking, not just the scale of S."""
+    model = mlp().double()
+    data = [(x.double(), y) for x, y in batches(2)]
+    s1 = grasp_scores(scoring_copy(model), data, temperature=1.0)
+    for t in (200.0, 7.0):
+        want = _grasp_oracle(model, data, t)
+        got = grasp_scores(scoring_copy(model), data, temperature=t)
+        assert torch.allclose(got, want, rtol=1e-8, atol=1e-12 * float(want.abs().max()))
+    s200 = grasp_scores(scoring_copy(model), data, temperature=200.0)
+    assert torch.corrcoef(torch.stack([s1, s200]))[0, 1] < 0.999  # not a rescaling of S at T = 1
+    assert torch.argsort(s1, descending=True).tolist() != torch.argsort(s200, descending=True).tolist()
+
+
+def _old_grasp_scores(clone, data):
+    """The pruner's scores before temperature and balanced batches, as it was written."""
+    from pruning.pruners.common import mean_over_batches
+    from pruning.pruners.snip import mean_gradient
+
+    g = mean_gradient(clone, data)
+
+    def product(params, x, y):
+        grads = torch.autograd.grad(F.cross_entropy(clone(x), y), params, create_graph=True)
+        return torch.autograd.grad(sum((gi * fixed).sum() for gi, fixed in zip(grads, g)), params)
+
+    hg = mean_over_batches(clone, data, product)
+    return torch.cat([(-p * h).reshape(-1) for p, h in zip(grasp_mod.prunable_params(clone), hg)])
+
+
+def test_grasp_old_behaviour_is_temperature_1_unbalanced_bit_for_bit():
+    from pruning import data as data_lib
+    from pruning.pruners.common import current_keep, order_from_scores, scores_on_batches
+
+    train, _ = data_lib.load("synthetic", input_shape=(1, 2, 3), num_classes=3, n_train=600, n_test=16)
+    model = mlp()
+    old = scores_on_batches(model, train, _old_grasp_scores, seed=4, batches=3, batch_size=128)
+    new = scores_on_batches(model, train, lambda c, b: grasp_scores(c, b, temperature=1.0), seed=4, batches=3,
+                            batch_size=128)
+    assert torch.equal(old, new)
+    want = order_from_scores(Layout.of(model), -old, current_keep(model), 4).order
+    got = plan_for(model, "grasp", 0.5, data=train, seed=4, batches=3, temperature=1.0, balanced=False).order
+    assert torch.equal(got, want)
+    default = plan_for(model, "grasp", 0.5, data=train, seed=4, batches=3).order  # T = 200, balanced
+    assert not torch.equal(default, want)
+
+
+def test_class_balanced_batches_hold_exactly_k_of_each_class():
+    from pruning import data as data_lib
+
+    train, _ = data_lib.load("synthetic", input_shape=(1, 2, 3), num_classes=3, n_train=90, n_test=16)
+    x_all, y_all = train.tensors()
+    got = grasp_mod.class_balanced_batches(train, num_classes=3, per_class=4, count=5, seed=0,
+                                           device=torch.device("cpu"))
+    assert len(got) == 5
+    seen = []
+    for x, y in got:
+        assert y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+        for xi, yi in zip(x, y):  # every sample is a real one of its class, none repeated
+            match = torch.nonzero((x_all == xi).flatten(1).all(1)).flatten().tolist()
+            assert len(match) == 1 and int(y_all[match[0]]) == int(yi)
+            seen.append(match[0])
+    assert len(set(seen)) == 60
+    again = grasp_mod.class_balanced_batches(train, num_classes=3, per_class=4, count=5, seed=0,
+                                             device=torch.device("cpu"))
+    other = grasp_mod.class_balanced_batches(train, num_classes=3, per_class=4, count=5, seed=1,
+                                             device=torch.device("cpu"))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(got, again))
+    assert not torch.equal(got[0][0], other[0][0])
+    listed = grasp_mod.class_balanced_batches(batches(4), num_classes=3, per_class=2, count=2, seed=0,
+                                              device=torch.device("cpu"))  # from an iterable of batches
+    assert [y.tolist() for _, y in listed] == [[0, 0, 1, 1, 2, 2]] * 2
+    with pytest.raises(ValueError, match=r"data: class \d has \d+ samples, class-balanced GraSP needs .* = 40 of each"):
+        grasp_mod.class_balanced_batches(train, num_classes=3, per_class=8, count=5, seed=0,
+                                         device=torch.device("cpu"))
+
+
+def test_grasp_default_scores_balanced_batches_at_temperature_200():
+    from pruning import data as data_lib
+    from pruning.pruners.common import current_keep, order_from_scores
+
+    train, _ = data_lib.load("synthetic", input_shape=(1, 2, 3), num_classes=3, n_train=90, n_test=16)
+    model = mlp()
+    scoring = grasp_mod.class_balanced_batches(train, num_classes=3, per_class=3, count=2, seed=5,
+                                               device=torch.device("cpu"))
+    want = _grasp_oracle(model, scoring, 200.0)
+    plan = plan_for(model, "grasp", 0.5, data=train, seed=5, batches=2, samples_per_class=3)
+    assert plan.order[:10].tolist() == torch.argsort(want, descending=True)[:10].tolist()
+    exact = order_from_scores(Layout.of(model), -grasp_scores(scoring_copy(model), scoring, temperature=200.0),
+                              current_keep(model), 5).order
+    assert torch.equal(plan.order, exact)
+    with pytest.raises(ValueError, match=r"^temperature 0: must be a positive number"):
+        plan_for(model, "grasp", 0.5, data=train, temperature=0)
+    with pytest.raises(ValueError, match=r"^batch_size: balanced GraSP batches hold samples_per_class"):
+        plan_for(model, "grasp", 0.5, data=train, batch_size=16)
+    with pytest.raises(ValueError, match=r"^samples_per_class 0: must be an integer ≥ 1"):
+        plan_for(model, "grasp", 0.5, data=train, samples_per_class=0)
 
 
 def _synflow_oracle(ws: list[torch.Tensor]) -> torch.Tensor:
@@ -424,21 +540,48 @@ def test_direct_target_on_a_real_model_records_both_sparsities():
     assert result.evaluations <= math.ceil(math.log2(n)) + 2
 
 
+def test_uniform_plus_is_refused_on_an_mlp():
+    """ALGORITHMS.md §4: uniform_plus is defined for conv nets only; on LeNet-300-100 its dense first
+    layer (88% of the weights) would empty the other layers, so both pruners refuse it."""
+    for pruner in ("random/uniform_plus", "magnitude/uniform_plus"):
+        with pytest.raises(ValueError, match=r"^quota 'uniform_plus' is defined for convolutional networks only"):
+            prune(models.build("lenet300100", input_shape=(1, 8, 8), num_classes=10), pruner, 0.5)
+    with pytest.raises(ValueError, match="convolutional networks only"):
+        quotas.quotas("uniform_plus", mlp(), 0.5)
+
+
+def test_uniform_plus_on_a_conv_net_meets_the_total():
+    model = models.build("lenet5", input_shape=(3, 32, 32), num_classes=10)
+    n = masks.count_prunable(model)
+    for s in (0.5, 0.9, 0.98):
+        m = copy.deepcopy(model)
+        result = prune(m, "random/uniform_plus", s)
+        kept = [int(k.sum()) for k in masks.get_masks(m).values()]
+        assert abs(sum(kept) - (1 - s) * n) <= 1 and result.removed_count == n - sum(kept)
+        assert kept[0] == masks.layer_counts(m)[0]  # the first layer stays dense
+
+
 def test_a_mask_without_input_output_paths_is_warned_about():
-    """uniform_plus on LeNet-300-100 (8×8 inputs): dense first layer of 19,200 weights, so beyond
-    (30,000 + 800) / 50,200 = 61.4% the 300→100 layer must be empty (ALGORITHMS.md §4); at 70% the
-    last layer is emptied too and the first keeps all 0.3 · 50,200 = 15,060 survivors."""
+    """Global magnitude on an MLP whose middle layer holds the 16 smallest weights: removing 16 of
+    52 empties it, so no input→output path is left although 36 weights are kept."""
     import warnings
+
+    def net() -> nn.Module:
+        model = mlp(bias=False)
+        with torch.no_grad():
+            for i, (_, layer) in enumerate(masks.prunable_layers(model)):
+                layer.weight.copy_(torch.full_like(layer.weight, 1e-3 if i == 1 else 1.0))
+        return model
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        prune(models.build("lenet300100", input_shape=(1, 8, 8), num_classes=10), "random/uniform_plus", 0.6)
-    model = models.build("lenet300100", input_shape=(1, 8, 8), num_classes=10)
-    with pytest.warns(RuntimeWarning, match=r"'random/uniform_plus' at sparsity 0.7 leaves no input→output "
-                                            r"path .*fully pruned layer\(s\): 3, 5$"):
-        result = prune(model, "random/uniform_plus", 0.7)
+        prune(net(), "magnitude/global", 15 / 52)
+    model = net()
+    with pytest.warns(RuntimeWarning, match=r"'magnitude/global' at sparsity 0.307692 leaves no input→output "
+                                            r"path .*fully pruned layer\(s\): 3$"):
+        result = prune(model, "magnitude/global", 16 / 52)
     kept = {name: int(m.sum()) for name, m in masks.get_masks(model).items()}
-    assert kept == {"1": 15_060, "3": 0, "5": 0} and result.effective_sparsity == 1.0
+    assert kept == {"1": 24, "3": 0, "5": 12} and result.effective_sparsity == 1.0
 
 
 def test_dense_keeps_everything():
@@ -484,8 +627,9 @@ def test_data_driven_pruners_take_a_split():
     from pruning import data as data_lib
 
     train, _ = data_lib.load("synthetic", input_shape=(1, 2, 3), num_classes=3, n_train=64, n_test=16)
+    sizes = {"grasp": {"samples_per_class": 2}, "snip/iterative": {"batch_size": 16, "rounds": 2}}
     for name in ("snip", "grasp", "snip/iterative", "random/snip"):
         model = mlp()
-        result = prune(model, name, 0.6, data=train, batch_size=16, **({"rounds": 2} if "iter" in name else {}))
+        result = prune(model, name, 0.6, data=train, **sizes.get(name, {"batch_size": 16}))
         assert result.removed_count == 52 - round(0.4 * 52)
         assert result.direct_compression == pytest.approx(52 / 21)

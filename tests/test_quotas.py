@@ -246,3 +246,24 @@ def test_mask_quota_pruners_keep_their_masks(pruner, sparsity, target):
     kept = masks.get_masks(model).values()
     checksum = sum(int(m.reshape(-1).long() @ torch.arange(m.numel())) for m in kept)
     assert ([int(m.sum()) for m in kept], checksum) == PINNED[pruner, sparsity, target]
+
+
+def test_check_applicable_uniform_plus_needs_a_conv_layer():
+    mlp_shapes = [(300, 784), (100, 300), (10, 100)]
+    conv_shapes = [(6, 3, 5, 5), (16, 6, 5, 5), (120, 400), (84, 120), (10, 84)]
+    with pytest.raises(ValueError, match=r"^quota 'uniform_plus' is defined for convolutional networks only"):
+        quotas.check_applicable("uniform_plus", mlp_shapes)
+    with pytest.raises(ValueError, match="convolutional networks only"):
+        quotas.check_applicable("uniform_plus", [(1000,), (100,)])  # bare counts: no conv known
+    quotas.check_applicable("uniform_plus", conv_shapes)  # a conv net: fine
+    for scheme in ("uniform", "erk", "igq", "smart_ratio", "snip", "synflow"):
+        quotas.check_applicable(scheme, mlp_shapes)  # the other schemes apply to any net
+    with pytest.raises(ValueError, match="quota scheme 'gale': choose from"):
+        quotas.check_applicable("gale", conv_shapes)
+    model = models.build("lenet300100", input_shape=(1, 28, 28), num_classes=10)
+    with pytest.raises(ValueError, match="convolutional networks only"):
+        quotas.quotas("uniform_plus", model, 0.5)
+    lenet5 = models.build("lenet5", input_shape=(3, 32, 32), num_classes=10)
+    s = quotas.quotas("uniform_plus", lenet5, 0.9)
+    counts = masks.layer_counts(lenet5)
+    assert s[0] == 0.0 and abs(sum(n * (1 - x) for n, x in zip(counts, s)) - 0.1 * sum(counts)) <= 1

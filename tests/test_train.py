@@ -138,3 +138,58 @@ def test_bad_config_is_refused():
         T.TrainConfig(step_unit="batch")
     with pytest.raises(ValueError, match="train.lr"):
         T.TrainConfig(lr=-1)
+
+
+def _authors_lenet5() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = models.build("lenet5", input_shape=(3, 16, 16), num_classes=10, variant="authors")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("weight") or p.dim() == 1:  # biases and BatchNorm: non-zero values
+                p.copy_(torch.rand_like(p) + 0.5)
+    return model
+
+
+@pytest.mark.parametrize("decay", ["all", "kernels"])
+def test_weight_decay_kernels_only_leaves_biases_and_batchnorm_alone(decay):
+    """One SGD step with a zero gradient: w ← w − lr·λ·w for decayed tensors, unchanged otherwise."""
+    from pruning import masks
+
+    model = _authors_lenet5()
+    masks.apply_masks(model, {"0": torch.rand(6, 3, 5, 5) < 0.5})  # a masked kernel is `weight_orig`
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lr, wd = 0.1, 0.01
+    opt = torch.optim.SGD(T.param_groups(model, wd, decay), lr=lr, momentum=0.0)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    kernels = {f"{n}.weight" for n, _ in masks.prunable_layers(model)} | {"0.weight_orig"}
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == models.count_parameters(model)
+    for name, p in model.named_parameters():
+        decayed = decay == "all" or name in kernels
+        want = before[name] * (1 - lr * wd) if decayed else before[name]
+        assert torch.allclose(p.detach(), want, rtol=1e-6, atol=0), name
+        assert decayed or torch.equal(p.detach(), before[name])
+
+
+def test_train_uses_the_decay_field():
+    """Same init, same batches, one step: "all" and "kernels" differ by exactly lr·λ·p on the
+    non-kernel parameters and agree on the kernels."""
+    tr, _ = data.load("synthetic", input_shape=(3, 16, 16), n_train=32, n_test=8)
+    runs = {}
+    for decay in ("all", "kernels"):
+        model = _bn_net()
+        init = {n: p.detach().clone() for n, p in model.named_parameters()}
+        cfg = T.TrainConfig(iterations=1, batch_size=32, lr=0.1, momentum=0.0, weight_decay=0.01, decay=decay,
+                            schedule="constant")
+        T.train(model, tr, None, cfg, seed=0)
+        runs[decay] = {n: p.detach() for n, p in model.named_parameters()}
+    for name, p in runs["kernels"].items():
+        diff = p - runs["all"][name]
+        if name.endswith("weight") and p.dim() > 1:
+            assert torch.equal(diff, torch.zeros_like(diff)), name
+        else:
+            assert torch.allclose(diff, 0.1 * 0.01 * init[name], rtol=1e-4, atol=1e-7), name
+    assert T.TrainConfig().decay == "all"
+    with pytest.raises(ValueError, match=r"train.decay 'bias': choose from all, kernels"):
+        T.TrainConfig(decay="bias")

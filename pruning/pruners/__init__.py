@@ -182,7 +182,8 @@ def prune(
 
     `data`: a `pruning.data.Split` or an iterable of (x, y) batches (snip, snip/iterative, grasp,
     random/snip). `options` go to the pruner: `rounds=` (synflow, snip/iterative, imp),
-    `batches=`/`batch_size=` (snip, grasp), `train_fn=`/`rewind_state=` (imp, required).
+    `batches=`/`batch_size=` (snip, grasp), `temperature=`/`balanced=`/`samples_per_class=` (grasp),
+    `train_fn=`/`rewind_state=` (imp, required).
     """
     if target not in TARGETS:
         raise ValueError(f"target {target!r}: choose from {', '.join(TARGETS)}")

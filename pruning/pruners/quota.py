@@ -84,6 +84,7 @@ def scheme_counts(
     if options:
         raise ValueError(f"quota {scheme!r}: unexpected option(s) {sorted(options)}")
     shapes = [tuple(s) for s in layout.shapes]
+    quotas_lib.check_applicable(scheme, shapes)
     vgg = quotas_lib.is_vgg_style(model)
     n = layout.n
     sizes = np.array(layout.counts, dtype=np.float64)
