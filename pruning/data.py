@@ -172,6 +172,9 @@ class Split:
                                                align_corners=False)
 
 
+LOCATIONS = ("root", "system_dir")  # loader arguments that say where files are, never what they hold
+
+
 @dataclass(frozen=True)
 class DataInfo:
     """What a data set is, known without reading it (spec validation needs shapes up front)."""
@@ -184,9 +187,9 @@ class DataInfo:
 
     @property
     def option_defaults(self) -> dict:
-        """The loader's options (`seed` fixes the split; `root` is a location, not an option)."""
+        """The loader's options (`seed` fixes the split); where files live (`LOCATIONS`) is no option."""
         params = inspect.signature(self.loader).parameters
-        return {p: v.default for p, v in params.items() if p != "root"}
+        return {p: v.default for p, v in params.items() if p not in LOCATIONS}
 
 
 def _root(root: str | os.PathLike | None) -> Path:

@@ -33,7 +33,7 @@ from pruning import data as data_lib
 from pruning import limit, masks, models
 from pruning.data import Split
 from pruning.slq import SLQResult, slq
-from pruning.lomp import lomp_config, pruning_curve
+from pruning.lomp import pruning_curve
 from pruning.pruners import PRUNERS, PruneResult, prune
 from pruning.sparsity import sparsity_report
 from pruning.train import TrainConfig, TrainResult, evaluate, seed_everything, train
@@ -76,6 +76,7 @@ class TrialState:
     model: nn.Module | None = None
     init_state: dict[str, torch.Tensor] | None = None
     dense_key: str | None = None
+    rewind_state: dict[str, torch.Tensor] | None = None  # IMP's rewinding point (late rewinding)
     prune_result: PruneResult | None = None
     seconds: dict[str, float] = field(
         default_factory=lambda: {"train_seconds": 0.0, "prune_seconds": 0.0, "hessian_seconds": 0.0})
@@ -132,21 +133,20 @@ def _set_metrics(row: dict[str, Any], r: TrainResult | dict[str, Any]) -> None:
         row[k] = None if v is None else float(v)
 
 
-def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
+def _dense(st: TrialState) -> dict[str, Any]:
     """The trained dense model of this cell's model/data/seed/train config, from the cache.
 
     Trains it from the cell's seeded initialization (once per key across all processes sharing
-    the storage) on a miss. The entry holds `state` (state_dict), `metrics` (of the dense model)
-    and `epochs`; `use_dense` records them in the cell.
+    the storage) on a miss; `cell.train` already holds LOMP's recipe for an L1-trained cell. The
+    entry holds `state` (state_dict), `metrics` (of the dense model) and `epochs`; `use_dense`
+    records them in the cell.
     """
-    cfg = lomp_config(st.train_config(), l1) if l1 else st.train_config()
-    fields_ = dense_fields(model=st.cell.model, dataset=st.cell.dataset,
-                           data_options=hashed_config(st.cell)["data"], seed=st.cell.seed, train=cfg.to_dict())
+    cfg = st.cell.train
+    fields_ = _dense_fields(st.cell)
     st.dense_key = key_of(fields_)
 
     def compute() -> dict[str, Any]:
-        net = models.build(st.cell.model, input_shape=st.train_split.input_shape,
-                           num_classes=st.train_split.num_classes)
+        net = _build(st)
         net.load_state_dict(st.init_state)
         phase = "lomp" if cfg.l1 else "dense"
         r = train(net, st.train_split, st.test_split, cfg, device=st.device, seed=st.cell.seed,
@@ -161,6 +161,38 @@ def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
         st.dense_key, DENSE_ITEM, compute, describe=fields_)
     st.row["dense_test_acc"] = entry["metrics"]["test_acc"]
     return entry
+
+
+def _dense_fields(cell: Cell) -> dict[str, Any]:
+    hashed = hashed_config(cell)
+    return dense_fields(model=cell.model, dataset=cell.dataset, data_options=hashed["data"], seed=cell.seed,
+                        train=hashed["train"], model_variant=hashed.get("model_variant"))
+
+
+def _build(st: TrialState) -> nn.Module:
+    """The cell's model, untrained (its initialization follows the RNG state)."""
+    return models.build(st.cell.model, input_shape=st.train_split.input_shape,
+                        num_classes=st.train_split.num_classes, variant=st.cell.model_variant)
+
+
+def _rewind_state(st: TrialState) -> dict[str, torch.Tensor]:
+    """Where IMP's survivors rewind to: the dense run's weights after `rewind_iteration` optimizer
+    steps (late rewinding), or the initialization for 0. Cached beside the dense model: the same
+    seeded run, stopped at nothing, with a copy taken at step k."""
+    k = st.point.rewind_iteration
+    if not k:
+        return st.init_state
+
+    def compute() -> dict[str, Any]:
+        net = _build(st)
+        net.load_state_dict(st.init_state)
+        r = train(net, st.train_split, None, st.cell.train, device=st.device, seed=st.cell.seed, snapshot_at=k)
+        if r.snapshot is None:
+            raise Diverged(f"dense training diverged before rewind_iteration {k}")
+        return {"state": {name: v.detach().cpu() for name, v in r.snapshot.items()}}
+
+    entry, _ = DenseCache(st.where.storage).get_or_compute(st.dense_key, f"rewind-{k}.pt", compute)
+    return entry["state"]
 
 
 def use_dense(st: TrialState, entry: dict[str, Any]) -> None:
@@ -204,8 +236,7 @@ def step_data(st: TrialState) -> None:
 def step_model(st: TrialState) -> None:
     """Build the model at its seeded initialization and remember that state (for rewinding)."""
     seed_everything(st.cell.seed)
-    st.model = models.build(st.cell.model, input_shape=st.train_split.input_shape,
-                            num_classes=st.train_split.num_classes)
+    st.model = _build(st)
     st.init_state = copy.deepcopy(st.model.state_dict())
     st.row["n_params"] = models.count_parameters(st.model)
 
@@ -221,8 +252,8 @@ def _after_prune(st: TrialState) -> None:
     if protocol == "finetune":
         _train(st, st.model, st.train_config(epochs=st.point.finetune_epochs, iterations=None), "finetune")
         return
-    if protocol == "rewind":
-        masks.copy_weights(st.model, st.init_state)
+    if protocol == "rewind":  # IMP rewinds where its rounds did; everything else to the initialization
+        masks.copy_weights(st.model, st.rewind_state if st.rewind_state is not None else st.init_state)
     _train(st, st.model, st.train_config(), "sparse")
 
 
@@ -238,7 +269,7 @@ def step_obtain(st: TrialState) -> None:
         _prune(st)
         _after_prune(st)  # "train" (the default) and "rewind" coincide at init
         return
-    use_dense(st, _dense(st, l1=st.point.lomp_l1))
+    use_dense(st, _dense(st))
     extra = _imp_options(st) if cell.pruner == "imp" else {}
     _prune(st, **extra)
     _after_prune(st)
@@ -249,7 +280,8 @@ def _imp_options(st: TrialState) -> dict[str, Any]:
     def train_fn(model: nn.Module) -> TrainResult:
         return _train(st, model, st.train_config(), "sparse")
 
-    return {"train_fn": train_fn, "rewind_state": st.init_state}
+    st.rewind_state = _rewind_state(st)
+    return {"train_fn": train_fn, "rewind_state": st.rewind_state}
 
 
 def step_sparsity(st: TrialState) -> None:
@@ -316,18 +348,17 @@ def step_hessian(st: TrialState) -> None:
         _record_slq(st, _run_slq(st, st.model), "pruned")
 
 
-def _dense_slq(st: TrialState, *, l1: float | None = None) -> SLQResult:
+def _dense_slq(st: TrialState) -> SLQResult:
     """The dense model's SLQ, cached beside its checkpoint (keyed by the SLQ settings)."""
     if st.dense_key is None:  # a pruner at init: the dense reference is the dense-trained model
-        _dense(st, l1=l1)
+        _dense(st)
     cache = DenseCache(st.where.storage)
     entry = cache.load(st.dense_key, DENSE_ITEM)
     h = {k: v for k, v in st.cell.hessian.layout().items() if k != "models"}
     item = f"slq-{key_of({**h, 'seed': st.cell.seed})}.pt"
 
     def compute() -> dict[str, Any]:
-        dense = models.build(st.cell.model, input_shape=st.train_split.input_shape,
-                             num_classes=st.train_split.num_classes)
+        dense = _build(st)
         masks.load_state_dict(dense, entry["state"])
         return slq_to_plain(_run_slq(st, dense.to(st.device)))
 
@@ -347,18 +378,20 @@ def step_limit(st: TrialState) -> None:
     describes the unpruned LOMP model; the curve (0 added, as run_lomp does) the pruned ones.
     """
     p = st.limit
-    use_dense(st, _dense(st, l1=p.lomp_l1))
+    use_dense(st, _dense(st))
     if p.epsilon is not None:
-        eps, source = p.epsilon, "given"
+        eps = p.epsilon
     else:
-        eps = limit.batch_loss_std(st.model, st.train_split, batch_size=st.cell.train.batch_size,
-                                   device=st.device)
-        source = "batch_loss_std"
-    spectrum = _dense_slq(st, l1=p.lomp_l1)
+        train_cfg = st.cell.train
+        eps = limit.batch_loss_std(st.model, st.train_split, batch_size=train_cfg.batch_size, device=st.device,
+                                   l1=p.lomp_l1, l1_scope=train_cfg.l1_scope, seed=st.cell.seed,
+                                   **limit.epsilon_recipe(p.epsilon_source))
+    spectrum = _dense_slq(st)
     _record_slq(st, spectrum, "dense")
     weights = masks.weights(st.model)
     t0 = time.perf_counter()
-    prediction = limit.predict_limit(weights, spectrum, eps, policy=p.eigen_policy, epsilon_source=source)
+    prediction = limit.predict_limit(weights, spectrum, eps, policy=p.eigen_policy,
+                                     epsilon_source=p.epsilon_source, zero_tol=p.zero_tol)
     grid = sorted({0.0, *p.limit_grid})
     accs, losses, train_losses = pruning_curve(st.model, st.train_split, st.test_split, grid, device=st.device)
     actual = limit.actual_limit(grid, accs, accs[0], tolerance_pp=p.limit_tolerance_pp)
@@ -366,7 +399,7 @@ def step_limit(st: TrialState) -> None:
     st.row.update(limit.limit_columns(prediction, actual))
     st.row["lomp_l1"] = p.lomp_l1
     st.tables["curves"] = limit.curve_rows(grid, accs, losses, train_losses, weights, spectrum, eps,
-                                           p.eigen_policy)
+                                           p.eigen_policy, zero_tol=p.zero_tol)
 
 
 STEPS: dict[str, Callable[[TrialState], None]] = {
