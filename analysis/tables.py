@@ -406,12 +406,22 @@ def _acc_cell(r: pd.Series) -> str:
     return f"{text} [{int(r['rank'])}]" if text and not pd.isna(r["rank"]) else text
 
 
+# Pruners we run beside the effective-sparsity paper's 15 (shown "(extra)" in its display tables;
+# the tidy frames and the store keep the registry name)
+EXTRA_PRUNERS: tuple[str, ...] = ("grasp",)
+
+
+def pruner_label(name: object) -> str:
+    return f"{name} (extra)" if name in EXTRA_PRUNERS else str(name)
+
+
 def accuracy_sections(tidy: pd.DataFrame) -> list[Section]:
     """One table per model/dataset and view: rows pruner/target, columns compression levels.
 
     Cells: 'mean ± std [rank]' in percent; '(n=k/K)' when only k of the K seeds support the cell.
     """
-    tidy = tidy.assign(target=tidy["target"].astype(object).where(tidy["target"].notna(), ""))
+    tidy = tidy.assign(target=tidy["target"].astype(object).where(tidy["target"].notna(), ""),
+                       pruner=tidy["pruner"].map(pruner_label))
     tidy = tidy.rename(columns={"level": "compression"})
     return _pivot_sections(
         tidy, lambda k: f"test_acc (%) at matched {k[2]} — {k[0]} / {k[1]}  [rank]", [*GROUP, "view"],
@@ -423,7 +433,7 @@ def compression_sections(tidy: pd.DataFrame) -> list[Section]:
     sections = []
     for key, g in tidy.groupby(GROUP, dropna=False, sort=False):
         frame = pd.DataFrame({
-            "pruner": g["pruner"].astype(str), "target": g["target"].astype(object).fillna("").astype(str),
+            "pruner": g["pruner"].map(pruner_label), "target": g["target"].astype(object).fillna("").astype(str),
             "sparsity": g["sparsity"].map(fmt_level), "n_seeds": g["n_seeds"].astype(str)})
         for view in VIEWS:
             frame[view] = [_range(m, lo, hi) for m, lo, hi in
