@@ -135,7 +135,8 @@ def test_finetune_protocol_runs_its_epochs(tmp_path):
 
 
 def test_imp_gets_training_and_the_initialization(tmp_path):
-    [cell] = cells(tmp_path, pruner="imp", sparsity=0.5, prune={"rounds": 2, "protocol": "none"})
+    [cell] = cells(tmp_path, pruner="imp", sparsity=0.5,  # rewind to the init: the run has 6 steps, not 1000
+                   prune={"rounds": 2, "protocol": "none", "rewind_iteration": 0})
     row = run_cell(cell, Where(str(tmp_path)))
     assert row["status"] == "ok", row["error"]
     assert row["direct_sparsity"] == pytest.approx(0.5, abs=1 / row["n_prunable"])
@@ -217,7 +218,8 @@ def test_limit_cell_curve_prediction_and_actual_limit(tmp_path):
     spec = build_spec({"name": "t", "kind": "limit", "model": "lenet300100", "dataset": "synthetic",
                        "storage": str(tmp_path), "data": {"options": OPTIONS},
                        "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "weight_decay": 0.0},
-                       "prune": {"lomp_l1": 1e-4, "limit_grid": grid, "limit_tolerance_pp": 5.0},
+                       "prune": {"lomp_l1": 1e-4, "limit_grid": grid, "limit_tolerance_pp": 5.0,
+                                 "epsilon_source": "batch_loss_std"},  # the deterministic ε the oracle recomputes
                        "hessian": {"enabled": True, "models": "dense", "probes": 2, "iterations": 5,
                                    "max_samples": 64}})
     [cell] = expand(spec)
