@@ -38,9 +38,8 @@ from pruning.hvp import LocalHVPBackend, restoring
 from pruning.limit_analyses import MagnitudeOrder, next_round_masks
 from pruning.slq import SLQResult, slq
 from pruning.lomp import pruning_curve
-from pruning.sparsity import EffectiveMaskEvaluator
 from pruning.pruners import PRUNERS, PruneResult, prune
-from pruning.sparsity import sparsity_report
+from pruning.sparsity import EffectiveMaskEvaluator, sparsity_report
 from pruning.train import TrainConfig, TrainResult, evaluate, seed_everything, train
 from sweeps import provenance, store
 from sweeps.cache import DENSE_ITEM, DenseCache, dense_fields, key_of
