@@ -84,6 +84,8 @@ class LimitPrune:
     limit_tolerance_pp: float            # tolerance (percentage points) of the "tol" actual limit
     epsilon_source: str = "batch_loss_std"  # pruning.limit.EPSILON_RECIPES: how ε is measured
     zero_tol: float | None = 0.0         # |θ| ≤ zero_tol·ρ is zero curvature; None: 64 ulps of the dtype
+    limit_rounds: int = 1                # rounds of prune → L1-retrain under the mask → SLQ → predict
+    row_norm_quantiles: int = 0          # exact Hessian rows at this many quantiles of |w|; 0: none
 
     def layout(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -93,7 +95,8 @@ class LimitPrune:
         return cls(lomp_l1=float(d["lomp_l1"]), limit_grid=tuple(float(s) for s in d["limit_grid"]),
                    epsilon=d["epsilon"], eigen_policy=d["eigen_policy"],
                    limit_tolerance_pp=float(d["limit_tolerance_pp"]), epsilon_source=d["epsilon_source"],
-                   zero_tol=d["zero_tol"])
+                   zero_tol=d["zero_tol"], limit_rounds=int(d.get("limit_rounds", 1)),
+                   row_norm_quantiles=int(d.get("row_norm_quantiles", 0)))
 
 
 @dataclass(frozen=True)
@@ -289,7 +292,8 @@ def _prune_sections(spec: Spec, model: str, pruner: str) -> list[tuple[float | N
         return [(None, "direct", LimitPrune(
             lomp_l1=lomp_l1(spec, model), limit_grid=tuple(p.limit_grid), epsilon=p.epsilon,
             eigen_policy=p.eigen_policy, limit_tolerance_pp=p.limit_tolerance_pp,
-            epsilon_source=p.epsilon_source if p.epsilon is None else "given", zero_tol=p.zero_tol))]
+            epsilon_source=p.epsilon_source if p.epsilon is None else "given", zero_tol=p.zero_tol,
+            limit_rounds=p.limit_rounds, row_norm_quantiles=p.row_norm_quantiles))]
     if pruner == "dense":
         return [(0.0, "direct", PointPrune())]
     section = PointPrune(

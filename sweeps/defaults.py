@@ -64,6 +64,8 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
     "prune.limit_tolerance_pp": 0.1,
     "prune.epsilon_source": "batch_loss_std",
     "prune.zero_tol": 0.0,
+    "prune.limit_rounds": 1,            # one round: the limit as it was computed before the option
+    "prune.row_norm_quantiles": 0,      # no Hessian rows: what a limit cell computed before the option
     "prune.rewind_iteration": 0,
     # prune: each pruner's own options
     "prune.random/snip.batches": 10,

@@ -88,6 +88,8 @@ class PruneSection:
     zero_tol: float | None = None      # |θ| ≤ zero_tol·ρ is zero curvature; None: 64 ulps of the dtype
     eigen_policy: Literal[EIGEN_POLICIES] = "abs"  # negative Hessian eigenvalues in G(R)
     limit_tolerance_pp: float = 0.1    # tolerance (percentage points) of the "tol" actual limit
+    limit_rounds: int = 1              # limit cells: prune → L1-retrain under the mask → SLQ → predict, k rounds
+    row_norm_quantiles: int = 0        # limit cells: exact Hessian rows at this many |w| quantiles; 0: none
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword options of the pruner
 
 
@@ -694,6 +696,8 @@ def _check_ranges(h: HessianSection, r: ResourcesSection, p: PruneSection, probl
         (p.rewind_iteration is None or p.rewind_iteration >= 0,
          f"prune.rewind_iteration: {p.rewind_iteration}; must be ≥ 0 or null"),
         (p.limit_tolerance_pp >= 0, f"prune.limit_tolerance_pp: {p.limit_tolerance_pp}; must be ≥ 0"),
+        (p.limit_rounds >= 1, f"prune.limit_rounds: {p.limit_rounds}; must be ≥ 1"),
+        (p.row_norm_quantiles >= 0, f"prune.row_norm_quantiles: {p.row_norm_quantiles}; must be ≥ 0 (0: none)"),
         (p.limit_grid is None or all(0 <= s < 1 for s in p.limit_grid),
          f"prune.limit_grid: removed fractions must lie in [0, 1), got {p.limit_grid}"),
     ]

@@ -2,6 +2,8 @@
 
     seed → data → model → obtain (prune at init + train, or dense from the cache + prune + protocol)
          → evaluate → sparsity report → SLQ (optional) → write layers/spectra/epochs/curves → trials
+    limit cells: seed → data → model → limit (LOMP model, ε, SLQ, prediction, curve, effective terms,
+         scaling, weight histograms) → Hessian rows (optional) → rounds → sparsity report → write
 
 Why a list of named steps looked up in `STEPS` at call time: the pruning library grows in parallel
 (pruners, SLQ, LOMP land as separate modules), and a step that needs a missing module fails only the
@@ -30,12 +32,14 @@ import torch
 from torch import nn
 
 from pruning import data as data_lib
-from pruning import limit, masks, models
+from pruning import limit, limit_analyses, masks, models
 from pruning.data import Split
+from pruning.hvp import LocalHVPBackend, restoring
+from pruning.limit_analyses import MagnitudeOrder, next_round_masks
 from pruning.slq import SLQResult, slq
 from pruning.lomp import pruning_curve
 from pruning.pruners import PRUNERS, PruneResult, prune
-from pruning.sparsity import sparsity_report
+from pruning.sparsity import EffectiveMaskEvaluator, sparsity_report
 from pruning.train import TrainConfig, TrainResult, evaluate, seed_everything, train
 from sweeps import provenance, store
 from sweeps.cache import DENSE_ITEM, DenseCache, dense_fields, key_of
@@ -369,7 +373,9 @@ def _dense_slq(st: TrialState) -> SLQResult:
 
 def step_limit(st: TrialState) -> None:
     """A limit cell (ALGORITHMS.md §7): LOMP training, ε, the dense SLQ, the predicted limit with
-    its bands, and the actual limit from the one-shot global-magnitude curve (no retraining).
+    its bands, and the actual limit from the one-shot global-magnitude curve (no retraining); then
+    what costs next to nothing on top (`_limit_extras`): the curve and the limits in effective
+    terms, the weight-magnitude scaling of the prediction and the histograms of log10|w|.
 
     The same steps as `pruning.lomp.run_lomp`, composed here from its parts (`pruning_curve`,
     `pruning.limit`) because a sweep needs three things run_lomp does not offer: the LOMP model and
@@ -379,13 +385,7 @@ def step_limit(st: TrialState) -> None:
     """
     p = st.limit
     use_dense(st, _dense(st))
-    if p.epsilon is not None:
-        eps = p.epsilon
-    else:
-        train_cfg = st.cell.train
-        eps = limit.batch_loss_std(st.model, st.train_split, batch_size=train_cfg.batch_size, device=st.device,
-                                   l1=p.lomp_l1, l1_scope=train_cfg.l1_scope, seed=st.cell.seed,
-                                   **limit.epsilon_recipe(p.epsilon_source))
+    eps = _epsilon(st, st.model)
     spectrum = _dense_slq(st)
     _record_slq(st, spectrum, "dense")
     weights = masks.weights(st.model)
@@ -400,6 +400,120 @@ def step_limit(st: TrialState) -> None:
     st.row["lomp_l1"] = p.lomp_l1
     st.tables["curves"] = limit.curve_rows(grid, accs, losses, train_losses, weights, spectrum, eps,
                                            p.eigen_policy, zero_tol=p.zero_tol)
+    _limit_extras(st, weights, spectrum, eps, prediction.removed_frac)
+
+
+def _epsilon(st: TrialState, model: nn.Module) -> float:
+    """ε of a limit cell for `model`: the cell's value, else measured by its recipe (λ added)."""
+    p, cfg = st.limit, st.cell.train
+    if p.epsilon is not None:
+        return p.epsilon
+    return limit.batch_loss_std(model, st.train_split, batch_size=cfg.batch_size, device=st.device,
+                                l1=p.lomp_l1, l1_scope=cfg.l1_scope, seed=st.cell.seed,
+                                **limit.epsilon_recipe(p.epsilon_source))
+
+
+def _limit_extras(st: TrialState, weights: dict[str, torch.Tensor], spectrum: SLQResult, eps: float,
+                  predicted: float) -> None:
+    """The cheap analyses of a limit cell (pruning.limit_analyses), on the unpruned LOMP model.
+
+    Effective terms (ours): global magnitude pruning disconnects weights at high sparsity, so each
+    mask of the curve, and the masks at the predicted and the actual limits, get their effective
+    sparsity (one linearized pass each, `pruning.sparsity`). Scaling: s* for the weights × 1…5 with
+    the spectrum held fixed (factor 1 is the trials row's s*). Weights: fixed-bin log10|w| histograms.
+    """
+    p, t0 = st.limit, time.perf_counter()
+    order = MagnitudeOrder(weights)
+    evaluator = EffectiveMaskEvaluator(st.model, input_shape=st.train_split.input_shape, dtype=torch.float32)
+    effective = {}
+    for row in st.tables["curves"]:
+        s = row["removed_frac"]
+        effective[s] = row["effective_sparsity"] = evaluator.effective_sparsity(order.masks(s))
+        row["effective_compression"] = masks.compression(row["effective_sparsity"])
+    st.row["predicted_effective_removed_frac"] = evaluator.effective_sparsity(order.masks(predicted))
+    for rule in limit.LIMIT_RULES:
+        st.row[f"actual_effective_removed_frac_{rule}"] = effective[st.row[f"actual_removed_frac_{rule}"]]
+    st.tables["scaling"] = limit_analyses.scaling_rows(weights, spectrum, eps, p.eigen_policy, zero_tol=p.zero_tol)
+    st.tables["weights"] = limit_analyses.weight_histogram_rows(weights)
+    st.seconds["prune_seconds"] += time.perf_counter() - t0
+
+
+def _hvp_backend(st: TrialState, model: nn.Module) -> Any:
+    """The Hessian operator of `model` on the SLQ data (the backend's factory's, or a local one)."""
+    loss_fn, data = torch.nn.functional.cross_entropy, _slq_split(st)
+    if st.hvp_backend_factory is not None:
+        return st.hvp_backend_factory(model=model, loss_fn=loss_fn, data=data, device=st.device)
+    return LocalHVPBackend(model, loss_fn, data, device=st.device)
+
+
+def step_hessian_rows(st: TrialState) -> None:
+    """Exact Hessian rows of the LOMP model at `prune.row_norm_quantiles` quantiles of |w| (the
+    paper's appendix): one HVP with a unit vector per chosen weight, 8 per data pass."""
+    k = st.limit.row_norm_quantiles
+    if not k:
+        return
+    t0 = time.perf_counter()
+    with restoring(st.model):
+        st.tables["hessian_rows"] = limit_analyses.hessian_row_rows(st.model, _hvp_backend(st, st.model), k)
+    st.seconds["hessian_seconds"] += time.perf_counter() - t0
+
+
+def step_rounds(st: TrialState) -> None:
+    """Iterative pruning (`prune.limit_rounds` = k): round 1 is the cell's single-round limit; each
+    next round prunes a copy of the model to the previous round's predicted fraction by global
+    magnitude among the survivors (`next_round_masks`: a subset of the previous mask), retrains it
+    under the mask with the cell's LOMP recipe, and measures ε, the SLQ of the masked model (pruned
+    weights are zero rows: deflated into the zero mass), the prediction and the one-shot curve.
+
+    Fractions are of all prunable weights, the already pruned ones included; a round's curve starts
+    at its own pruned fraction (its reference accuracy), then the grid's larger fractions. The copy
+    keeps the trials row about the unpruned LOMP model. A diverged retraining ends the rounds (its
+    row says so).
+    """
+    p, row = st.limit, st.row
+    accs0 = {c["removed_frac"]: c["test_acc"] for c in st.tables["curves"]}[0.0]
+    rounds = [{"round": 1, "status": "ok", "removed_frac_before": 0.0, "dense_test_acc": accs0,
+               "epsilon": row["epsilon"], "zero_mass": row["zero_mass"],
+               **{k: row[k] for k in ("predicted_removed_frac", "predicted_kept_frac", "predicted_unresolved",
+                                      "actual_removed_frac_strict", "actual_removed_frac_tol")}}]
+    st.tables["rounds"] = rounds
+    if p.limit_rounds == 1:
+        return
+    model = copy.deepcopy(st.model)
+    weights = masks.weights(model)
+    kept = masks.get_masks(model)
+    for r in range(2, p.limit_rounds + 1):
+        kept = next_round_masks(weights, kept, rounds[-1]["predicted_removed_frac"])
+        before = masks.direct_sparsity(kept)
+        masks.apply_masks(model, kept)
+        trained = train(model, st.train_split, st.test_split, st.cell.train, device=st.device,
+                        seed=st.cell.seed, on_epoch=_reporter(st, f"round{r}"))
+        st.tables["epochs"] += _epoch_rows(f"round{r}", trained.epochs)
+        st.seconds["train_seconds"] += trained.seconds
+        if trained.status == "diverged":
+            rounds.append({"round": r, "status": "diverged", "removed_frac_before": before})
+            return
+        eps = _epsilon(st, model)
+        t0 = time.perf_counter()
+        spectrum = _run_slq(st, model)
+        st.seconds["hessian_seconds"] += time.perf_counter() - t0
+        weights = masks.weights(model)
+        t0 = time.perf_counter()
+        prediction = limit.predict_limit(weights, spectrum, eps, policy=p.eigen_policy,
+                                         epsilon_source=row["epsilon_source"], zero_tol=p.zero_tol)
+        frozen = copy.deepcopy(model)
+        masks.remove_masks(frozen)  # pruned weights are plain zeros: the curve's masks cannot revive them
+        # the round's model itself (its pruned fraction) is the reference; grid points below it are that model
+        grid = sorted({before, *(s for s in p.limit_grid if s > before)})
+        accs, _, _ = pruning_curve(frozen, st.train_split, st.test_split, grid, device=st.device)
+        actual = limit.actual_limit(grid, accs, accs[0], tolerance_pp=p.limit_tolerance_pp)
+        st.seconds["prune_seconds"] += time.perf_counter() - t0
+        rounds.append({"round": r, "status": "ok", "removed_frac_before": before, "dense_test_acc": accs[0],
+                       "epsilon": eps, "zero_mass": spectrum.zero_mass,
+                       "predicted_removed_frac": prediction.removed_frac, "predicted_kept_frac": prediction.kept_frac,
+                       "predicted_unresolved": prediction.unresolved,
+                       "actual_removed_frac_strict": actual.removed_frac_strict,
+                       "actual_removed_frac_tol": actual.removed_frac_tol})
 
 
 STEPS: dict[str, Callable[[TrialState], None]] = {
@@ -410,11 +524,13 @@ STEPS: dict[str, Callable[[TrialState], None]] = {
     "sparsity": step_sparsity,
     "hessian": step_hessian,
     "limit": step_limit,
+    "hessian_rows": step_hessian_rows,
+    "rounds": step_rounds,
 }
 
 PIPELINES: dict[str, tuple[str, ...]] = {
     "point": ("seed", "data", "model", "obtain", "sparsity", "hessian"),
-    "limit": ("seed", "data", "model", "limit", "sparsity"),
+    "limit": ("seed", "data", "model", "limit", "hessian_rows", "rounds", "sparsity"),
 }
 
 
