@@ -49,6 +49,7 @@ from pruning.limit import EIGEN_POLICIES as _POLICY_FUNCTIONS
 from pruning.limit import EPSILON_RECIPES as _EPSILON_RECIPES
 from pruning.lomp import default_l1
 from pruning.pruners import PROTOCOLS, PRUNERS, TARGETS
+from pruning.pruners.imp import rewind_iteration_for
 from pruning.train import TrainConfig
 from sweeps.paths import default_storage, is_uri, local_path
 
@@ -210,6 +211,26 @@ def quota_problem(pruner: str, model: str, pairs: Sequence[tuple[str, str]], opt
     except ValueError as e:
         return f"pruner: {pruner!r} on model {model!r}: {e}"
     return None
+
+
+def _rewind_problems(prune: PruneSection, train: TrainConfig, pairs: Sequence[tuple[str, str]],
+                     options: Mapping[str, Any]) -> list[str]:
+    """IMP rewinds to the dense run's step k: k must lie within that run (known when its length is)."""
+    out = []
+    for model, dataset in pairs:
+        if model not in models_lib.MODELS or dataset not in data_lib.DATASETS:
+            continue
+        k = prune.rewind_iteration if prune.rewind_iteration is not None else rewind_iteration_for(model)
+        n = data_lib.train_size(dataset, **options)
+        if n is None:
+            continue
+        steps = train.iterations if train.iterations is not None else train.epochs * math.ceil(n / train.batch_size)
+        if k > steps:
+            what = "prune.rewind_iteration" if prune.rewind_iteration is not None else "the default rewind_iteration"
+            out.append(f"prune.rewind_iteration: {what} {k} lies beyond the {steps} optimizer steps of the dense "
+                       f"run of {model!r} on {dataset!r}; set prune.rewind_iteration ≤ {steps} "
+                       "(0 rewinds to the initialization)")
+    return out
 
 
 # ----------------------------------------------------------------------------- type checks
@@ -623,6 +644,8 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
         for p in (p for p in pruners if p.endswith("/uniform_plus") and p in PRUNERS):
             if (why := quota_problem(p, m, pairs, data.options)) is not None:
                 problems.append(why)
+    if "imp" in pruners:
+        problems += _rewind_problems(prune, train, pairs, data.options)
     if prune.rewind_iteration is not None and "imp" not in pruners:
         problems.append(f"prune.rewind_iteration: {prune.rewind_iteration} is used by imp only, and the "
                         f"sweep's pruners are {list(pruners)}")

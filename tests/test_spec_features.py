@@ -122,11 +122,17 @@ OPTIONS = {"input_shape": [1, 4, 4], "num_classes": 3, "n_train": 96, "n_test": 
 
 
 def test_imp_rewind_iteration_defaults_and_validation():
-    [imp] = expand(spec(pruner="imp", sparsity=0.5))
+    [imp] = expand(spec(pruner="imp", sparsity=0.5, train={"iterations": 1000}))
     assert imp.prune.rewind_iteration == 1000  # the Rare Gems baselines' default
     [vgg] = expand(build_spec({"name": "f", "model": "vgg16", "dataset": "cifar10", "storage": "/tmp",
-                               "pruner": "imp", "sparsity": 0.5}))
+                               "pruner": "imp", "sparsity": 0.5}))  # 10 epochs of 391 steps
     assert vgg.prune.rewind_iteration == 2000
+    # beyond the dense run: refused up front (digits: 10 epochs × ⌈1,437/128⌉ = 120 steps)
+    assert problems(pruner="imp", sparsity=0.5) == [
+        "prune.rewind_iteration: the default rewind_iteration 1000 lies beyond the 120 optimizer steps of "
+        "the dense run of 'lenet300100' on 'digits'; set prune.rewind_iteration ≤ 120 (0 rewinds to the "
+        "initialization)"]
+    assert expand(spec(pruner="imp", sparsity=0.5, prune={"rewind_iteration": 120}))[0].prune.rewind_iteration == 120
     assert problems(pruner="snip", sparsity=0.5, prune={"rewind_iteration": 5}) == [
         "prune.rewind_iteration: 5 is used by imp only, and the sweep's pruners are ['snip']"]
 
