@@ -178,7 +178,7 @@ def test_train_uses_the_decay_field():
     tr, _ = data.load("synthetic", input_shape=(3, 16, 16), n_train=32, n_test=8)
     runs = {}
     for decay in ("all", "kernels"):
-        model = _bn_net()
+        model = _authors_lenet5()
         init = {n: p.detach().clone() for n, p in model.named_parameters()}
         cfg = T.TrainConfig(iterations=1, batch_size=32, lr=0.1, momentum=0.0, weight_decay=0.01, decay=decay,
                             schedule="constant")
