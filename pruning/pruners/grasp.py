@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pruning.masks import device_of
 from pruning.pruners.common import (
     Batch,
     batch_stream,
     check_count,
     current_keep,
-    device_of,
     mean_over_batches,
     order_from_scores,
     prunable_params,

@@ -48,11 +48,11 @@ from torch import nn
 from torch.func import functional_call
 
 from pruning import masks as masks_lib
+from pruning.masks import device_of
 from pruning.pruners.common import (
     Batch,
     check_count,
     current_keep,
-    device_of,
     iterative_order,
     kept_after_round,
     prunable_params,
