@@ -139,6 +139,8 @@ class LocalCluster:
             if node.proc.poll() is None:
                 node.proc.kill()
             node.proc.wait(timeout=30)
+        time.sleep(0.5)  # dying processes may still write a last log line
+        for node in self.nodes:
             shutil.rmtree(node.temp_dir, ignore_errors=True)
 
     # -- nodes
