@@ -17,7 +17,8 @@ recorded as PASS / FAIL / SKIP with its seconds and the tail of its output:
    (resources.gpus = 1), bf16 autocast off, then on; accuracies side by side;
 3. `masks`: effective masks on CUDA vs CPU for LeNet-300-100, LeNet-5, VGG-16 and ResNet-18 at
    sparsities 0.9 / 0.99 / 0.999 — they must be identical;
-4. `slq`: bench/slq_vs_pyhessian.py --device cuda (ours vs PyHessian, same probes and iterations);
+4. `slq`: bench/slq_vs_pyhessian.py --device cuda --repeats 1 (ours vs PyHessian, same probes and
+   iterations, one round each to fit the budget);
 5. `throughput`: pruning.train vs a bare loop (bench/train_throughput.py's two loops) for
    LeNet-300-100 and ResNet-18 on CUDA, samples/s.
 
@@ -66,7 +67,7 @@ def env(wheels: Path) -> dict[str, str]:
 
 
 def run(name: str, cmd: list[str], timeout: float, environ: dict[str, str], render=None) -> Step:
-    """One step as a subprocess; `render(stdout)` turns a passing step's output into Markdown."""
+    """One step as a subprocess; `render(completed process)` turns a passing step's output into Markdown."""
     if timeout < 20:
         return Step(name, "SKIP", 0.0, "out of time (the check's budget was spent by earlier steps)")
     t0 = time.monotonic()
@@ -78,7 +79,7 @@ def run(name: str, cmd: list[str], timeout: float, environ: dict[str, str], rend
     seconds = time.monotonic() - t0
     if p.returncode != 0:
         return Step(name, "FAIL", seconds, f"exit {p.returncode}\n\n```\n{(p.stdout + p.stderr)[-TAIL:]}\n```")
-    return Step(name, "PASS", seconds, render(p.stdout) if render else f"```\n{p.stdout[-TAIL:]}\n```")
+    return Step(name, "PASS", seconds, render(p) if render else f"```\n{p.stdout[-TAIL:]}\n```")
 
 
 def cuda_tests() -> list[str]:
@@ -176,24 +177,26 @@ def main(argv: list[str] | None = None) -> int:
     steps = []
     tests = cuda_tests()
     if args.device == "cuda":
-        steps.append(run("cuda-tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], left(90),
+        steps.append(run("cuda-tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], left(60),
                          environ))
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         tmp = Path(tmp)
         for bf16 in (False, True):
             spec = demo_spec(tmp, bf16, args.device, args.quick)
             steps.append(run(f"demo-{'bf16' if bf16 else 'fp32'}", [py, "-m", "sweeps.cli", "run", str(spec),
-                                                                      "--backend", "serial"], left(120), environ,
-                             render=lambda out: "```\n" + out[-600:] + "\n```"))
+                                                                      "--backend", "serial"], left(100), environ,
+                             render=lambda p: "`" + p.stderr.strip().splitlines()[-1] + "`"))
         steps[-1].body += "\n\n" + demo_table(tmp, args.device)
         steps.append(run("masks", [py, __file__, "--out", str(args.out), "--step", "masks", "--device", args.device],
-                         left(60), environ, render=str))
-        quick = ["--probes", "2", "--iterations", "8", "--repeats", "1"] if args.quick else []
-        steps.append(run("slq", [py, str(BENCH / "slq_vs_pyhessian.py"), "--device", args.device, *quick],
-                         left(150), environ, render=lambda out: out.strip()))
+                         left(40), environ, render=lambda p: p.stdout))
+        # one round per method (the bench's default is two): 10 subprocesses fit the step's share
+        quick = ["--probes", "2", "--iterations", "8"] if args.quick else []
+        steps.append(run("slq", [py, str(BENCH / "slq_vs_pyhessian.py"), "--device", args.device, "--repeats", "1",
+                                 *quick],
+                         left(120), environ, render=lambda p: p.stdout.strip()))
         steps.append(run("throughput", [py, __file__, "--out", str(args.out), "--step", "throughput", "--device",
-                                        args.device, *(["--quick"] if args.quick else [])], left(90), environ,
-                         render=str))
+                                        args.device, *(["--quick"] if args.quick else [])], left(60), environ,
+                         render=lambda p: p.stdout))
     path = report(args.out, steps, header)
     print(f"gpu-check: {sum(s.status == 'PASS' for s in steps)}/{len(steps)} steps passed in "
           f"{time.monotonic() - start:.0f} s; report {path}")
