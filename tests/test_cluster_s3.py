@@ -12,7 +12,6 @@ The commit protocol these check is the store's (sweeps/store.py): one upload of 
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import signal
