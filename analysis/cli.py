@@ -4,6 +4,7 @@
                      [--out DIR] [--storage ROOT] [--strict] [--levels 10,100,1000,10000|auto]
                      [--sparsities 0.9,0.99] [--no-cache]
     prunetune plot NAME_OR_PATH [--out DIR] [--storage ROOT] [--strict] [--no-cache]
+    prunetune limit-report NAME_OR_PATH [--out DIR] [--storage ROOT] [--strict] [--no-cache]
 
 `sweeps.cli` calls `register(subparsers)`; `python -m analysis.cli ...` runs the same commands alone.
 Why errors are one line and exit 2: a wrong name or flag is the user's to fix, not a bug to trace.
@@ -115,6 +116,50 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_limit_report(frames: dict[str, pd.DataFrame], out: str, stream: TextIO) -> list[str]:
+    """Every table of `analysis.limit_report` (one CSV each, and all of them in Markdown in
+    `limit_report.md`) and every figure of `analysis.limit_plots` the frames support, into `out`;
+    print and return the paths."""
+    from analysis import limit_plots, limit_report
+
+    if T.ok_rows(frames["trials"], kind="limit").empty:
+        raise ValueError("no finished limit cells (kind: limit) in this sweep; limit-report reads those")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create the directory ({e.strerror or e})") from e
+    tidy = limit_report.build(frames)
+    written = []
+    for name, frame in tidy.items():
+        if not frame.empty:
+            written.append(os.path.join(out, f"{name}.csv"))
+            with open(written[-1], "w", encoding="utf-8") as f:
+                f.write(T.csv(frame))
+    figures = limit_plots.plot_report(frames, out)
+    text = ["# pruning-limit report", ""]
+    text += [f"## {s.title}\n\n{T.markdown(s.frame)}\n" for s in limit_report.sections(tidy)]
+    text += ["## figures", "", *(f"- [{os.path.basename(p)}]({os.path.basename(p)})" for p in figures), ""]
+    written += [*figures, os.path.join(out, "limit_report.md")]
+    with open(written[-1], "w", encoding="utf-8") as f:
+        f.write("\n".join(text))
+    for p in written:
+        print(f"wrote {p}", file=stream)
+    return written
+
+
+def cmd_limit_report(args: argparse.Namespace) -> int:
+    from analysis.limit_report import REPORT_TABLES
+
+    store = resolve(args.sweep, args.storage)
+    frames = load_frames(store, REPORT_TABLES, strict=args.strict, use_cache=not args.no_cache)
+    out = args.out or os.path.join(default_out(store), "limit_report")
+    try:
+        write_limit_report(frames, out, sys.stdout)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write the report ({e.strerror or e}); choose another --out") from e
+    return 0
+
+
 def _has_values(tidy: dict[str, pd.DataFrame]) -> bool:
     """False for a table with no rows, or whose every cell is blank (no supported level)."""
     return any(not f.empty and ("mean" not in f or f["mean"].notna().any()) for f in tidy.values())
@@ -148,7 +193,7 @@ def summary(storage: str | None = None, sweep: str | None = None, *, out: str | 
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `tables` and `plot` to a parent parser's subcommands (each sets `func`)."""
+    """Add `tables`, `plot` and `limit-report` to a parent parser's subcommands (each sets `func`)."""
     t = subparsers.add_parser("tables", help="comparison tables of one or more sweeps")
     t.add_argument("sweep", metavar="NAME_OR_PATH", help="sweep name, sweep directory, storage root or URI")
     t.add_argument("--table", default="all", metavar="|".join([*T.TABLE_SPECS, "all"]),
@@ -174,6 +219,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="fail on an unreadable result file")
     p.add_argument("--no-cache", action="store_true", help="read every result file (no consolidated cache)")
     p.set_defaults(func=cmd_plot)
+
+    r = subparsers.add_parser("limit-report", help="every analysis of the limit cells: tables and figures")
+    r.add_argument("sweep", metavar="NAME_OR_PATH", help="sweep name, sweep directory, storage root or URI")
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default <sweep>/_analysis/limit_report)")
+    r.add_argument("--storage", default=None, metavar="ROOT", help="storage root for a sweep name")
+    r.add_argument("--strict", action="store_true", help="fail on an unreadable result file")
+    r.add_argument("--no-cache", action="store_true", help="read every result file (no consolidated cache)")
+    r.set_defaults(func=cmd_limit_report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

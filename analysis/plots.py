@@ -244,15 +244,16 @@ def limit_crossing(curves: pd.DataFrame, trials: pd.DataFrame, out: str | os.Pat
 
 
 def accuracy_vs_sparsity(curves: pd.DataFrame, trials: pd.DataFrame, out: str | os.PathLike) -> str:
-    """Test accuracy of the one-shot pruned LOMP model vs removed fraction, with the limit lines.
+    """Test accuracy and test loss of the one-shot pruned LOMP model vs removed fraction, with the
+    limit lines (the paper's Figure of the curves; loss on the right axis where stored).
 
     The dense accuracy (dense_test_acc) is the horizontal reference the actual limit is read against.
     """
     cells = [(r, g) for r, g in _limit_cells(curves, trials) if g["test_acc"].notna().any()]
     fig, axes = _figure(min(len(cells), MAX_PANELS))
     for ax, (row, g) in zip(axes, cells[:MAX_PANELS]):
-        ax.plot(g["removed_frac"].to_numpy(float), ACC_SCALE * g["test_acc"].to_numpy(float),
-                marker=".", label="test_acc")
+        s = g["removed_frac"].to_numpy(float)
+        ax.plot(s, ACC_SCALE * g["test_acc"].to_numpy(float), marker=".", label="test_acc")
         dense = row.get("dense_test_acc")
         if dense is not None and not pd.isna(dense):
             ax.axhline(ACC_SCALE * float(dense), color="grey", lw=0.8, label="dense_test_acc")
@@ -260,7 +261,14 @@ def accuracy_vs_sparsity(curves: pd.DataFrame, trials: pd.DataFrame, out: str | 
         ax.set_xlabel("removed_frac")
         ax.set_ylabel("test_acc (%)")
         ax.set_title(_title(row))
-        ax.legend(fontsize=7)
+        handles, labels = ax.get_legend_handles_labels()
+        top = ax
+        if "test_loss" in g and g["test_loss"].notna().any():
+            top = ax.twinx()  # drawn above `ax`: the legend goes on it, or the loss line crosses it
+            line, = top.plot(s, g["test_loss"].to_numpy(float), color="C1", lw=1, ls="-.", label="test_loss")
+            top.set_ylabel("test_loss", color="C1")
+            handles, labels = handles + [line], labels + ["test_loss (right)"]
+        top.legend(handles, labels, fontsize=7)
     return _save(fig, out)
 
 

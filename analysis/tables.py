@@ -12,7 +12,8 @@ user-facing name is the same everywhere); `sections` turns them into display fra
    that seed, and a cell with no seed in range stays blank (NaN).
 2. `compression_table`: achieved direct and effective compression per requested sparsity.
 3. `limit_table` / `limit_summary`: predicted vs actual pruning limits (kind == "limit").
-4. `lomp_table`: LOMP against its baselines at fixed sparsities.
+4. `lomp_table`: LOMP against its baselines (Rare Gems, IMP, Smart-Ratio, global magnitude, dense)
+   at fixed sparsities.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ DEFAULT_LEVELS: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
 VIEWS: tuple[str, ...] = ("direct_compression", "effective_compression")
 GROUP: list[str] = ["model", "dataset"]
 ROW: list[str] = ["pruner", "target"]
-LOMP_PRUNERS: tuple[str, ...] = ("lomp", "imp", "random/smart_ratio", "magnitude/global", "dense")
+# the limit paper's comparison (LOMP vs Rare Gems, IMP, Smart-Ratio, dense) and global magnitude
+LOMP_PRUNERS: tuple[str, ...] = ("lomp", "rare_gems", "imp", "random/smart_ratio", "magnitude/global", "dense")
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 ACC_SCALE = 100.0  # test_acc is stored as a fraction; tables show percent
 
@@ -406,12 +408,22 @@ def _acc_cell(r: pd.Series) -> str:
     return f"{text} [{int(r['rank'])}]" if text and not pd.isna(r["rank"]) else text
 
 
+# Pruners we run beside the effective-sparsity paper's 15 (shown "(extra)" in its display tables;
+# the tidy frames and the store keep the registry name)
+EXTRA_PRUNERS: tuple[str, ...] = ("grasp",)
+
+
+def pruner_label(name: object) -> str:
+    return f"{name} (extra)" if name in EXTRA_PRUNERS else str(name)
+
+
 def accuracy_sections(tidy: pd.DataFrame) -> list[Section]:
     """One table per model/dataset and view: rows pruner/target, columns compression levels.
 
     Cells: 'mean ± std [rank]' in percent; '(n=k/K)' when only k of the K seeds support the cell.
     """
-    tidy = tidy.assign(target=tidy["target"].astype(object).where(tidy["target"].notna(), ""))
+    tidy = tidy.assign(target=tidy["target"].astype(object).where(tidy["target"].notna(), ""),
+                       pruner=tidy["pruner"].map(pruner_label))
     tidy = tidy.rename(columns={"level": "compression"})
     return _pivot_sections(
         tidy, lambda k: f"test_acc (%) at matched {k[2]} — {k[0]} / {k[1]}  [rank]", [*GROUP, "view"],
@@ -423,7 +435,7 @@ def compression_sections(tidy: pd.DataFrame) -> list[Section]:
     sections = []
     for key, g in tidy.groupby(GROUP, dropna=False, sort=False):
         frame = pd.DataFrame({
-            "pruner": g["pruner"].astype(str), "target": g["target"].astype(object).fillna("").astype(str),
+            "pruner": g["pruner"].map(pruner_label), "target": g["target"].astype(object).fillna("").astype(str),
             "sparsity": g["sparsity"].map(fmt_level), "n_seeds": g["n_seeds"].astype(str)})
         for view in VIEWS:
             frame[view] = [_range(m, lo, hi) for m, lo, hi in

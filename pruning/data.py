@@ -172,6 +172,9 @@ class Split:
                                                align_corners=False)
 
 
+LOCATIONS = ("root", "system_dir")  # loader arguments that say where files are, never what they hold
+
+
 @dataclass(frozen=True)
 class DataInfo:
     """What a data set is, known without reading it (spec validation needs shapes up front)."""
@@ -181,12 +184,13 @@ class DataInfo:
     loader: Callable[..., tuple[Split, Split]]
     doc: str
     embedded: bool = False  # ships with an installed package; needs no root
+    train_size: int | None = None  # training samples (known without reading: step counts at validation)
 
     @property
     def option_defaults(self) -> dict:
-        """The loader's options (`seed` fixes the split; `root` is a location, not an option)."""
+        """The loader's options (`seed` fixes the split); where files live (`LOCATIONS`) is no option."""
         params = inspect.signature(self.loader).parameters
-        return {p: v.default for p, v in params.items() if p != "root"}
+        return {p: v.default for p, v in params.items() if p not in LOCATIONS}
 
 
 def _root(root: str | os.PathLike | None) -> Path:
@@ -436,14 +440,18 @@ def load_tinyimagenet(root=None, seed: int = 0) -> tuple[Split, Split]:
 
 
 DATASETS: dict[str, DataInfo] = {
-    "digits": DataInfo((1, 8, 8), 10, load_digits, "scikit-learn's 8×8 handwritten digits (embedded)", True),
-    "synthetic": DataInfo((1, 8, 8), 10, load_synthetic, "Gaussian classes, any shape (tests)", True),
-    "mnist": DataInfo((1, 28, 28), 10, load_mnist, "MNIST, torchvision raw idx files"),
+    "digits": DataInfo((1, 8, 8), 10, load_digits, "scikit-learn's 8×8 handwritten digits (embedded)", True,
+                       train_size=1797 - 360),
+    "synthetic": DataInfo((1, 8, 8), 10, load_synthetic, "Gaussian classes, any shape (tests)", True,
+                          train_size=512),
+    "mnist": DataInfo((1, 28, 28), 10, load_mnist, "MNIST, torchvision raw idx files", train_size=60_000),
     "fashion_mnist": DataInfo((1, 28, 28), 10, load_fashion_mnist,
-                              "Fashion-MNIST, idx.gz files (torchvision layout or Debian's package)"),
-    "cifar10": DataInfo((3, 32, 32), 10, load_cifar10, "CIFAR-10, python pickles"),
-    "cifar100": DataInfo((3, 32, 32), 100, load_cifar100, "CIFAR-100, python pickles"),
-    "tinyimagenet": DataInfo((3, 64, 64), 200, load_tinyimagenet, "tiny-imagenet-200 folder"),
+                              "Fashion-MNIST, idx.gz files (torchvision layout or Debian's package)",
+                              train_size=60_000),
+    "cifar10": DataInfo((3, 32, 32), 10, load_cifar10, "CIFAR-10, python pickles", train_size=50_000),
+    "cifar100": DataInfo((3, 32, 32), 100, load_cifar100, "CIFAR-100, python pickles", train_size=50_000),
+    "tinyimagenet": DataInfo((3, 64, 64), 200, load_tinyimagenet, "tiny-imagenet-200 folder",
+                             train_size=100_000),
 }
 
 
@@ -460,6 +468,14 @@ def info(name: str, **options) -> tuple[tuple[int, int, int], int]:
         shape = tuple(options.get("input_shape", d.input_shape))
         return shape, int(options.get("num_classes", d.num_classes))  # type: ignore[return-value]
     return d.input_shape, d.num_classes
+
+
+def train_size(name: str, **options) -> int | None:
+    """Training samples of a data set without reading it (`synthetic`: its `n_train` option)."""
+    d = get(name)
+    if name == "synthetic":
+        return int(options.get("n_train", d.option_defaults["n_train"]))
+    return d.train_size
 
 
 def load(name: str, *, root: str | os.PathLike | None = None, seed: int = 0, **options) -> tuple[Split, Split]:

@@ -46,11 +46,17 @@ def default_l1(model_name: str | None) -> float:
     return LOMP_L1[model_name]
 
 
-def lomp_config(cfg: TrainConfig, l1: float) -> TrainConfig:
+def lomp_config(cfg: TrainConfig, l1: float, *, l1_scope: str | None = None) -> TrainConfig:
     """LOMP's training recipe on top of `cfg` (ALGORITHMS.md §7): the L1 term λ·Σ|θ| (over
-    cfg.l1_scope; the authors' is "all"), SGD momentum 0.9 and no weight decay (the L1 term is the
-    regularizer). The one place the recipe is stated."""
-    return replace(cfg, l1=float(l1), momentum=0.9, weight_decay=0.0)
+    `l1_scope`, else cfg.l1_scope; the authors' is "all"), SGD momentum 0.9 and no weight decay
+    (the L1 term is the regularizer), also for λ = 0. The one place the recipe is stated."""
+    scope = cfg.l1_scope if l1_scope is None else l1_scope
+    return replace(cfg, l1=float(l1), momentum=0.9, weight_decay=0.0, l1_scope=scope)
+
+
+def limit_iterations(model_name: str) -> int:
+    """The authors' Lanczos depth for a limit: 128 iterations, 96 for AlexNet (ALGORITHMS.md §7)."""
+    return 96 if model_name in ("alexnet", "alexnet224") else 128
 
 
 def global_magnitude_masks(weights: dict[str, torch.Tensor], removed_frac: float) -> dict[str, torch.Tensor]:

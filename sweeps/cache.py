@@ -50,10 +50,15 @@ def key_of(fields: Mapping[str, Any]) -> str:
 
 
 def dense_fields(*, model: str, dataset: str, data_options: Mapping[str, Any], seed: int,
-                 train: Mapping[str, Any]) -> dict[str, Any]:
-    """Exactly what determines a trained dense model (`train` includes LOMP's `l1`)."""
-    return {"model": model, "dataset": dataset, "data": dict(data_options), "seed": seed,
-            "train": dict(train)}
+                 train: Mapping[str, Any], model_variant: str | None = None) -> dict[str, Any]:
+    """Exactly what determines a trained dense model (`train` includes LOMP's `l1`).
+
+    The trial passes the cell's *hashed* sections (fields at their original defaults left out, as
+    in the cell id), so a field added to TrainConfig later does not orphan every cached model."""
+    out = {"model": model, "dataset": dataset, "data": dict(data_options), "seed": seed, "train": dict(train)}
+    if model_variant is not None:
+        out["model_variant"] = model_variant
+    return out
 
 
 def _pid_alive(pid: int) -> bool:

@@ -30,13 +30,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pruning.data import DATASETS
-from pruning.lomp import default_l1
+from pruning.lomp import default_l1, limit_iterations, lomp_config
 from pruning.pruners import PRUNERS
+from pruning.pruners.imp import rewind_iteration_for
 from pruning.train import TrainConfig
 from sweeps.defaults import original
 from sweeps.spec import Spec
 
 ID_LENGTH = 16  # hex digits of sha256: 64 bits, collision-free for any realistic sweep
+POINT_ITERATIONS = 30  # Lanczos depth of a point cell's SLQ when the spec gives none
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class PointPrune:
     options: Mapping[str, Any] = field(default_factory=dict)  # all of the pruner's options, `rounds` too
     finetune_epochs: int | None = None   # epochs of the `finetune` protocol; None for other protocols
     lomp_l1: float | None = None         # λ of the L1-trained dense model (lomp); None for other pruners
+    rewind_iteration: int | None = None  # imp: the optimizer step whose weights survivors rewind to
 
     def layout(self) -> dict[str, Any]:
         opts = dict(self.options)
@@ -57,6 +60,8 @@ class PointPrune:
             out["finetune_epochs"] = self.finetune_epochs
         if self.lomp_l1 is not None:
             out["lomp_l1"] = self.lomp_l1
+        if self.rewind_iteration is not None:
+            out["rewind_iteration"] = self.rewind_iteration
         return out
 
     @classmethod
@@ -64,7 +69,8 @@ class PointPrune:
         opts = dict(d.get("options") or {})
         if "rounds" in d:
             opts["rounds"] = d["rounds"]
-        return cls(options=opts, finetune_epochs=d.get("finetune_epochs"), lomp_l1=d.get("lomp_l1"))
+        return cls(options=opts, finetune_epochs=d.get("finetune_epochs"), lomp_l1=d.get("lomp_l1"),
+                   rewind_iteration=d.get("rewind_iteration"))
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,13 @@ class LimitPrune:
 
     lomp_l1: float                       # λ of LOMP training
     limit_grid: tuple[float, ...]        # removed fractions of the one-shot curve (0 is always added)
-    epsilon: float | None                # loss tolerance; None: the per-batch training-loss std
+    epsilon: float | None                # loss tolerance; None: measured by `epsilon_source`
     eigen_policy: str                    # negative Hessian eigenvalues in G(R): abs | drop | flat
     limit_tolerance_pp: float            # tolerance (percentage points) of the "tol" actual limit
+    epsilon_source: str = "batch_loss_std"  # pruning.limit.EPSILON_RECIPES: how ε is measured
+    zero_tol: float | None = 0.0         # |θ| ≤ zero_tol·ρ is zero curvature; None: 64 ulps of the dtype
+    limit_rounds: int = 1                # rounds of prune → L1-retrain under the mask → SLQ → predict
+    row_norm_quantiles: int = 0          # exact Hessian rows at this many quantiles of |w|; 0: none
 
     def layout(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -84,7 +94,9 @@ class LimitPrune:
     def from_layout(cls, d: Mapping[str, Any]) -> LimitPrune:
         return cls(lomp_l1=float(d["lomp_l1"]), limit_grid=tuple(float(s) for s in d["limit_grid"]),
                    epsilon=d["epsilon"], eigen_policy=d["eigen_policy"],
-                   limit_tolerance_pp=float(d["limit_tolerance_pp"]))
+                   limit_tolerance_pp=float(d["limit_tolerance_pp"]), epsilon_source=d["epsilon_source"],
+                   zero_tol=d["zero_tol"], limit_rounds=int(d.get("limit_rounds", 1)),
+                   row_norm_quantiles=int(d.get("row_norm_quantiles", 0)))
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,7 @@ class Cell:
     prune: PointPrune | LimitPrune
     hessian: SLQSettings | None  # None: no SLQ
     data: Mapping[str, Any]      # data-set loader options, defaults resolved (`seed` fixes the split)
+    model_variant: str = "default"  # pruning.models.VARIANTS: today's models | the authors' builds
     cell_id: str = field(default="", compare=False)
 
     def config(self) -> dict[str, Any]:
@@ -134,7 +147,7 @@ class Cell:
             "protocol": self.protocol, "train": dataclasses.asdict(self.train),
             "prune": self.prune.layout(),
             "hessian": {} if self.hessian is None else self.hessian.layout(),
-            "data": dict(self.data),
+            "data": dict(self.data), "model_variant": self.model_variant,
         })
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +165,7 @@ class Cell:
             sparsity=d["sparsity"], target=d["target"], seed=int(d["seed"]), protocol=d["protocol"],
             train=TrainConfig(**train), prune=prune_cls.from_layout(d["prune"]),
             hessian=SLQSettings.from_layout(d["hessian"]), data=dict(d["data"]),
+            model_variant=d["model_variant"],
         ))
         if d.get("cell_id") and d["cell_id"] != cell.cell_id:
             raise ValueError(f"cell_id {d['cell_id']!r}: does not match its config ({cell.cell_id!r})")
@@ -187,6 +201,7 @@ def _changed(values: Mapping[str, Any], key_of: Any) -> dict[str, Any]:
 def hashed_config(cell: Cell) -> dict[str, Any]:
     """What the id hashes: the config without fields at their original defaults."""
     config = cell.config()
+    config.update(_changed({"model_variant": config.pop("model_variant")}, lambda k: k))
     config["train"] = _changed(config["train"], lambda k: f"train.{k}")
     config["hessian"] = _changed(config["hessian"], lambda k: f"hessian.{k}")
     config["data"] = _changed(config["data"], lambda k: f"data.{cell.dataset}.{k}")
@@ -194,7 +209,7 @@ def hashed_config(cell: Cell) -> dict[str, Any]:
     if cell.kind == "limit":
         config["prune"] = _changed(prune, lambda k: f"prune.{k}")
     else:
-        options = _changed(prune.pop("options"), lambda k: f"prune.{cell.pruner}.{k}")
+        options = _changed(prune.pop("options"), lambda k: f"prune.{cell.pruner}.{k}")  # rounds too
         config["prune"] = _changed(prune, lambda k: f"prune.{cell.pruner}.{k}" if k == "rounds"
                                    else f"prune.{k}")
         if options:
@@ -226,12 +241,15 @@ def resolve_protocol(pruner: str, override: str | None) -> str:
 
 
 def pruner_options(spec: Spec, pruner: str) -> dict[str, Any]:
-    """Every option of `pruner`: its defaults, overridden by the spec's options it accepts."""
+    """Every option of `pruner`: its defaults, overridden by the spec's options it accepts, then by
+    the options the spec scopes to it (`prune.options.<pruner>`, or to the pruner it delegates to)."""
     info = PRUNERS[pruner]
     out = dict(info.option_defaults)
-    given = dict(spec.prune.options)
+    given = {k: v for k, v in spec.prune.options.items() if k not in PRUNERS}
     if spec.prune.rounds is not None:
         given["rounds"] = spec.prune.rounds
+    for scope in (info.delegate, pruner):
+        given.update(spec.prune.options.get(scope) or {} if scope is not None else {})
     out.update({k: v for k, v in given.items() if info.accepts(k)})
     return out
 
@@ -239,6 +257,27 @@ def pruner_options(spec: Spec, pruner: str) -> dict[str, Any]:
 def lomp_l1(spec: Spec, model: str) -> float:
     """λ of a LOMP model: the spec's, else the authors' value (`pruning.lomp.default_l1`)."""
     return spec.prune.lomp_l1 if spec.prune.lomp_l1 is not None else default_l1(model)
+
+
+def train_config(spec: Spec, model: str, pruner: str, kind: str) -> TrainConfig:
+    """What trains the cell's model: the spec's `train`, with LOMP's recipe (the L1 term, SGD
+    momentum 0.9, no weight decay; `pruning.lomp.lomp_config`) for a limit cell or an L1 pruner.
+
+    Resolved here so that the id hashes the training that really runs."""
+    if kind == "limit" or PRUNERS[pruner].needs_l1_training:
+        return lomp_config(spec.train, lomp_l1(spec, model), l1_scope=spec.prune.l1_scope)
+    return spec.train
+
+
+def slq_settings(spec: Spec, model: str) -> SLQSettings | None:
+    """The SLQ of a cell; the Lanczos depth defaults to 30, for a limit cell to the authors' depth."""
+    h = spec.hessian
+    if not h.enabled:
+        return None
+    iterations = h.iterations
+    if iterations is None:
+        iterations = limit_iterations(model) if spec.kind == "limit" else POINT_ITERATIONS
+    return SLQSettings(h.probes, iterations, h.models, h.max_samples)
 
 
 def data_options(spec: Spec, dataset: str) -> dict[str, Any]:
@@ -252,13 +291,17 @@ def _prune_sections(spec: Spec, model: str, pruner: str) -> list[tuple[float | N
     if spec.kind == "limit":
         return [(None, "direct", LimitPrune(
             lomp_l1=lomp_l1(spec, model), limit_grid=tuple(p.limit_grid), epsilon=p.epsilon,
-            eigen_policy=p.eigen_policy, limit_tolerance_pp=p.limit_tolerance_pp))]
+            eigen_policy=p.eigen_policy, limit_tolerance_pp=p.limit_tolerance_pp,
+            epsilon_source=p.epsilon_source if p.epsilon is None else "given", zero_tol=p.zero_tol,
+            limit_rounds=p.limit_rounds, row_norm_quantiles=p.row_norm_quantiles))]
     if pruner == "dense":
         return [(0.0, "direct", PointPrune())]
     section = PointPrune(
         options=pruner_options(spec, pruner),
         finetune_epochs=p.finetune_epochs if resolve_protocol(pruner, p.protocol) == "finetune" else None,
         lomp_l1=lomp_l1(spec, model) if PRUNERS[pruner].needs_l1_training else None,
+        rewind_iteration=(None if pruner != "imp" else p.rewind_iteration if p.rewind_iteration is not None
+                          else rewind_iteration_for(model)),
     )
     return [(s, t, section) for s in spec.sparsity for t in spec.target]
 
@@ -267,20 +310,25 @@ def expand(spec: Spec) -> list[Cell]:
     """All cells of `spec` in a stable order (pairs, pruner, sparsity, target, seed), deduplicated.
 
     `dense` gives one cell per model/dataset/seed, whatever the sparsity and target axes hold.
+    A spec with grids gives the union of its grids' cells, in grid order.
     """
-    h = spec.hessian
-    hessian = SLQSettings(h.probes, h.iterations, h.models, h.max_samples) if h.enabled else None
+    if spec.grids:
+        union = {c.cell_id: c for grid in spec.grids for c in expand(grid)}
+        return list(union.values())
     cells: dict[str, Cell] = {}
     for model, dataset in spec.pairs:
         data = data_options(spec, dataset)
+        hessian = slq_settings(spec, model)
         for pruner in spec.pruner:
             protocol = resolve_protocol(pruner, spec.prune.protocol) if spec.kind == "point" else "none"
+            train = train_config(spec, model, pruner, spec.kind)
             for sparsity, target, prune in _prune_sections(spec, model, pruner):
                 for seed in spec.seed:
                     cell = with_id(Cell(
                         sweep=spec.name, kind=spec.kind, model=model, dataset=dataset, pruner=pruner,
                         sparsity=sparsity, target=target, seed=seed, protocol=protocol,
-                        train=spec.train, prune=prune, hessian=hessian, data=data,
+                        train=train, prune=prune, hessian=hessian, data=data,
+                        model_variant=spec.model_variant,
                     ))
                     cells.setdefault(cell.cell_id, cell)
     return list(cells.values())

@@ -15,7 +15,8 @@ Rules (tests/test_cell_ids.py enforces them against a frozen copy of this table)
 - values are the JSON form the hash sees (lists, not tuples).
 
 Keys are `section.field` (`train.lr`, `hessian.probes`, `prune.limit_grid`), `prune.<pruner>.<option>`
-for a pruner's own options (its `rounds` included), and `data.<dataset>.<option>` for loader options.
+for a pruner's own options (its `rounds` included), `data.<dataset>.<option>` for loader options, and
+`model_variant`.
 The axes (model, dataset, pruner, sparsity, target, seed, kind, protocol) are always hashed.
 """
 
@@ -45,6 +46,8 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
     "train.augment": None,
     "train.eval_every": 1,
     "train.eval_batch_size": 1024,
+    "train.decay": "all",
+    "train.l1_scope": "prunable",
     # hessian: SLQ settings of a cell with `hessian.enabled` (a cell without SLQ hashes nothing here)
     "hessian.enabled": False,
     "hessian.probes": 4,
@@ -59,6 +62,11 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
     "prune.epsilon": None,
     "prune.eigen_policy": "abs",
     "prune.limit_tolerance_pp": 0.1,
+    "prune.epsilon_source": "batch_loss_std",
+    "prune.zero_tol": 0.0,
+    "prune.limit_rounds": 1,            # one round: the limit as it was computed before the option
+    "prune.row_norm_quantiles": 0,      # no Hessian rows: what a limit cell computed before the option
+    "prune.rewind_iteration": 0,
     # prune: each pruner's own options
     "prune.random/snip.batches": 10,
     "prune.random/snip.batch_size": 128,
@@ -80,6 +88,9 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
     "prune.rare_gems.momentum": 0.9,
     "prune.rare_gems.score_l2": 0.0001,
     "prune.rare_gems.batch_size": 128,
+    "prune.grasp.temperature": 1.0,
+    "prune.grasp.balanced": False,
+    "prune.grasp.samples_per_class": 10,
     # data: loader options
     "data.digits.seed": 0,
     "data.digits.test_size": 360,
@@ -93,6 +104,10 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
     "data.cifar10.seed": 0,
     "data.cifar100.seed": 0,
     "data.tinyimagenet.seed": 0,
+    "data.fashion_mnist.seed": 0,
+    "data.fashion_mnist.augment": False,
+    # the model's build
+    "model_variant": "default",
 }
 
 

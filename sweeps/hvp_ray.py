@@ -34,7 +34,7 @@ import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import Tensor, nn
 
-from pruning.hvp import LocalHVPBackend
+from pruning.hvp import LocalHVPBackend, restoring
 from pruning.slq import SLQResult, slq, zero_rows
 
 log = logging.getLogger(__name__)
@@ -260,9 +260,10 @@ def slq_probe_parallel(model: nn.Module, loss_fn: Callable | None, data: Any, *,
     x, y = materialize(data, batch_size)
     keep = None
     if deflate:
-        local = LocalHVPBackend(model, loss_fn, to_batches(x, y, batch_size), params=params,
-                                batch_size=batch_size)
-        keep = ~zero_rows(local, probes=zero_probes, seed=seed, tol=zero_tol)
+        with restoring(model):  # the caller's model keeps its mode and device
+            local = LocalHVPBackend(model, loss_fn, to_batches(x, y, batch_size), params=params,
+                                    batch_size=batch_size)
+            keep = ~zero_rows(local, probes=zero_probes, seed=seed, tol=zero_tol)
     model_ref, x_ref, y_ref = ray.put(detached_copy(model)), ray.put(x), ray.put(y)
     task = _slq_part.options(num_cpus=cpus, num_gpus=gpus)
     refs = [task.remote(model_ref, loss_fn, x_ref, y_ref, probes=count, iterations=iterations, seed=seed,

@@ -12,7 +12,10 @@ import functools
 import importlib.metadata as metadata
 import socket
 import subprocess
+import tomllib
 from pathlib import Path
+
+import torch
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -50,8 +53,6 @@ def git_commit(repo: Path = _REPO) -> str | None:
 def device_name(device: str) -> str:
     """A human name for `device`: the GPU model for CUDA devices, else 'cpu'."""
     if device.startswith("cuda"):
-        import torch
-
         return torch.cuda.get_device_name(torch.device(device))
     return device
 
@@ -61,8 +62,6 @@ def prunetune_version() -> str | None:
     if (v := package_version("prunetune")) is not None:
         return v
     try:
-        import tomllib
-
         return tomllib.loads((_REPO / "pyproject.toml").read_text())["project"]["version"]
     except (OSError, KeyError, ValueError):
         return None

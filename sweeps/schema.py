@@ -21,7 +21,7 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
-TABLES = ("trials", "layers", "spectra", "curves", "epochs")
+TABLES = ("trials", "layers", "spectra", "curves", "epochs", "weights", "scaling", "hessian_rows", "rounds")
 
 # old column name → new name (the Gauss–Radau s* is a diagnostic, not the end of a guaranteed bracket)
 RENAMED = {"predicted_removed_frac_radau": "predicted_removed_frac_radau_rule"}
@@ -105,6 +105,11 @@ TRIALS = pa.schema(
         ("predicted_resolution_tol", pa.float64()),      # the tolerance of predicted_unresolved
         ("predicted_unresolved", pa.bool_()),            # |s* − half| or 2·SE > tolerance
         ("zero_curvature_tol", pa.float64()),            # |θ| ≤ this is zero curvature (absolute)
+        # the limits in effective terms (ours): effective sparsity of the global-magnitude mask at
+        # the predicted and at the actual removed fractions (disconnected weights counted as removed)
+        ("predicted_effective_removed_frac", pa.float64()),
+        ("actual_effective_removed_frac_strict", pa.float64()),
+        ("actual_effective_removed_frac_tol", pa.float64()),
     ]
 )
 
@@ -148,6 +153,9 @@ CURVES = pa.schema(
         ("r", pa.float64()),                 # R(s): distance to the best sparse approximation
         ("g_of_r", pa.float64()),            # G(R(s)) from the SLQ quadrature
         ("schema_version", pa.int32()),
+        # added after version 1: the same mask in effective terms (pruning.sparsity; ours)
+        ("effective_sparsity", pa.float64()),
+        ("effective_compression", pa.float64()),  # inf for a disconnected net
     ]
 )
 
@@ -167,12 +175,76 @@ EPOCHS = pa.schema(
     ]
 )
 
+# --- limit cells only (pruning.limit_analyses): the analyses of the limit paper, added after version 1
+
+WEIGHTS = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("sweep", pa.string()),
+        ("layer_index", pa.int32()),         # model order; -1 for the histogram over all layers
+        ("layer", pa.string()),              # module name, "(all)" for all layers together
+        ("bin", pa.int32()),                 # fixed log10|w| bins of width 0.05 from -12; -1: below
+        ("log10_low", pa.float64()),         # bin edges of log10|w| (-inf / inf for the end bins)
+        ("log10_high", pa.float64()),
+        ("count", pa.int64()),               # trained prunable weights in the bin (empty bins left out)
+        ("schema_version", pa.int32()),
+    ]
+)
+
+SCALING = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("sweep", pa.string()),
+        ("factor", pa.float64()),            # trained weights × factor; the Hessian spectrum held fixed
+        ("predicted_removed_frac", pa.float64()),  # factor 1: the trials row's prediction exactly
+        ("predicted_kept_frac", pa.float64()),
+        ("schema_version", pa.int32()),
+    ]
+)
+
+HESSIAN_ROWS = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("sweep", pa.string()),
+        ("quantile", pa.float64()),          # rank of |w| among the prunable weights, in [0, 1]
+        ("weight_index", pa.int64()),        # flat index over the prunable weights (model order)
+        ("layer", pa.string()),
+        ("abs_weight", pa.float64()),
+        ("row_l1", pa.float64()),            # ‖H_i,:‖₁ of the mean training loss (exact, one HVP)
+        ("hessian_diag", pa.float64()),      # H_ii
+        ("schema_version", pa.int32()),
+    ]
+)
+
+ROUNDS = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("sweep", pa.string()),
+        ("round", pa.int32()),               # 1: the single-round limit of the trials row
+        ("status", pa.string()),             # "ok" | "diverged" (the round's retraining)
+        ("removed_frac_before", pa.float64()),  # pruned at the start of the round (of all prunable)
+        ("dense_test_acc", pa.float64()),    # the round's model before further pruning
+        ("epsilon", pa.float64()),
+        ("zero_mass", pa.float64()),
+        ("predicted_removed_frac", pa.float64()),  # of all prunable weights, pruned ones included
+        ("predicted_kept_frac", pa.float64()),
+        ("predicted_unresolved", pa.bool_()),
+        ("actual_removed_frac_strict", pa.float64()),
+        ("actual_removed_frac_tol", pa.float64()),
+        ("schema_version", pa.int32()),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "trials": TRIALS,
     "layers": LAYERS,
     "spectra": SPECTRA,
     "curves": CURVES,
     "epochs": EPOCHS,
+    "weights": WEIGHTS,
+    "scaling": SCALING,
+    "hessian_rows": HESSIAN_ROWS,
+    "rounds": ROUNDS,
 }
 
 

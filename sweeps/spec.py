@@ -33,7 +33,7 @@ import re
 import tempfile
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -44,9 +44,12 @@ import yaml
 
 from pruning import data as data_lib
 from pruning import models as models_lib
+from pruning import quotas as quotas_lib
 from pruning.limit import EIGEN_POLICIES as _POLICY_FUNCTIONS
+from pruning.limit import EPSILON_RECIPES as _EPSILON_RECIPES
 from pruning.lomp import default_l1
 from pruning.pruners import PROTOCOLS, PRUNERS, TARGETS
+from pruning.pruners.imp import rewind_iteration_for
 from pruning.train import TrainConfig
 from sweeps.paths import default_storage, is_uri, local_path
 
@@ -54,7 +57,9 @@ KINDS = ("point", "limit")
 HESSIAN_MODELS = ("dense", "pruned", "both")
 EIGEN_POLICIES = tuple(_POLICY_FUNCTIONS)
 BACKENDS = ("serial", "ray")
-DEFAULT_LIMIT_GRID = tuple(round(0.5 + 0.005 * i, 6) for i in range(100))  # removed fractions 0.5…0.995
+DEFAULT_LIMIT_GRID = tuple(round(0.005 * i, 6) for i in range(200))  # removed fractions 0, 0.005, …, 0.995
+L1_SCOPES = ("all", "prunable")
+EPSILON_RECIPES = tuple(_EPSILON_RECIPES)
 
 
 class SpecError(ValueError):
@@ -76,10 +81,16 @@ class PruneSection:
     finetune_epochs: int = 1           # epochs of the `finetune` protocol (same optimizer settings)
     rounds: int | None = None          # iterative pruners (imp, synflow, snip/iterative); None: theirs
     lomp_l1: float | None = None       # λ of LOMP training; None: the authors' value for the model
+    l1_scope: Literal[L1_SCOPES] = "all"  # LOMP's L1 term over every parameter (authors) | prunable
+    rewind_iteration: int | None = None  # imp: rewind to the weights of this step; None: the baselines'
     limit_grid: tuple[float, ...] = DEFAULT_LIMIT_GRID  # removed fractions of a limit curve
-    epsilon: float | None = None       # loss tolerance of the limit; None: per-batch loss std
+    epsilon: float | None = None       # loss tolerance of the limit; None: from epsilon_source
+    epsilon_source: Literal[EPSILON_RECIPES] = "batch_loss_std_authors"  # how ε is measured
+    zero_tol: float | None = None      # |θ| ≤ zero_tol·ρ is zero curvature; None: 64 ulps of the dtype
     eigen_policy: Literal[EIGEN_POLICIES] = "abs"  # negative Hessian eigenvalues in G(R)
     limit_tolerance_pp: float = 0.1    # tolerance (percentage points) of the "tol" actual limit
+    limit_rounds: int = 1              # limit cells: prune → L1-retrain under the mask → SLQ → predict, k rounds
+    row_norm_quantiles: int = 0        # limit cells: exact Hessian rows at this many |w| quantiles; 0: none
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword options of the pruner
 
 
@@ -89,7 +100,7 @@ class HessianSection:
 
     enabled: bool = False
     probes: int = 4                    # Rademacher probes
-    iterations: int = 30               # Lanczos steps per probe
+    iterations: int | None = None      # Lanczos steps per probe; None: 30, limit cells the authors' depth
     workers: int = 1                   # data-parallel HVP workers (Ray backend); never changes results
     models: Literal[HESSIAN_MODELS] = "pruned"
     max_samples: int | None = None     # first N training samples; None: the whole training set
@@ -129,7 +140,9 @@ class Spec:
     hessian: HessianSection
     resources: ResourcesSection
     data: DataSection
+    model_variant: str = "default"      # pruning.models.VARIANTS
     source: str | None = None
+    grids: tuple[Spec, ...] = ()        # sub-grids (each a whole Spec); the sweep is their union
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain YAML-able data (what `spec.yaml` in the store holds).
@@ -137,10 +150,17 @@ class Spec:
         Why resolved: generators (`compression_logspace`) and defaults are expanded, so the stored
         file re-creates exactly these cells even if defaults or generators change later.
         """
+        if self.grids:
+            common = {k: v for k, v in self.grids[0]._dict().items() if k in SWEEP_WIDE}
+            return {**common, "grids": [{k: v for k, v in g._dict().items() if k not in SWEEP_WIDE}
+                                        for g in self.grids]}
+        return self._dict()
+
+    def _dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name, "kind": self.kind, "backend": self.backend,
             "model_dataset": [list(p) for p in self.pairs], "pruner": list(self.pruner),
-            "seed": list(self.seed), "target": list(self.target),
+            "seed": list(self.seed), "target": list(self.target), "model_variant": self.model_variant,
         }
         if self.sparsity:
             out["sparsity"] = list(self.sparsity)
@@ -170,14 +190,47 @@ def loader_options(dataset: str) -> list[str]:
     return list(data_lib.get(dataset).option_defaults)
 
 
-def check_pair(model: str, dataset: str, options: Mapping[str, Any]) -> str | None:
-    """Why `model` cannot run on `dataset` (one line), or None when it can."""
+def check_pair(model: str, dataset: str, options: Mapping[str, Any], variant: str = "default") -> str | None:
+    """Why `model` (in `variant`) cannot run on `dataset` (one line), or None when it can."""
     try:
         shape, _ = data_lib.info(dataset, **options)
-        models_lib.check(model, shape)
+        models_lib.check(model, shape, variant)
     except (ValueError, TypeError) as e:
         return f"model/dataset: {model!r} on {dataset!r}: {e}"
     return None
+
+
+def quota_problem(pruner: str, model: str, pairs: Sequence[tuple[str, str]], options: Mapping[str, Any]) -> str | None:
+    """Why a quota pruner is not defined on `model` (uniform_plus needs a conv layer), or None."""
+    dataset = next(d for m, d in pairs if m == model)
+    shape, classes = data_lib.info(dataset, **options)
+    with torch.device("meta"):  # shapes only: nothing is allocated, even for VGG
+        net = models_lib.build(model, input_shape=shape, num_classes=classes)
+    try:
+        quotas_lib.check_applicable(pruner.partition("/")[2], quotas_lib.layer_shapes(net))
+    except ValueError as e:
+        return f"pruner: {pruner!r} on model {model!r}: {e}"
+    return None
+
+
+def _rewind_problems(prune: PruneSection, train: TrainConfig, pairs: Sequence[tuple[str, str]],
+                     options: Mapping[str, Any]) -> list[str]:
+    """IMP rewinds to the dense run's step k: k must lie within that run (known when its length is)."""
+    out = []
+    for model, dataset in pairs:
+        if model not in models_lib.MODELS or dataset not in data_lib.DATASETS:
+            continue
+        k = prune.rewind_iteration if prune.rewind_iteration is not None else rewind_iteration_for(model)
+        n = data_lib.train_size(dataset, **options)
+        if n is None:
+            continue
+        steps = train.iterations if train.iterations is not None else train.epochs * math.ceil(n / train.batch_size)
+        if k > steps:
+            what = "prune.rewind_iteration" if prune.rewind_iteration is not None else "the default rewind_iteration"
+            out.append(f"prune.rewind_iteration: {what} {k} lies beyond the {steps} optimizer steps of the dense "
+                       f"run of {model!r} on {dataset!r}; set prune.rewind_iteration ≤ {steps} "
+                       "(0 rewinds to the initialization)")
+    return out
 
 
 # ----------------------------------------------------------------------------- type checks
@@ -396,9 +449,9 @@ def storage_problem(storage: str) -> str | None:
 
 # ----------------------------------------------------------------------------- the spec
 
-_TOP_KEYS = ("name", "storage", "kind", "backend", "model", "dataset", "model_dataset", "pruner",
+_TOP_KEYS = ("name", "storage", "kind", "backend", "model", "model_variant", "dataset", "model_dataset", "pruner",
              "sparsity", "compression", "seed", "target", "train", "prune", "hessian", "resources",
-             "data")
+             "data", "grids")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -424,13 +477,77 @@ def _pairs(raw: Mapping[str, Any], problems: list[str]) -> tuple[tuple[str, str]
     return tuple((m, d) for m in models for d in datasets)
 
 
+SWEEP_WIDE = ("name", "storage", "kind", "backend", "resources")  # one value for all grids
+_SECTIONS = ("train", "prune", "hessian", "data")
+
+
+def _merged(base: Mapping[str, Any], grid: Mapping[str, Any]) -> dict[str, Any]:
+    """A grid over the top level: axes replaced, sections merged key by key (`prune.options` too)."""
+    out = dict(base)
+    for given, replaced in (("model_dataset", ("model", "dataset")), ("model", ("model_dataset",)),
+                            ("dataset", ("model_dataset",)), ("sparsity", ("compression",)),
+                            ("compression", ("sparsity",))):
+        if given in grid:  # a grid's way of giving an axis replaces the top level's other way
+            for key in replaced:
+                out.pop(key, None)
+    for key, value in grid.items():
+        if key in _SECTIONS and isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
+            section = {**base[key], **value}
+            if key == "prune" and isinstance(base[key].get("options"), Mapping) \
+                    and isinstance(value.get("options"), Mapping):
+                section["options"] = {**base[key]["options"], **value["options"]}
+            out[key] = section
+        else:
+            out[key] = value
+    return out
+
+
+def _build_grids(raw: Mapping[str, Any], **kwargs: Any) -> Spec:
+    """A spec with `grids:`: each grid is the top level with its own keys over it (e.g. one
+    model with its own recipe, or some pruners with an extra target); the sweep is their union.
+
+    Why: a paper's grid is rarely one product (each architecture has its recipe; uniform+ exists
+    for conv nets only; effective targets matter for some pruners). Each grid is validated as a
+    whole spec; problems name their grid. Sweep-wide keys (`SWEEP_WIDE`) stay at the top.
+    """
+    grids = raw["grids"]
+    if not isinstance(grids, list) or not grids or not all(isinstance(g, Mapping) for g in grids):
+        raise SpecError([f"grids: expected a non-empty list of mappings (each overrides the top level), "
+                         f"got {grids!r}"])
+    base = {k: v for k, v in raw.items() if k != "grids"}
+    problems: list[str] = []
+    parts: list[Spec] = []
+    for i, grid in enumerate(grids):
+        for key in sorted(set(grid) & {*SWEEP_WIDE, "grids"}):
+            problems.append(f"grids[{i}].{key}: sweep-wide; set it at the top level")
+        try:
+            parts.append(build_spec(_merged(base, {k: v for k, v in grid.items() if k not in SWEEP_WIDE}),
+                                    **kwargs))
+        except SpecError as e:
+            problems += [f"grids[{i}]: {p}" for p in e.problems]
+    if not problems:
+        workers = {g.hessian.workers for g in parts if g.hessian.enabled}
+        roots = {g.data.root for g in parts}
+        if len(workers) > 1:
+            problems.append(f"grids: hessian.workers differs between grids ({sorted(workers)}); it is sweep-wide")
+        if len(roots) > 1:
+            problems.append(f"grids: data.root differs between grids ({sorted(map(str, roots))}); it is sweep-wide")
+    if problems:
+        raise SpecError(problems)
+    return dataclasses.replace(parts[0], grids=tuple(parts))
+
+
 def build_spec(raw: Any, *, source: str | None = None, storage: str | None = None,
                backend: str | None = None, check_local_resources: bool = False) -> Spec:
     """Validate `raw` (parsed YAML) completely and return the Spec, or raise SpecError with all problems.
 
     `storage`/`backend` override the spec's (CLI flags). `check_local_resources` adds the checks
     that only matter when this machine runs the cells itself (GPUs for the serial backend).
+    A spec with `grids:` is the union of several grids (see `_build_grids`).
     """
+    if isinstance(raw, Mapping) and "grids" in raw:
+        return _build_grids(raw, source=source, storage=storage, backend=backend,
+                            check_local_resources=check_local_resources)
     problems: list[str] = []
     if not isinstance(raw, Mapping):
         raise SpecError([f"spec: expected a mapping with keys {', '.join(_TOP_KEYS)}, "
@@ -472,8 +589,12 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
         problems.append(f"model: unknown {m!r}; choose from {', '.join(known_models)}")
     for d in sorted({d for _, d in pairs} - set(known_data)):
         problems.append(f"dataset: unknown {d!r}; choose from {', '.join(known_data)}")
+    variant = raw.get("model_variant", "default")
+    if variant not in models_lib.VARIANTS:
+        problems.append(f"model_variant: {variant!r}; choose from {', '.join(models_lib.VARIANTS)}")
+        variant = "default"
     for m, d in pairs:
-        if m in known_models and d in known_data and (why := check_pair(m, d, data.options)):
+        if m in known_models and d in known_data and (why := check_pair(m, d, data.options, variant)):
             problems.append(why)
     for d in sorted({d for _, d in pairs} & set(known_data)):
         allowed = loader_options(d)
@@ -519,6 +640,16 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
             except ValueError as e:
                 problems.append(str(e))
 
+    for m in sorted({m for m, _ in pairs if m in known_models}):
+        for p in (p for p in pruners if p.endswith("/uniform_plus") and p in PRUNERS):
+            if (why := quota_problem(p, m, pairs, data.options)) is not None:
+                problems.append(why)
+    if "imp" in pruners:
+        problems += _rewind_problems(prune, train, pairs, data.options)
+    if prune.rewind_iteration is not None and "imp" not in pruners:
+        problems.append(f"prune.rewind_iteration: {prune.rewind_iteration} is used by imp only, and the "
+                        f"sweep's pruners are {list(pruners)}")
+
     if check_local_resources and backend == "serial" and resources.gpus > 0 and not torch.cuda.is_available():
         problems.append(f"resources.gpus: {resources.gpus} requested but this machine has no GPU "
                         "(the serial backend runs here); set gpus: 0 or use --backend ray")
@@ -527,7 +658,7 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
     return Spec(name=name, storage=storage, kind=kind, backend=backend, pairs=pairs,
                 pruner=tuple(pruners), sparsity=sparsity, seed=tuple(seeds), target=tuple(targets),
                 train=train, prune=prune, hessian=hessian, resources=resources, data=data,
-                source=source)
+                model_variant=variant, source=source)
 
 
 def _parse_prune(raw: Any, problems: list[str]) -> PruneSection:
@@ -549,20 +680,33 @@ def _parse_prune(raw: Any, problems: list[str]) -> PruneSection:
 
 
 def _check_options(prune: PruneSection, pruners: list[str], problems: list[str]) -> None:
-    """`prune.options` and `prune.rounds` must be taken by at least one pruner of the sweep."""
-    wanted = list(prune.options) + (["rounds"] if prune.rounds is not None else [])
+    """`prune.options` and `prune.rounds` must be taken by at least one pruner of the sweep.
+
+    An option keyed by a pruner's name holds options for that pruner alone (and the pruners that
+    hand their options to it: `snip: {batch_size: 100}` reaches snip and random/snip).
+    """
+    wanted = [k for k in prune.options if k not in PRUNERS] + (["rounds"] if prune.rounds is not None else [])
     for option in wanted:
         if pruners and not any(PRUNERS[p].accepts(option) for p in pruners):
             takers = sorted({o for info in PRUNERS.values() for o in info.option_defaults})
             problems.append(f"prune.options: {option!r} is taken by none of the pruners {pruners}; "
                             f"options of the registered pruners: {', '.join(takers)}")
+    for name in (k for k in prune.options if k in PRUNERS):
+        scoped = prune.options[name]
+        if not isinstance(scoped, Mapping):
+            problems.append(f"prune.options.{name}: expected a mapping of {name}'s options, got {scoped!r}")
+            continue
+        for option in scoped:
+            if not PRUNERS[name].accepts(option):
+                allowed = ", ".join(PRUNERS[name].option_defaults) or "none"
+                problems.append(f"prune.options.{name}: unknown option {option!r}; allowed: {allowed}")
 
 
 def _check_ranges(h: HessianSection, r: ResourcesSection, p: PruneSection, problems: list[str]) -> None:
     """Value ranges the types cannot express."""
     checks: list[tuple[bool, str]] = [
         (h.probes >= 1, f"hessian.probes: {h.probes}; must be ≥ 1"),
-        (h.iterations >= 2, f"hessian.iterations: {h.iterations}; must be ≥ 2"),
+        (h.iterations is None or h.iterations >= 2, f"hessian.iterations: {h.iterations}; must be ≥ 2 or null"),
         (h.workers >= 1, f"hessian.workers: {h.workers}; must be ≥ 1"),
         (h.max_samples is None or h.max_samples >= 1, f"hessian.max_samples: {h.max_samples}; must be ≥ 1 or null"),
         (r.cpus > 0, f"resources.cpus: {r.cpus}; must be > 0"),
@@ -571,7 +715,12 @@ def _check_ranges(h: HessianSection, r: ResourcesSection, p: PruneSection, probl
         (p.rounds is None or p.rounds >= 1, f"prune.rounds: {p.rounds}; must be ≥ 1 or null"),
         (p.lomp_l1 is None or p.lomp_l1 >= 0, f"prune.lomp_l1: {p.lomp_l1}; must be ≥ 0 or null"),
         (p.epsilon is None or p.epsilon > 0, f"prune.epsilon: {p.epsilon}; must be > 0 or null"),
+        (p.zero_tol is None or p.zero_tol >= 0, f"prune.zero_tol: {p.zero_tol}; must be ≥ 0 or null"),
+        (p.rewind_iteration is None or p.rewind_iteration >= 0,
+         f"prune.rewind_iteration: {p.rewind_iteration}; must be ≥ 0 or null"),
         (p.limit_tolerance_pp >= 0, f"prune.limit_tolerance_pp: {p.limit_tolerance_pp}; must be ≥ 0"),
+        (p.limit_rounds >= 1, f"prune.limit_rounds: {p.limit_rounds}; must be ≥ 1"),
+        (p.row_norm_quantiles >= 0, f"prune.row_norm_quantiles: {p.row_norm_quantiles}; must be ≥ 0 (0: none)"),
         (p.limit_grid is None or all(0 <= s < 1 for s in p.limit_grid),
          f"prune.limit_grid: removed fractions must lie in [0, 1), got {p.limit_grid}"),
     ]

@@ -2,6 +2,8 @@
 
     seed → data → model → obtain (prune at init + train, or dense from the cache + prune + protocol)
          → evaluate → sparsity report → SLQ (optional) → write layers/spectra/epochs/curves → trials
+    limit cells: seed → data → model → limit (LOMP model, ε, SLQ, prediction, curve, effective terms,
+         scaling, weight histograms) → Hessian rows (optional) → rounds → sparsity report → write
 
 Why a list of named steps looked up in `STEPS` at call time: the pruning library grows in parallel
 (pruners, SLQ, LOMP land as separate modules), and a step that needs a missing module fails only the
@@ -30,12 +32,14 @@ import torch
 from torch import nn
 
 from pruning import data as data_lib
-from pruning import limit, masks, models
+from pruning import limit, limit_analyses, masks, models
 from pruning.data import Split
+from pruning.hvp import LocalHVPBackend, restoring
+from pruning.limit_analyses import MagnitudeOrder, next_round_masks
 from pruning.slq import SLQResult, slq
-from pruning.lomp import lomp_config, pruning_curve
+from pruning.lomp import pruning_curve
 from pruning.pruners import PRUNERS, PruneResult, prune
-from pruning.sparsity import sparsity_report
+from pruning.sparsity import EffectiveMaskEvaluator, sparsity_report
 from pruning.train import TrainConfig, TrainResult, evaluate, seed_everything, train
 from sweeps import provenance, store
 from sweeps.cache import DENSE_ITEM, DenseCache, dense_fields, key_of
@@ -76,6 +80,7 @@ class TrialState:
     model: nn.Module | None = None
     init_state: dict[str, torch.Tensor] | None = None
     dense_key: str | None = None
+    rewind_state: dict[str, torch.Tensor] | None = None  # IMP's rewinding point (late rewinding)
     prune_result: PruneResult | None = None
     seconds: dict[str, float] = field(
         default_factory=lambda: {"train_seconds": 0.0, "prune_seconds": 0.0, "hessian_seconds": 0.0})
@@ -132,21 +137,20 @@ def _set_metrics(row: dict[str, Any], r: TrainResult | dict[str, Any]) -> None:
         row[k] = None if v is None else float(v)
 
 
-def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
+def _dense(st: TrialState) -> dict[str, Any]:
     """The trained dense model of this cell's model/data/seed/train config, from the cache.
 
     Trains it from the cell's seeded initialization (once per key across all processes sharing
-    the storage) on a miss. The entry holds `state` (state_dict), `metrics` (of the dense model)
-    and `epochs`; `use_dense` records them in the cell.
+    the storage) on a miss; `cell.train` already holds LOMP's recipe for an L1-trained cell. The
+    entry holds `state` (state_dict), `metrics` (of the dense model) and `epochs`; `use_dense`
+    records them in the cell.
     """
-    cfg = lomp_config(st.train_config(), l1) if l1 else st.train_config()
-    fields_ = dense_fields(model=st.cell.model, dataset=st.cell.dataset,
-                           data_options=hashed_config(st.cell)["data"], seed=st.cell.seed, train=cfg.to_dict())
+    cfg = st.cell.train
+    fields_ = _dense_fields(st.cell)
     st.dense_key = key_of(fields_)
 
     def compute() -> dict[str, Any]:
-        net = models.build(st.cell.model, input_shape=st.train_split.input_shape,
-                           num_classes=st.train_split.num_classes)
+        net = _build(st)
         net.load_state_dict(st.init_state)
         phase = "lomp" if cfg.l1 else "dense"
         r = train(net, st.train_split, st.test_split, cfg, device=st.device, seed=st.cell.seed,
@@ -161,6 +165,38 @@ def _dense(st: TrialState, *, l1: float | None = None) -> dict[str, Any]:
         st.dense_key, DENSE_ITEM, compute, describe=fields_)
     st.row["dense_test_acc"] = entry["metrics"]["test_acc"]
     return entry
+
+
+def _dense_fields(cell: Cell) -> dict[str, Any]:
+    hashed = hashed_config(cell)
+    return dense_fields(model=cell.model, dataset=cell.dataset, data_options=hashed["data"], seed=cell.seed,
+                        train=hashed["train"], model_variant=hashed.get("model_variant"))
+
+
+def _build(st: TrialState) -> nn.Module:
+    """The cell's model, untrained (its initialization follows the RNG state)."""
+    return models.build(st.cell.model, input_shape=st.train_split.input_shape,
+                        num_classes=st.train_split.num_classes, variant=st.cell.model_variant)
+
+
+def _rewind_state(st: TrialState) -> dict[str, torch.Tensor]:
+    """Where IMP's survivors rewind to: the dense run's weights after `rewind_iteration` optimizer
+    steps (late rewinding), or the initialization for 0. Cached beside the dense model: the same
+    seeded run, stopped at nothing, with a copy taken at step k."""
+    k = st.point.rewind_iteration
+    if not k:
+        return st.init_state
+
+    def compute() -> dict[str, Any]:
+        net = _build(st)
+        net.load_state_dict(st.init_state)
+        r = train(net, st.train_split, None, st.cell.train, device=st.device, seed=st.cell.seed, snapshot_at=k)
+        if r.snapshot is None:
+            raise Diverged(f"dense training diverged before rewind_iteration {k}")
+        return {"state": {name: v.detach().cpu() for name, v in r.snapshot.items()}}
+
+    entry, _ = DenseCache(st.where.storage).get_or_compute(st.dense_key, f"rewind-{k}.pt", compute)
+    return entry["state"]
 
 
 def use_dense(st: TrialState, entry: dict[str, Any]) -> None:
@@ -204,8 +240,7 @@ def step_data(st: TrialState) -> None:
 def step_model(st: TrialState) -> None:
     """Build the model at its seeded initialization and remember that state (for rewinding)."""
     seed_everything(st.cell.seed)
-    st.model = models.build(st.cell.model, input_shape=st.train_split.input_shape,
-                            num_classes=st.train_split.num_classes)
+    st.model = _build(st)
     st.init_state = copy.deepcopy(st.model.state_dict())
     st.row["n_params"] = models.count_parameters(st.model)
 
@@ -221,8 +256,8 @@ def _after_prune(st: TrialState) -> None:
     if protocol == "finetune":
         _train(st, st.model, st.train_config(epochs=st.point.finetune_epochs, iterations=None), "finetune")
         return
-    if protocol == "rewind":
-        masks.copy_weights(st.model, st.init_state)
+    if protocol == "rewind":  # IMP rewinds where its rounds did; everything else to the initialization
+        masks.copy_weights(st.model, st.rewind_state if st.rewind_state is not None else st.init_state)
     _train(st, st.model, st.train_config(), "sparse")
 
 
@@ -238,7 +273,7 @@ def step_obtain(st: TrialState) -> None:
         _prune(st)
         _after_prune(st)  # "train" (the default) and "rewind" coincide at init
         return
-    use_dense(st, _dense(st, l1=st.point.lomp_l1))
+    use_dense(st, _dense(st))
     extra = _imp_options(st) if cell.pruner == "imp" else {}
     _prune(st, **extra)
     _after_prune(st)
@@ -249,7 +284,8 @@ def _imp_options(st: TrialState) -> dict[str, Any]:
     def train_fn(model: nn.Module) -> TrainResult:
         return _train(st, model, st.train_config(), "sparse")
 
-    return {"train_fn": train_fn, "rewind_state": st.init_state}
+    st.rewind_state = _rewind_state(st)
+    return {"train_fn": train_fn, "rewind_state": st.rewind_state}
 
 
 def step_sparsity(st: TrialState) -> None:
@@ -316,18 +352,17 @@ def step_hessian(st: TrialState) -> None:
         _record_slq(st, _run_slq(st, st.model), "pruned")
 
 
-def _dense_slq(st: TrialState, *, l1: float | None = None) -> SLQResult:
+def _dense_slq(st: TrialState) -> SLQResult:
     """The dense model's SLQ, cached beside its checkpoint (keyed by the SLQ settings)."""
     if st.dense_key is None:  # a pruner at init: the dense reference is the dense-trained model
-        _dense(st, l1=l1)
+        _dense(st)
     cache = DenseCache(st.where.storage)
     entry = cache.load(st.dense_key, DENSE_ITEM)
     h = {k: v for k, v in st.cell.hessian.layout().items() if k != "models"}
     item = f"slq-{key_of({**h, 'seed': st.cell.seed})}.pt"
 
     def compute() -> dict[str, Any]:
-        dense = models.build(st.cell.model, input_shape=st.train_split.input_shape,
-                             num_classes=st.train_split.num_classes)
+        dense = _build(st)
         masks.load_state_dict(dense, entry["state"])
         return slq_to_plain(_run_slq(st, dense.to(st.device)))
 
@@ -338,7 +373,9 @@ def _dense_slq(st: TrialState, *, l1: float | None = None) -> SLQResult:
 
 def step_limit(st: TrialState) -> None:
     """A limit cell (ALGORITHMS.md §7): LOMP training, ε, the dense SLQ, the predicted limit with
-    its bands, and the actual limit from the one-shot global-magnitude curve (no retraining).
+    its bands, and the actual limit from the one-shot global-magnitude curve (no retraining); then
+    what costs next to nothing on top (`_limit_extras`): the curve and the limits in effective
+    terms, the weight-magnitude scaling of the prediction and the histograms of log10|w|.
 
     The same steps as `pruning.lomp.run_lomp`, composed here from its parts (`pruning_curve`,
     `pruning.limit`) because a sweep needs three things run_lomp does not offer: the LOMP model and
@@ -347,18 +384,14 @@ def step_limit(st: TrialState) -> None:
     describes the unpruned LOMP model; the curve (0 added, as run_lomp does) the pruned ones.
     """
     p = st.limit
-    use_dense(st, _dense(st, l1=p.lomp_l1))
-    if p.epsilon is not None:
-        eps, source = p.epsilon, "given"
-    else:
-        eps = limit.batch_loss_std(st.model, st.train_split, batch_size=st.cell.train.batch_size,
-                                   device=st.device)
-        source = "batch_loss_std"
-    spectrum = _dense_slq(st, l1=p.lomp_l1)
+    use_dense(st, _dense(st))
+    eps = _epsilon(st, st.model)
+    spectrum = _dense_slq(st)
     _record_slq(st, spectrum, "dense")
     weights = masks.weights(st.model)
     t0 = time.perf_counter()
-    prediction = limit.predict_limit(weights, spectrum, eps, policy=p.eigen_policy, epsilon_source=source)
+    prediction = limit.predict_limit(weights, spectrum, eps, policy=p.eigen_policy,
+                                     epsilon_source=p.epsilon_source, zero_tol=p.zero_tol)
     grid = sorted({0.0, *p.limit_grid})
     accs, losses, train_losses = pruning_curve(st.model, st.train_split, st.test_split, grid, device=st.device)
     actual = limit.actual_limit(grid, accs, accs[0], tolerance_pp=p.limit_tolerance_pp)
@@ -366,7 +399,121 @@ def step_limit(st: TrialState) -> None:
     st.row.update(limit.limit_columns(prediction, actual))
     st.row["lomp_l1"] = p.lomp_l1
     st.tables["curves"] = limit.curve_rows(grid, accs, losses, train_losses, weights, spectrum, eps,
-                                           p.eigen_policy)
+                                           p.eigen_policy, zero_tol=p.zero_tol)
+    _limit_extras(st, weights, spectrum, eps, prediction.removed_frac)
+
+
+def _epsilon(st: TrialState, model: nn.Module) -> float:
+    """ε of a limit cell for `model`: the cell's value, else measured by its recipe (λ added)."""
+    p, cfg = st.limit, st.cell.train
+    if p.epsilon is not None:
+        return p.epsilon
+    return limit.batch_loss_std(model, st.train_split, batch_size=cfg.batch_size, device=st.device,
+                                l1=p.lomp_l1, l1_scope=cfg.l1_scope, seed=st.cell.seed,
+                                **limit.epsilon_recipe(p.epsilon_source))
+
+
+def _limit_extras(st: TrialState, weights: dict[str, torch.Tensor], spectrum: SLQResult, eps: float,
+                  predicted: float) -> None:
+    """The cheap analyses of a limit cell (pruning.limit_analyses), on the unpruned LOMP model.
+
+    Effective terms (ours): global magnitude pruning disconnects weights at high sparsity, so each
+    mask of the curve, and the masks at the predicted and the actual limits, get their effective
+    sparsity (one linearized pass each, `pruning.sparsity`). Scaling: s* for the weights × 1…5 with
+    the spectrum held fixed (factor 1 is the trials row's s*). Weights: fixed-bin log10|w| histograms.
+    """
+    p, t0 = st.limit, time.perf_counter()
+    order = MagnitudeOrder(weights)
+    evaluator = EffectiveMaskEvaluator(st.model, input_shape=st.train_split.input_shape, dtype=torch.float32)
+    effective = {}
+    for row in st.tables["curves"]:
+        s = row["removed_frac"]
+        effective[s] = row["effective_sparsity"] = evaluator.effective_sparsity(order.masks(s))
+        row["effective_compression"] = masks.compression(row["effective_sparsity"])
+    st.row["predicted_effective_removed_frac"] = evaluator.effective_sparsity(order.masks(predicted))
+    for rule in limit.LIMIT_RULES:
+        st.row[f"actual_effective_removed_frac_{rule}"] = effective[st.row[f"actual_removed_frac_{rule}"]]
+    st.tables["scaling"] = limit_analyses.scaling_rows(weights, spectrum, eps, p.eigen_policy, zero_tol=p.zero_tol)
+    st.tables["weights"] = limit_analyses.weight_histogram_rows(weights)
+    st.seconds["prune_seconds"] += time.perf_counter() - t0
+
+
+def _hvp_backend(st: TrialState, model: nn.Module) -> Any:
+    """The Hessian operator of `model` on the SLQ data (the backend's factory's, or a local one)."""
+    loss_fn, data = torch.nn.functional.cross_entropy, _slq_split(st)
+    if st.hvp_backend_factory is not None:
+        return st.hvp_backend_factory(model=model, loss_fn=loss_fn, data=data, device=st.device)
+    return LocalHVPBackend(model, loss_fn, data, device=st.device)
+
+
+def step_hessian_rows(st: TrialState) -> None:
+    """Exact Hessian rows of the LOMP model at `prune.row_norm_quantiles` quantiles of |w| (the
+    paper's appendix): one HVP with a unit vector per chosen weight, 8 per data pass."""
+    k = st.limit.row_norm_quantiles
+    if not k:
+        return
+    t0 = time.perf_counter()
+    with restoring(st.model):
+        st.tables["hessian_rows"] = limit_analyses.hessian_row_rows(st.model, _hvp_backend(st, st.model), k)
+    st.seconds["hessian_seconds"] += time.perf_counter() - t0
+
+
+def step_rounds(st: TrialState) -> None:
+    """Iterative pruning (`prune.limit_rounds` = k): round 1 is the cell's single-round limit; each
+    next round prunes a copy of the model to the previous round's predicted fraction by global
+    magnitude among the survivors (`next_round_masks`: a subset of the previous mask), retrains it
+    under the mask with the cell's LOMP recipe, and measures ε, the SLQ of the masked model (pruned
+    weights are zero rows: deflated into the zero mass), the prediction and the one-shot curve.
+
+    Fractions are of all prunable weights, the already pruned ones included; a round's curve starts
+    at its own pruned fraction (its reference accuracy), then the grid's larger fractions. The copy
+    keeps the trials row about the unpruned LOMP model. A diverged retraining ends the rounds (its
+    row says so).
+    """
+    p, row = st.limit, st.row
+    accs0 = {c["removed_frac"]: c["test_acc"] for c in st.tables["curves"]}[0.0]
+    rounds = [{"round": 1, "status": "ok", "removed_frac_before": 0.0, "dense_test_acc": accs0,
+               "epsilon": row["epsilon"], "zero_mass": row["zero_mass"],
+               **{k: row[k] for k in ("predicted_removed_frac", "predicted_kept_frac", "predicted_unresolved",
+                                      "actual_removed_frac_strict", "actual_removed_frac_tol")}}]
+    st.tables["rounds"] = rounds
+    if p.limit_rounds == 1:
+        return
+    model = copy.deepcopy(st.model)
+    weights = masks.weights(model)
+    kept = masks.get_masks(model)
+    for r in range(2, p.limit_rounds + 1):
+        kept = next_round_masks(weights, kept, rounds[-1]["predicted_removed_frac"])
+        before = masks.direct_sparsity(kept)
+        masks.apply_masks(model, kept)
+        trained = train(model, st.train_split, st.test_split, st.cell.train, device=st.device,
+                        seed=st.cell.seed, on_epoch=_reporter(st, f"round{r}"))
+        st.tables["epochs"] += _epoch_rows(f"round{r}", trained.epochs)
+        st.seconds["train_seconds"] += trained.seconds
+        if trained.status == "diverged":
+            rounds.append({"round": r, "status": "diverged", "removed_frac_before": before})
+            return
+        eps = _epsilon(st, model)
+        t0 = time.perf_counter()
+        spectrum = _run_slq(st, model)
+        st.seconds["hessian_seconds"] += time.perf_counter() - t0
+        weights = masks.weights(model)
+        t0 = time.perf_counter()
+        prediction = limit.predict_limit(weights, spectrum, eps, policy=p.eigen_policy,
+                                         epsilon_source=row["epsilon_source"], zero_tol=p.zero_tol)
+        frozen = copy.deepcopy(model)
+        masks.remove_masks(frozen)  # pruned weights are plain zeros: the curve's masks cannot revive them
+        # the round's model itself (its pruned fraction) is the reference; grid points below it are that model
+        grid = sorted({before, *(s for s in p.limit_grid if s > before)})
+        accs, _, _ = pruning_curve(frozen, st.train_split, st.test_split, grid, device=st.device)
+        actual = limit.actual_limit(grid, accs, accs[0], tolerance_pp=p.limit_tolerance_pp)
+        st.seconds["prune_seconds"] += time.perf_counter() - t0
+        rounds.append({"round": r, "status": "ok", "removed_frac_before": before, "dense_test_acc": accs[0],
+                       "epsilon": eps, "zero_mass": spectrum.zero_mass,
+                       "predicted_removed_frac": prediction.removed_frac, "predicted_kept_frac": prediction.kept_frac,
+                       "predicted_unresolved": prediction.unresolved,
+                       "actual_removed_frac_strict": actual.removed_frac_strict,
+                       "actual_removed_frac_tol": actual.removed_frac_tol})
 
 
 STEPS: dict[str, Callable[[TrialState], None]] = {
@@ -377,11 +524,13 @@ STEPS: dict[str, Callable[[TrialState], None]] = {
     "sparsity": step_sparsity,
     "hessian": step_hessian,
     "limit": step_limit,
+    "hessian_rows": step_hessian_rows,
+    "rounds": step_rounds,
 }
 
 PIPELINES: dict[str, tuple[str, ...]] = {
     "point": ("seed", "data", "model", "obtain", "sparsity", "hessian"),
-    "limit": ("seed", "data", "model", "limit", "sparsity"),
+    "limit": ("seed", "data", "model", "limit", "hessian_rows", "rounds", "sparsity"),
 }
 
 

@@ -96,9 +96,13 @@ def limit_row(seed: int, *, predicted: float, strict: float, tol: float, band: t
 
 
 def curve_rows(cell: str, points: list[tuple[float, float, float]], sweep: str = "golden") -> list[dict]:
-    """curves rows from (removed_frac, test_acc, g_of_r); r grows with s as R(s) does."""
+    """curves rows from (removed_frac, test_acc, g_of_r); r grows with s as R(s) does, the test loss
+    falls as the accuracy rises, and the effective sparsity leaves the direct one above s = 0.9."""
     return [{"cell_id": cell, "sweep": sweep, "removed_frac": s, "kept_frac": 1 - s, "test_acc": acc,
-             "r": math.sqrt(s), "g_of_r": g, "schema_version": SCHEMA_VERSION} for s, acc, g in points]
+             "test_loss": 2.0 * (1.0 - acc), "r": math.sqrt(s), "g_of_r": g,
+             "effective_sparsity": s + max(0.0, s - 0.9) * 0.5,
+             "effective_compression": 1 / (1 - (s + max(0.0, s - 0.9) * 0.5)),
+             "schema_version": SCHEMA_VERSION} for s, acc, g in points]
 
 
 def spectrum_rows(cell: str, probes: list[list[tuple[float, float]]], zero_mass: float = 0.1,
@@ -108,6 +112,34 @@ def spectrum_rows(cell: str, probes: list[list[tuple[float, float]]], zero_mass:
              "node": node, "weight": weight, "zero_mass": zero_mass, "dim": 100,
              "schema_version": SCHEMA_VERSION}
             for p, nodes in enumerate(probes) for j, (node, weight) in enumerate(nodes)]
+
+
+def weight_rows(cell: str, counts: dict[int, int], layer: str = "(all)", sweep: str = "golden") -> list[dict]:
+    """weights rows from {bin: count} (bins of width 0.05 from log10|w| = -12, as the trial's)."""
+    return [{"cell_id": cell, "sweep": sweep, "layer_index": -1 if layer == "(all)" else 0, "layer": layer,
+             "bin": b, "log10_low": -12 + 0.05 * b, "log10_high": -12 + 0.05 * (b + 1), "count": n,
+             "schema_version": SCHEMA_VERSION} for b, n in counts.items()]
+
+
+def scaling_rows(cell: str, points: list[tuple[float, float]], sweep: str = "golden") -> list[dict]:
+    """scaling rows from (factor, predicted_removed_frac)."""
+    return [{"cell_id": cell, "sweep": sweep, "factor": f, "predicted_removed_frac": s, "predicted_kept_frac": 1 - s,
+             "schema_version": SCHEMA_VERSION} for f, s in points]
+
+
+def hessian_rows_rows(cell: str, points: list[tuple[float, float, float]], sweep: str = "golden") -> list[dict]:
+    """hessian_rows rows from (quantile, abs_weight, row_l1)."""
+    return [{"cell_id": cell, "sweep": sweep, "quantile": q, "weight_index": i, "layer": "fc", "abs_weight": w,
+             "row_l1": r, "hessian_diag": r / 10, "schema_version": SCHEMA_VERSION}
+            for i, (q, w, r) in enumerate(points)]
+
+
+def rounds_rows(cell: str, points: list[tuple[float, float, float]], sweep: str = "golden") -> list[dict]:
+    """rounds rows from (removed_frac_before, predicted_removed_frac, actual_removed_frac_tol)."""
+    return [{"cell_id": cell, "sweep": sweep, "round": i + 1, "status": "ok", "removed_frac_before": b,
+             "dense_test_acc": 0.95, "epsilon": 0.01, "zero_mass": b, "predicted_removed_frac": p,
+             "predicted_kept_frac": 1 - p, "predicted_unresolved": False, "actual_removed_frac_strict": b,
+             "actual_removed_frac_tol": a, "schema_version": SCHEMA_VERSION} for i, (b, p, a) in enumerate(points)]
 
 
 def write_file(root: str | os.PathLike, sweep: str, table: str, rows: list[dict], *, name: str | None = None,
@@ -121,15 +153,16 @@ def write_file(root: str | os.PathLike, sweep: str, table: str, rows: list[dict]
 
 
 def write_store(root: str | os.PathLike, sweep: str, trials: list[dict], *, curves: list[dict] = (),
-                spectra: list[dict] = ()) -> str:
-    """One file per cell and table, plus spec.yaml, as the sweep engine lays a sweep out."""
+                spectra: list[dict] = (), **tables: list[dict]) -> str:
+    """One file per cell and table, plus spec.yaml, as the sweep engine lays a sweep out; `tables`
+    gives rows of further tables by name (weights=..., rounds=...)."""
     sweep_dir = os.path.join(os.fspath(root), sweep)
     os.makedirs(sweep_dir, exist_ok=True)
     with open(os.path.join(sweep_dir, "spec.yaml"), "w") as f:
         f.write(f"name: {sweep}\n")
     for row in trials:
         write_file(root, sweep, "trials", [{**row, "sweep": sweep}])
-    for table, rows in (("curves", curves), ("spectra", spectra)):
+    for table, rows in (("curves", curves), ("spectra", spectra), *tables.items()):
         by_cell: dict[str, list[dict]] = {}
         for r in rows:
             by_cell.setdefault(r["cell_id"], []).append({**r, "sweep": sweep})

@@ -166,6 +166,16 @@ def test_accuracy_markdown_cells(golden: pd.DataFrame) -> None:
                       "compression=10000"]
 
 
+def test_extra_pruners_are_marked_in_display_tables_only() -> None:
+    rows = [trial(p, 0.9, s, dc=10, ec=12, acc=0.9) for p in ("grasp", "snip") for s in (0, 1)]
+    acc = T.accuracy_at_compression(frame(rows), levels=[10])
+    assert set(acc["pruner"]) == {"grasp", "snip"}  # the tidy frame keeps the registry names
+    text = T.render("accuracy", {"accuracy": acc}, "md")
+    assert "| grasp (extra) " in text and "| snip " in text and "snip (extra)" not in text
+    comp = T.render("compression", {"compression": T.compression_table(frame(rows))}, "md")
+    assert "| grasp (extra) " in comp
+
+
 # ----------------------------------------------------------------------------- 2. compression
 
 

@@ -45,3 +45,27 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(["prune", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_lomp_lambda_is_one_fact_for_spec_cli_and_library(capsys):
+    """λ of every model with a published value is the same from a spec, from `prunetune prune` and
+    from `pruning.lomp`; a model without one gets the same one-line error everywhere."""
+    from pruning.lomp import LOMP_L1, default_l1
+    from sweeps.cells import expand
+    from sweeps.spec import SpecError, build_spec
+
+    for model in LOMP_L1:
+        [cell] = expand(build_spec({"name": "l", "model": model, "dataset": "cifar10", "pruner": "lomp",
+                                    "sparsity": 0.5, "storage": "/tmp"}))
+        assert cell.prune.lomp_l1 == cell.train.l1 == default_l1(model), model
+    assert main(["prune", "--model", "fc5", "--pruner", "lomp", "--sparsity", "0.5", "--epochs", "0"]) == 0
+    assert "lomp_l1 = 5e-05 over all parameters" in capsys.readouterr().out
+
+    with pytest.raises(ValueError) as library:
+        default_l1("lenet300100")
+    with pytest.raises(SpecError) as spec:
+        build_spec({"name": "l", "model": "lenet300100", "pruner": "lomp", "sparsity": 0.5, "storage": "/tmp"})
+    assert main(["prune", "--pruner", "lomp", "--sparsity", "0.5"]) == 2
+    cli = capsys.readouterr().err.strip()
+    assert spec.value.problems == [str(library.value)] and cli == f"error: {library.value}"
+    assert str(library.value).startswith("lomp_l1: no published value for model 'lenet300100'")

@@ -188,3 +188,48 @@ def test_validate_accepts_the_packaged_configs(capsys):
         assert main(["validate", str(path)]) == 0, capsys.readouterr().err
         out = capsys.readouterr().out
         assert "OK" in out and math.isfinite(int(re.search(r"(\d+) cells", out).group(1)))
+
+
+def _configs() -> Path:
+    from sweeps.cli.run import demo_spec_path
+
+    return demo_spec_path().parent
+
+
+def test_pruning_limit_config_carries_the_authors_recipes():
+    """Issue 14 point 6: batch 128, 200 epochs, SGD momentum 0.9, no weight decay; FC5/FC12/VGG16
+    lr 0.01 constant; AlexNet (alexnet224) lr 0.01, warm-up 5, ×0.5 at 60/120/160; ResNet18/50
+    lr 0.1, warm-up 5, cosine; the authors' λ over every parameter, Lanczos depth and a grid from 0."""
+    from sweeps.spec import load_spec
+
+    cells = {c.model: c for c in expand(load_spec(_configs() / "pruning_limit.yaml")) if c.seed == 0}
+    assert {m: c.dataset for m, c in cells.items()} == {
+        "fc5": "cifar10", "fc12": "cifar10", "vgg16": "cifar10", "alexnet224": "cifar10",
+        "resnet18": "cifar100", "resnet50": "cifar100"}
+    recipe = {"fc5": (0.01, "constant", 0, (), 5e-5), "fc12": (0.01, "constant", 0, (), 5e-5),
+              "vgg16": (0.01, "constant", 0, (), 1e-4), "alexnet224": (0.01, "multistep", 5, (60, 120, 160), 3e-5),
+              "resnet18": (0.1, "cosine", 5, (), 5e-5), "resnet50": (0.1, "cosine", 5, (), 2e-5)}
+    for model, (lr, schedule, warmup, milestones, lam) in recipe.items():
+        t = cells[model].train
+        assert (t.lr, t.schedule, t.warmup, tuple(t.milestones), t.l1) == (lr, schedule, warmup, milestones, lam), model
+        assert (t.epochs, t.batch_size, t.momentum, t.weight_decay, t.l1_scope) == (200, 128, 0.9, 0.0, "all")
+        assert t.step_unit == "epoch" and (t.gamma == 0.5 if schedule == "multistep" else True)
+        assert cells[model].hessian.iterations == (96 if model == "alexnet224" else 128)
+        p = cells[model].prune
+        assert p.limit_grid[0] == 0.0 and p.epsilon_source == "batch_loss_std_authors"
+        assert (p.row_norm_quantiles, p.limit_rounds) == (100, 1)
+    assert len({c.seed for c in expand(load_spec(_configs() / "pruning_limit.yaml"))}) == 3
+
+
+def test_lomp_comparison_config():
+    from sweeps.spec import load_spec
+
+    cells = expand(load_spec(_configs() / "lomp_comparison.yaml"))
+    assert {c.pruner for c in cells} == {"dense", "lomp", "rare_gems", "imp", "random/smart_ratio"}
+    assert {c.sparsity for c in cells if c.pruner != "dense"} == {0.5, 0.8, 0.9, 0.95, 0.98, 0.99}
+    by = {(c.model, c.pruner): c for c in cells if c.seed == 0 and c.sparsity in (0.0, 0.9)}
+    assert by[("vgg16", "imp")].prune.rewind_iteration == 2000 and by[("fc5", "imp")].prune.rewind_iteration == 1000
+    assert by[("resnet50", "lomp")].train.l1 == 2e-5 and by[("resnet50", "imp")].train.l1 == 0.0
+    assert by[("alexnet224", "rare_gems")].prune.options["epochs"] == 150
+    assert by[("alexnet224", "dense")].train.milestones == (60, 120, 160)
+    assert by[("fc12", "random/smart_ratio")].train.lr == 0.01 and by[("resnet18", "dense")].train.lr == 0.1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -135,7 +136,8 @@ def test_finetune_protocol_runs_its_epochs(tmp_path):
 
 
 def test_imp_gets_training_and_the_initialization(tmp_path):
-    [cell] = cells(tmp_path, pruner="imp", sparsity=0.5, prune={"rounds": 2, "protocol": "none"})
+    [cell] = cells(tmp_path, pruner="imp", sparsity=0.5,  # rewind to the init: the run has 6 steps, not 1000
+                   prune={"rounds": 2, "protocol": "none", "rewind_iteration": 0})
     row = run_cell(cell, Where(str(tmp_path)))
     assert row["status"] == "ok", row["error"]
     assert row["direct_sparsity"] == pytest.approx(0.5, abs=1 / row["n_prunable"])
@@ -217,7 +219,8 @@ def test_limit_cell_curve_prediction_and_actual_limit(tmp_path):
     spec = build_spec({"name": "t", "kind": "limit", "model": "lenet300100", "dataset": "synthetic",
                        "storage": str(tmp_path), "data": {"options": OPTIONS},
                        "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "weight_decay": 0.0},
-                       "prune": {"lomp_l1": 1e-4, "limit_grid": grid, "limit_tolerance_pp": 5.0},
+                       "prune": {"lomp_l1": 1e-4, "limit_grid": grid, "limit_tolerance_pp": 5.0,
+                                 "epsilon_source": "batch_loss_std"},  # the deterministic ε the oracle recomputes
                        "hessian": {"enabled": True, "models": "dense", "probes": 2, "iterations": 5,
                                    "max_samples": 64}})
     [cell] = expand(spec)
@@ -254,6 +257,111 @@ def test_limit_cell_curve_prediction_and_actual_limit(tmp_path):
     epochs = store.read_cell_table(str(tmp_path), "t", "epochs", cell.cell_id).to_pylist()
     assert {e["phase"] for e in epochs} == {"lomp"}
     assert row["hessian_model"] == "dense" and row["zero_mass"] is not None
+    _check_limit_extras(tmp_path, cell, row, m, curve, again)
+
+
+def _check_limit_extras(tmp_path, cell, row, m, curve, prediction):
+    """The cheap outputs of a limit cell, each recomputed from the cached LOMP model."""
+    from pruning.limit_analyses import ALL_LAYERS
+    from pruning.lomp import global_magnitude_masks
+    from pruning.sparsity import effective_masks_from
+
+    w = masks_lib.weights(m)
+
+    def effective(s):  # oracle: the curve's own mask function, effective masks in float64
+        eff = effective_masks_from(m, global_magnitude_masks(w, s))
+        return masks_lib.direct_sparsity(eff)
+
+    for s, e, c in zip(curve["removed_frac"], curve["effective_sparsity"], curve["effective_compression"]):
+        assert e == pytest.approx(effective(s), abs=0) and e >= s - 1e-12
+        assert c == pytest.approx(masks_lib.compression(e))
+    assert row["predicted_effective_removed_frac"] == pytest.approx(effective(row["predicted_removed_frac"]), abs=0)
+    for rule in ("strict", "tol"):
+        assert row[f"actual_effective_removed_frac_{rule}"] == pytest.approx(effective(row[f"actual_removed_frac_{rule}"]))
+    scaling = store.read_cell_table(str(tmp_path), "t", "scaling", cell.cell_id).to_pandas()
+    assert scaling["factor"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert scaling["predicted_removed_frac"].iloc[0] == row["predicted_removed_frac"] == prediction.removed_frac
+    hist = store.read_cell_table(str(tmp_path), "t", "weights", cell.cell_id).to_pandas()
+    assert hist.groupby("layer")["count"].sum().to_dict() == {
+        ALL_LAYERS: row["n_prunable"], **{name: v.numel() for name, v in w.items()}}
+    flat = torch.cat([v.reshape(-1) for v in w.values()]).abs().double()
+    small = int((flat < 1e-3).sum())                              # bins below log10 = -3 hold exactly these
+    overall = hist[hist.layer == ALL_LAYERS]
+    assert int(overall[overall.log10_high <= -3 + 1e-9]["count"].sum()) == small
+    rounds = store.read_cell_table(str(tmp_path), "t", "rounds", cell.cell_id).to_pylist()
+    assert len(rounds) == 1 and rounds[0]["round"] == 1
+    for k in ("predicted_removed_frac", "actual_removed_frac_strict", "actual_removed_frac_tol", "epsilon"):
+        assert rounds[0][k] == row[k]
+    assert store.read_cell_table(str(tmp_path), "t", "hessian_rows", cell.cell_id) is None  # off by default
+
+
+def test_limit_rounds_and_hessian_rows(tmp_path, monkeypatch):
+    """Round 1 is the single-round limit; each round's mask keeps only survivors of the previous one;
+    the Hessian rows equal rows formed by autograd's double backward on the cached LOMP model."""
+    grid = [0.0, 0.3, 0.6, 0.9]
+    raw = {"name": "t", "kind": "limit", "model": "lenet300100", "dataset": "synthetic",
+           "storage": str(tmp_path), "data": {"options": OPTIONS},
+           "train": {"epochs": 2, "batch_size": 32, "lr": 0.05},
+           "prune": {"lomp_l1": 1e-4, "limit_grid": grid, "limit_rounds": 3, "row_norm_quantiles": 6},
+           "hessian": {"enabled": True, "models": "dense", "probes": 2, "iterations": 5, "max_samples": 64}}
+    [cell] = expand(build_spec(raw))
+    [single] = expand(build_spec({**raw, "prune": {"lomp_l1": 1e-4, "limit_grid": grid}}))
+    calls = []
+    real = trial_mod.next_round_masks
+
+    def recording(weights, kept, removed_frac):
+        out = real(weights, kept, removed_frac)
+        calls.append(({k: v.clone() for k, v in kept.items()}, out, removed_frac))
+        return out
+
+    monkeypatch.setattr(trial_mod, "next_round_masks", recording)
+    row = run_cell(cell, Where(str(tmp_path)))
+    assert row["status"] == "ok", row["error"]
+    one = run_cell(single, Where(str(tmp_path)))                # same LOMP model and SLQ from the cache
+    rounds = store.read_cell_table(str(tmp_path), "t", "rounds", cell.cell_id).to_pylist()
+    assert [r["round"] for r in rounds] == [1, 2, 3] and all(r["status"] == "ok" for r in rounds)
+    assert rounds[0]["predicted_removed_frac"] == row["predicted_removed_frac"] == one["predicted_removed_frac"]
+    assert rounds[0]["actual_removed_frac_tol"] == one["actual_removed_frac_tol"]
+    assert rounds[0]["removed_frac_before"] == 0.0
+    n = row["n_prunable"]
+    assert len(calls) == 2
+    for (kept, out, s), r_prev, r_next in zip(calls, rounds[:-1], rounds[1:]):
+        assert s == r_prev["predicted_removed_frac"]
+        assert all(not (out[k] & ~kept[k]).any() for k in kept)  # only survivors of the previous round
+        removed = n - sum(int(v.sum()) for v in out.values())
+        assert removed == max(math.ceil(round(s * n, 9)), n - sum(int(v.sum()) for v in kept.values()))
+        assert r_next["removed_frac_before"] == pytest.approx(removed / n, abs=0)
+        assert r_next["actual_removed_frac_tol"] >= r_next["removed_frac_before"]  # the round's model qualifies
+    assert all(torch.equal(calls[1][0][k], calls[0][1][k]) for k in calls[0][1])  # the chain of masks
+    epochs = store.read_cell_table(str(tmp_path), "t", "epochs", cell.cell_id).to_pandas()
+    assert epochs["phase"].tolist() == ["lomp"] * 2 + ["round2"] * 2 + ["round3"] * 2
+    # the trials row still describes the unpruned LOMP model
+    assert row["direct_sparsity"] == 0.0 and row["test_acc"] == one["test_acc"]
+
+    rows = store.read_cell_table(str(tmp_path), "t", "hessian_rows", cell.cell_id).to_pandas()
+    assert len(rows) == 6 and rows["quantile"].tolist() == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0], abs=1e-4)
+    m, _, _ = dense_model(tmp_path, cell)
+    m.eval()
+    train, _ = splits()
+    x, y = train.tensors()
+    params = [p for _, p in m.named_parameters()]
+    loss = torch.nn.functional.cross_entropy(m(x[:64]), y[:64])
+    grads = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params, create_graph=True)])
+    w = torch.cat([v.reshape(-1) for v in masks_lib.weights(m).values()]).abs()
+    assert rows["abs_weight"].is_monotonic_increasing
+    # parameter order of lenet300100: fc weights and biases interleaved; prunable i ↦ coordinate
+    sizes = [(p.numel(), name.endswith("weight")) for name, p in m.named_parameters()]
+    coords, start = [], 0
+    for size, is_weight in sizes:
+        if is_weight:
+            coords.extend(range(start, start + size))
+        start += size
+    for r in rows.itertuples():
+        i = coords[r.weight_index]
+        assert r.abs_weight == pytest.approx(float(w[r.weight_index]))
+        h_row = torch.cat([g.reshape(-1) for g in torch.autograd.grad(grads[i], params, retain_graph=True)])
+        assert r.row_l1 == pytest.approx(float(h_row.abs().sum()), rel=1e-4, abs=1e-9)
+        assert r.hessian_diag == pytest.approx(float(h_row[i]), rel=1e-4, abs=1e-9)
 
 
 RACE = """

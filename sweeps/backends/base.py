@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from sweeps import store
+
 if TYPE_CHECKING:
     from sweeps.cells import Cell
     from sweeps.progress import Progress
@@ -79,8 +81,6 @@ def pending_cells(cells: Sequence[Cell], storage: str, summary: RunSummary, prog
 
     Every backend starts with this: the per-cell Parquet, not a backend's own state, says what is done.
     """
-    from sweeps import store
-
     todo = []
     for cell in cells:
         if store.is_done(storage, cell.sweep, cell.cell_id):

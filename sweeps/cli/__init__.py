@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)          # run, resume, validate, demo
     status.register(sub)
     prune.register(sub)
-    analysis_cli.register(sub)  # tables, plot
+    analysis_cli.register(sub)  # tables, plot, limit-report
     data.register(sub)
     return p
 

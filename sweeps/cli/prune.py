@@ -61,6 +61,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     removed = 0 if result is None else result.removed_count
     print(f"{args.pruner} on {args.model}/{args.dataset}, {args.target} target {args.sparsity}"
           f"{'' if met else ' (not met: the dense net is already sparser)'}:")
+    if cell.train.l1:
+        print(f"  dense model trained with LOMP's L1 term: lomp_l1 = {cell.train.l1:g} over "
+              f"{cell.train.l1_scope} parameters")
     for kind in ("direct", "effective"):
         print(f"  {kind:<9} sparsity {row[f'{kind}_sparsity']:.6f}  compression "
               f"{_fmt(row[f'{kind}_compression'])}")

@@ -26,11 +26,15 @@ def demo_spec_path() -> Path:
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, storage=args.storage)
     cells = expand(spec)
-    print(f"{args.spec}: OK — sweep {spec.name!r}, {len(cells)} cells "
-          f"({len(spec.pairs)} model/dataset pairs × {len(spec.pruner)} pruners × "
-          f"{max(len(spec.sparsity), 1)} sparsities × {len(spec.target)} targets × {len(spec.seed)} seeds), "
-          f"storage {spec.storage}")
+    grids = [_shape(g) for g in spec.grids or (spec,)]
+    shape = grids[0] if len(grids) == 1 else f"{len(grids)} grids: " + "; ".join(grids)
+    print(f"{args.spec}: OK — sweep {spec.name!r}, {len(cells)} cells ({shape}), storage {spec.storage}")
     return 0
+
+
+def _shape(spec: Spec) -> str:
+    return (f"{len(spec.pairs)} model/dataset pairs × {len(spec.pruner)} pruners × "
+            f"{max(len(spec.sparsity), 1)} sparsities × {len(spec.target)} targets × {len(spec.seed)} seeds")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
