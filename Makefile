@@ -4,7 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean-venv
+GPU_CHECK_OUT ?= bench/out/gpu_check
+
+.PHONY: demo test bench gpu-check clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The one-shot check for a machine with a GPU: no install step, no Ray, no network (bench/gpu_check.py)
+gpu-check:
+	PYTHONPATH=. $(PYTHON) bench/gpu_check.py --out $(GPU_CHECK_OUT)
 
 clean-venv:
 	rm -rf $(VENV)

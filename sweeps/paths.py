@@ -13,6 +13,14 @@ is made once. Imports neither torch nor Ray (analysis uses it).
 A storage root is a local path (`~` expanded, made absolute; `file://` stripped) or a pyarrow.fs URI
 (`s3://bucket/prefix`, `gs://…`). Names starting with '.' or '_' are temp files or caches, never
 results.
+
+Object-store access comes from the environment, never from the URI or a file in the repository: for
+S3, pyarrow's `FileSystem.from_uri` (which Ray Tune uses too) reads the standard variables —
+`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` (else ~/.aws or the instance role),
+`AWS_DEFAULT_REGION`, and the endpoint of an S3-compatible server from `AWS_ENDPOINT_URL_S3`, else
+`AWS_ENDPOINT_URL` (checked with pyarrow 26; `S3FileSystem()` built directly ignores them, so this
+module always goes through `from_uri`). A URI that carries credentials (`s3://KEY:SECRET@bucket/…`,
+`?secret_key=…`) is refused: the storage root is written into spec.yaml, Tune's state and every log.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,12 +88,34 @@ class Location:
         return "/".join([self.base.rstrip("/"), *parts])
 
 
+# query parameters of pyarrow URIs that carry secrets (pyarrow.fs S3/GCS/Azure options)
+SECRET_PARAMS = ("access_key", "secret_key", "session_token", "access_token", "account_key",
+                 "sas_token", "client_secret", "credentials")
+
+
+def credentials_problem(location: str) -> str | None:
+    """Why a storage URI must not be used as written (it carries credentials), or None."""
+    if not is_uri(location):
+        return None
+    parts = urllib.parse.urlsplit(location)
+    secret = [k for k in urllib.parse.parse_qs(parts.query) if k.lower() in SECRET_PARAMS]
+    if parts.username or parts.password or secret:
+        where = "user:secret@ in the URI" if parts.username or parts.password else ", ".join(secret)
+        return (f"storage: the URI carries credentials ({where}), which would be stored in spec.yaml, "
+                "Tune's state and logs; remove them and give them through the environment "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws or the instance role)")
+    return None
+
+
 @functools.lru_cache(maxsize=64)
 def filesystem(location: str) -> Location:
-    """The filesystem of a local path, a file:// URI or any pyarrow.fs URI.
+    """The filesystem of a local path, a file:// URI or any pyarrow.fs URI (see the module docstring
+    for where object-store access comes from; a URI with credentials is a ValueError).
 
     Cached per location: an object-store client is slow to create, and one process reuses one.
     """
+    if (problem := credentials_problem(location)) is not None:
+        raise ValueError(problem)
     if is_uri(location):
         fs, base = pafs.FileSystem.from_uri(location)
         return Location(fs, base.rstrip("/") or base, local=False)

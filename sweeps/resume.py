@@ -45,7 +45,7 @@ def latest_experiment(storage: str, sweep: str) -> str | None:
     return f"{root}/{runs[-1]}" if runs else None
 
 
-def restore(backend: RayBackend, where: Where, path: str | None) -> bool:
+def restore(backend: RayBackend, where: Where, cells: list[Cell], path: str | None) -> bool:
     """Restore and finish the Tune experiment at `path`; False (nothing run) when it cannot be restored.
 
     Why the broad but listed exceptions: a state file left by a killed driver can be truncated
@@ -56,7 +56,7 @@ def restore(backend: RayBackend, where: Where, path: str | None) -> bool:
         log.info("resume: no restorable Tune experiment (%s); running the pending cells afresh", path)
         return False
     try:
-        tuner = tune.Tuner.restore(path, trainable=backend.trainable(where), resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=backend.trainable(where, cells), resume_errored=True)
         backend.results = tuner.fit()
     except (tune.TuneError, ValueError, OSError, RuntimeError) as e:
         log.warning("resume: Tune state at %s is not usable (%s); running the pending cells afresh", path, e)
@@ -87,7 +87,7 @@ def resume(spec: Spec, *, options: RayOptions | None = None, progress: Progress 
     with backend.session():
         where = absolute(where)
         callback = ProgressCallback({c.cell_id: c for c in pending}, where.storage, progress)
-        if restore(backend, where, latest_experiment(spec.storage, spec.name)):
+        if restore(backend, where, cells, latest_experiment(spec.storage, spec.name)):
             restored = collect(pending, where, backend.results, RunSummary(), callback)
             # a cell the restored experiment ran to a failed row keeps it (Tune already retried
             # it); cells with no row, or with a failed row older than this call, run afresh

@@ -1,4 +1,4 @@
-"""The Parquet store: one file per cell and table, written atomically, `trials` last.
+"""The Parquet store: one file per cell and table, each committed whole, `trials` last.
 
 Layout (see `sweeps.paths`): `<storage>/<sweep>/<table>/<cell_id>.parquet` and
 `<storage>/<sweep>/spec.yaml`. Why one file per cell: backends on many machines write without
@@ -6,10 +6,26 @@ coordination, a crashed cell can never corrupt another, and re-running a cell re
 own files. Why `trials` last: its presence is the commit record — a cell is done iff its trials file
 reads back with a finished status, so a crash between tables leaves a cell that is simply redone.
 
-Local files are written under a hidden temp name `.<cell_id>.<random>.tmp` in the target directory
-and moved into place with `os.replace` (atomic on POSIX); readers (pandas, `pyarrow.dataset`, DuckDB
-globs of `*.parquet`) never see them. On object stores (pyarrow.fs URIs) a single object PUT is
-already atomic, so the object is written directly. No Hive partitioning: the cell's axes are columns.
+The commit protocol, the same promise on both kinds of storage (a reader sees a key whole or not
+at all, and only a `trials` file that parses counts):
+
+- Local files are written under a hidden temp name `.<cell_id>.<random>.tmp` in the target
+  directory, fsynced and moved into place with `os.replace` (atomic on POSIX); readers (pandas,
+  `pyarrow.dataset`, DuckDB globs of `*.parquet`) never see the temp names.
+- Object stores (S3 and other pyarrow.fs URIs) have no rename (a "rename" is copy + delete, two
+  requests a crash can separate), so a table is serialized in memory first and uploaded in one go
+  to its *final* key: a single PUT, or for objects above pyarrow's part size a multipart upload,
+  which S3 makes visible only when it is completed. A writer killed mid-upload therefore leaves no
+  object at all (only an incomplete multipart upload, invisible to readers; a bucket lifecycle rule
+  `AbortIncompleteMultipartUpload` reclaims it — see docs/cluster.md). After the upload the writer
+  checks the stored size; a short object (an upload closed early by an error) is deleted and the
+  write raises.
+- Readers parse before they trust: a missing file is "not done"; a file that exists but does not
+  parse (a truncated copy, a torn upload through some other tool) is skipped with a warning naming
+  it, and its cell counts as not done, so `run`/`resume` redo it. Parquet's footer is at the end,
+  so no prefix of a file parses.
+
+No Hive partitioning: the cell's axes are columns.
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ import io
 import os
 import secrets
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
@@ -59,12 +76,10 @@ def to_table(table: str, rows: list[Mapping[str, object]]) -> pa.Table:
 
 
 def write_bytes(storage: str, path: str, data: bytes) -> None:
-    """Write `data` to `path` atomically: temp file + os.replace locally, one PUT on object stores."""
+    """Commit `data` at `path` whole or not at all (see the module docstring for the protocol)."""
     loc = locate(storage)
     if not loc.local:
-        loc.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with loc.fs.open_output_stream(path) as f:
-            f.write(data)
+        _put_object(loc, path, data)
         return
     directory, name = os.path.split(path)
     os.makedirs(directory, exist_ok=True)
@@ -80,6 +95,22 @@ def write_bytes(storage: str, path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _put_object(loc: Location, path: str, data: bytes) -> None:
+    """One upload of the final key, then a size check (no temp key: object stores cannot rename).
+
+    The bytes go to the stream in one `write` call, so an interrupt between Python bytecodes cannot
+    split them; a stream closed by an error after a partial upload would commit a short object
+    (pyarrow completes the upload on close), which the size check finds and deletes.
+    """
+    loc.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with loc.fs.open_output_stream(path, compression=None) as f:
+        f.write(data)
+    size = loc.fs.get_file_info(path).size
+    if size != len(data):
+        _remove_path(loc, path)
+        raise OSError(f"{path}: stored {size} of {len(data)} bytes; the upload was cut short and removed")
 
 
 def write_table(storage: str, sweep: str, table: str, cell_id: str,
@@ -113,7 +144,10 @@ def write_cell(storage: str, sweep: str, cell_id: str,
 
 
 def _remove(storage: str, path: str) -> None:
-    loc = locate(storage)
+    _remove_path(locate(storage), path)
+
+
+def _remove_path(loc: Location, path: str) -> None:
     try:
         loc.fs.delete_file(path)
     except (FileNotFoundError, OSError):
@@ -121,13 +155,26 @@ def _remove(storage: str, path: str) -> None:
 
 
 def read_cell_table(storage: str, sweep: str, table: str, cell_id: str) -> pa.Table | None:
-    """One cell's table, or None when absent or unreadable (a truncated file counts as absent)."""
+    """One cell's table; None when it is absent, or present but unreadable (warned about: a
+    truncated or torn file counts as absent, so its cell is redone).
+
+    Only a file that cannot be *parsed* counts as absent: an error opening an existing file (an
+    unreachable object store, a permission problem) is raised, because treating it as "not done"
+    would run finished cells again.
+    """
     loc = locate(storage)
     path = table_path(storage, sweep, table, cell_id)
     try:
-        with loc.fs.open_input_file(path) as f:
+        f = loc.fs.open_input_file(path)
+    except FileNotFoundError:
+        return None
+    try:
+        with f:
             return pq.read_table(f)
-    except (FileNotFoundError, OSError, pa.ArrowException):
+    except (OSError, pa.ArrowException) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        warnings.warn(f"skipping unreadable result file {path}: {reason}; its cell counts as not done "
+                      "and runs again", stacklevel=2)
         return None
 
 
@@ -156,7 +203,7 @@ def stored_ids(storage: str, sweep: str, table: str = "trials") -> list[str]:
 def read_table(storage: str, sweep: str, table: str, cell_ids: Iterable[str] | None = None) -> pa.Table:
     """All readable files of `table` in a sweep as one table with the central schema.
 
-    Damaged files (a crash on an object store, a truncated copy) are skipped, not fatal: reading
+    Damaged files (a truncated copy, a torn upload) are skipped with a warning, not fatal: reading
     results must never fail because one cell is broken; that cell is simply redone by `run`.
     """
     ids = stored_ids(storage, sweep, table) if cell_ids is None else list(cell_ids)
@@ -181,7 +228,7 @@ def dataset(storage: str, sweep: str, table: str) -> pads.Dataset:
 def clean_temp_files(storage: str, sweep: str, *, older_than: float = 3600.0) -> int:
     """Remove hidden temp files (`.<cell_id>.<random>.tmp`) left by writers killed mid-write.
 
-    Only local stores have them (object PUTs leave nothing), and only files older than
+    Only local stores have them (object uploads leave no visible key), and only files older than
     `older_than` seconds are removed, so writers still running elsewhere are never disturbed.
     Readers ignore these files anyway; this only reclaims space. Returns how many were removed.
     """

@@ -17,6 +17,13 @@ A local Ray is always our own (`address="local"`), advertises 127.0.0.1 and has 
 asked for one (then on 127.0.0.1); Ray 2.60's gRPC servers still listen on all interfaces, which
 Ray's token authentication (default for local Ray since 2.59) protects: see docs/cluster.md.
 
+What a user watches: the grid is over cell ids (the cells themselves reach the trials once, through
+`tune.with_parameters`), so Tune's table shows the whole `cell_id` in its parameter column; each
+trial is named by its cell's axes (`lenet300100/digits random/uniform direct s=0.5 seed=0`,
+`trial_label`); the metric columns are the per-epoch `epoch`, `train_loss`, `test_loss`, `test_acc`
+(Tune's table shows the first four numeric metrics it sees, so every report starts with these
+four). Trial directories, and every key on disk, stay the cell_id.
+
 Why `reuse_actors` by default: a fresh process per trial re-imports torch and reloads its data set,
 seconds per cell that dwarf a small cell's own work (bench/sweep_overhead.py measures both). A
 reused process changes no result: every cell seeds all RNGs from its own config first.
@@ -32,7 +39,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -58,23 +65,46 @@ RUN_PREFIX = "run-"
 # ----------------------------------------------------------------------------- the trial
 
 
+TABLE_METRICS = ("epoch", "train_loss", "test_loss", "test_acc")  # the progress table's columns
+
+
 def _report(metrics: dict[str, Any]) -> None:
-    """Per-epoch metrics into Tune's progress view as they happen (only plain finite values)."""
-    tune.report({k: v for k, v in metrics.items()
-                 if isinstance(v, (int, str)) or (isinstance(v, float) and math.isfinite(v))})
+    """Per-epoch metrics into Tune's progress view as they happen (only plain finite values).
+
+    Every report starts with `TABLE_METRICS` (None where a report has no value): Tune's table
+    shows the first four numeric metrics of the first result it sees, whichever report that is.
+    """
+    plain = {k: v for k, v in metrics.items()
+             if isinstance(v, (int, str)) or (isinstance(v, float) and math.isfinite(v))}
+    tune.report({**{k: plain.get(k) for k in TABLE_METRICS}, **plain})
 
 
-def cell_trainable(config: dict[str, Any], *, where: Where, hessian_workers: int,
-                   worker_resources: WorkerResources, run_fn: Callable[..., dict[str, Any]] = run_cell) -> None:
+def config_cell_id(config: Mapping[str, Any]) -> str | None:
+    """The cell id of a trial's config (`{"cell_id": …}`; experiments stored before the grid was
+    over ids carry the whole cell as `{"cell": {…}}`)."""
+    if "cell_id" in config:
+        return config["cell_id"]
+    return (config.get("cell") or {}).get("cell_id")
+
+
+def cell_trainable(config: dict[str, Any], *, cells: Mapping[str, dict[str, Any]], where: Where,
+                   hessian_workers: int, worker_resources: WorkerResources,
+                   run_fn: Callable[..., dict[str, Any]] = run_cell) -> None:
     """One Tune trial = one cell: rebuild the Cell, run it (it writes its Parquet), report the outcome.
 
     A cell that is already done (a restored experiment, a retry after the row was written) returns
-    at once: finished cells are never run twice. A lost HVP worker is re-raised after the failed
-    row is written so that Tune retries the trial; the retry's row replaces it.
+    at once: finished cells are never run twice; so does a restored trial whose cell the current
+    spec no longer has. A lost HVP worker is re-raised after the failed row is written so that Tune
+    retries the trial; the retry's row replaces it.
     """
-    cell = Cell.from_dict(config["cell"])
+    cell_id = config_cell_id(config)
+    payload = config.get("cell") or cells.get(cell_id)
+    if payload is None:
+        _report({"cell_id": cell_id, "status": "not-in-spec", FINAL: 1})
+        return
+    cell = Cell.from_dict(payload)
     if store.is_done(where.storage, cell.sweep, cell.cell_id):
-        tune.report({"cell_id": cell.cell_id, "status": "already-done", FINAL: 1})
+        _report({"cell_id": cell.cell_id, "status": "already-done", FINAL: 1})
         return
     factory = RayHVPFactory(hessian_workers, worker_resources) if hessian_workers > 1 else None
     try:
@@ -94,7 +124,39 @@ def cell_trainable(config: dict[str, Any], *, where: Where, hessian_workers: int
 
 def trial_dirname(trial: Any) -> str:
     """Trial directories are named by cell_id (Tune's own trial ids are random)."""
-    return trial.config["cell"]["cell_id"]
+    return config_cell_id(trial.config)
+
+
+def trial_label(cell: Mapping[str, Any]) -> str:
+    """What a person reads in Tune's table and logs: `model/dataset pruner target s=… seed=…`.
+
+    From the cell's plain dict (`Cell.to_dict`); limit cells, which have no single sparsity, say
+    `limit`. Not unique on its own (cells can differ in training settings only): the parameter
+    column beside it shows the cell_id.
+    """
+    sparsity = "limit" if cell.get("sparsity") is None else f"s={cell['sparsity']:.4g}"
+    return (f"{cell['model']}/{cell['dataset']} {cell['pruner']} {cell['target']} {sparsity} "
+            f"seed={cell['seed']}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialNames:
+    """Tune's `trial_name_creator`: cell_id → label (a picklable object: Tune stores it)."""
+
+    labels: Mapping[str, str]
+
+    def __call__(self, trial: Any) -> str:
+        cell_id = config_cell_id(trial.config)
+        return self.labels.get(cell_id, cell_id)
+
+
+def progress_reporter() -> Any:
+    """Tune's legacy CLIReporter with our columns, only where Tune uses it (RAY_AIR_NEW_OUTPUT=0);
+    the default console output (Ray ≥ 2.7) ignores a reporter and reads names and columns as above."""
+    if os.environ.get("RAY_AIR_NEW_OUTPUT", "1") != "0":
+        return None
+    return tune.CLIReporter(parameter_columns=["cell_id"],
+                            metric_columns=["training_iteration", *TABLE_METRICS], max_report_frequency=30)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -111,7 +173,7 @@ class ProgressCallback(tune.Callback):
         return {**self.__dict__, "progress": None}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        cell = self.cells.get(trial.config["cell"]["cell_id"])
+        cell = self.cells.get(config_cell_id(trial.config))
         if cell is not None and self.progress is not None:
             self.progress.started(cell)
 
@@ -231,23 +293,27 @@ class RayBackend:
 
     # -- running
 
-    def trainable(self, where: Where) -> Any:
-        """The Tune trainable with its resources (also what `resume` hands to `Tuner.restore`)."""
-        fn = tune.with_parameters(cell_trainable, where=where, hessian_workers=self.hessian_workers,
+    def trainable(self, where: Where, cells: Sequence[Cell]) -> Any:
+        """The Tune trainable with its resources and `cells` (also what `resume` hands to
+        `Tuner.restore`, with every cell of the spec)."""
+        fn = tune.with_parameters(cell_trainable, cells={c.cell_id: c.to_dict() for c in cells}, where=where,
+                                  hessian_workers=self.hessian_workers,
                                   worker_resources=WorkerResources(self.cpus, self.gpus), run_fn=self.run_fn)
         return tune.with_resources(fn, self.placement())
 
     def tuner(self, cells: Sequence[Cell], where: Where, callback: ProgressCallback) -> tune.Tuner:
         run_name = f"{RUN_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+        names = TrialNames({c.cell_id: trial_label(c.to_dict()) for c in cells})
         return tune.Tuner(
-            self.trainable(where),
-            param_space={"cell": tune.grid_search([c.to_dict() for c in cells])},
+            self.trainable(where, cells),
+            param_space={"cell_id": tune.grid_search([c.cell_id for c in cells])},
             tune_config=tune.TuneConfig(max_concurrent_trials=self.options.max_concurrent,
                                         reuse_actors=self.options.reuse_actors,
-                                        trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
+                                        trial_name_creator=names, trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=run_name, storage_path=tune_root(where.storage, cells[0].sweep),
                                       failure_config=tune.FailureConfig(max_failures=self.options.max_failures),
-                                      callbacks=[callback, *self.callbacks], verbose=1),
+                                      callbacks=[callback, *self.callbacks], verbose=1,
+                                      progress_reporter=progress_reporter()),
         )
 
     def run(self, cells: Sequence[Cell], where: Where, *, progress: Progress) -> RunSummary:
@@ -289,8 +355,8 @@ def tune_errors(results: Any) -> dict[str, str]:
     """cell_id → one-line error of every errored Tune result (a trial that crashed or exhausted retries)."""
     out = {}
     for r in results or []:
-        if r.error is not None and r.config and "cell" in r.config:
-            out[r.config["cell"]["cell_id"]] = re.sub(r"\x1b\[[0-9;]*m", "", one_line(root_cause(r.error)))
+        if r.error is not None and r.config and config_cell_id(r.config) is not None:
+            out[config_cell_id(r.config)] = re.sub(r"\x1b\[[0-9;]*m", "", one_line(root_cause(r.error)))
     return out
 
 
