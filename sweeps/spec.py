@@ -51,7 +51,7 @@ from pruning.lomp import default_l1
 from pruning.pruners import PROTOCOLS, PRUNERS, TARGETS
 from pruning.pruners.imp import rewind_iteration_for
 from pruning.train import TrainConfig
-from sweeps.paths import default_storage, is_uri, local_path
+from sweeps.paths import credentials_problem, default_storage, is_uri, local_path
 
 KINDS = ("point", "limit")
 HESSIAN_MODELS = ("dense", "pruned", "both")
@@ -423,6 +423,8 @@ def _sparsities(raw: Mapping[str, Any], problems: list[str]) -> tuple[float, ...
 
 def storage_problem(storage: str) -> str | None:
     """Why results cannot be written under `storage` (one line), or None."""
+    if (why := credentials_problem(storage)) is not None:
+        return why
     if is_uri(storage):
         try:
             pafs.FileSystem.from_uri(storage)

@@ -200,6 +200,17 @@ def stored_ids(storage: str, sweep: str, table: str = "trials") -> list[str]:
     return sorted(cid for kind, cid in ids if kind == pafs.FileType.File and cid is not None)
 
 
+def conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A file's rows in the central schema: renamed columns under their new names (schema.RENAMED),
+    columns the file predates as nulls, columns the schema does not know dropped."""
+    if t.schema == schema:
+        return t
+    t = t.rename_columns([schemas.RENAMED.get(c, c) for c in t.column_names])
+    columns = [t[f.name].cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def read_table(storage: str, sweep: str, table: str, cell_ids: Iterable[str] | None = None) -> pa.Table:
     """All readable files of `table` in a sweep as one table with the central schema.
 
@@ -211,8 +222,7 @@ def read_table(storage: str, sweep: str, table: str, cell_ids: Iterable[str] | N
     for cid in ids:
         t = read_cell_table(storage, sweep, table, cid)
         if t is not None:
-            parts.append(t.cast(schemas.schema(table)) if t.schema != schemas.schema(table)
-                         else t)
+            parts.append(conform(t, schemas.schema(table)))
     if not parts:
         return schemas.schema(table).empty_table()
     return pa.concat_tables(parts, promote_options="default")

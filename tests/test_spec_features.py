@@ -159,3 +159,8 @@ def test_imp_rewinds_survivors_to_the_dense_runs_weights_at_step_k(tmp_path):
 
 def cache_keys(root):
     return sorted(p.name for p in (root / "_cache" / "dense").iterdir() if p.is_dir())
+
+
+def test_a_storage_uri_with_credentials_is_refused_at_validation():
+    got = problems(pruner="dense", storage="s3://AKIA:secret@bucket/results")
+    assert len(got) == 1 and got[0].startswith("storage: the URI carries credentials (user:secret@ in the URI)")

@@ -145,3 +145,20 @@ def test_old_temp_files_are_cleaned_new_ones_kept(tmp_path):
     os.utime(old, (1, 1))
     assert store.clean_temp_files(str(tmp_path), "s") == 1
     assert sorted(os.listdir(d)) == [".c.0002.tmp", "a.parquet"]
+
+
+def test_read_table_conforms_files_of_an_older_schema(tmp_path):
+    """A file written before columns were added (or renamed) reads back in the central schema:
+    new columns null, the renamed Radau column under its new name, nothing dropped that is known."""
+    old = pa.schema([("cell_id", pa.string()), ("sweep", pa.string()), ("status", pa.string()),
+                     ("test_acc", pa.float64()), ("predicted_removed_frac_radau", pa.float64())])
+    path = tmp_path / "s" / "trials" / "a.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{"cell_id": "a", "sweep": "s", "status": "ok", "test_acc": 0.5,
+                                          "predicted_removed_frac_radau": 0.75}], schema=old), path)
+    store.write_cell(str(tmp_path), "s", "b", {"trials": [{"cell_id": "b", "sweep": "s", "status": "ok"}]})
+    t = store.read_table(str(tmp_path), "s", "trials")
+    assert t.schema == schema.schema("trials") and t.num_rows == 2
+    rows = {r["cell_id"]: r for r in t.to_pylist()}
+    assert rows["a"]["test_acc"] == 0.5 and rows["a"]["predicted_removed_frac_radau_rule"] == 0.75
+    assert rows["a"]["predicted_unresolved"] is None and rows["b"]["test_acc"] is None
