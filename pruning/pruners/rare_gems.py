@@ -158,18 +158,34 @@ class _ScoreTrainer:
         return self.scores.detach()
 
 
+@dataclass(frozen=True)
+class GemMinerOptions:
+    """The options' defaults, stated once for `mine` and `prune_rare_gems` (the authors' ResNet-20
+    / CIFAR-10 config; see `prune_rare_gems`)."""
+
+    epochs: int = 150
+    iter_period: int = 5
+    lr: float = 0.1
+    momentum: float = 0.9
+    score_l2: float = 1e-4
+    batch_size: int = 128
+
+
+DEFAULTS = GemMinerOptions()
+
+
 def mine(
     model: nn.Module,
     sparsity: float,
     *,
     data,
     seed: int = 0,
-    epochs: int = 150,
-    iter_period: int = 5,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    score_l2: float = 1e-4,
-    batch_size: int = 128,
+    epochs: int = DEFAULTS.epochs,
+    iter_period: int = DEFAULTS.iter_period,
+    lr: float = DEFAULTS.lr,
+    momentum: float = DEFAULTS.momentum,
+    score_l2: float = DEFAULTS.score_l2,
+    batch_size: int = DEFAULTS.batch_size,
 ) -> Mined:
     """Run Gem-Miner on a copy of `model` (the model itself is not changed); see `prune_rare_gems`."""
     check_count("epochs", epochs)
@@ -208,12 +224,12 @@ def prune_rare_gems(
     *,
     data=None,
     seed: int = 0,
-    epochs: int = 150,
-    iter_period: int = 5,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    score_l2: float = 1e-4,
-    batch_size: int = 128,
+    epochs: int = DEFAULTS.epochs,
+    iter_period: int = DEFAULTS.iter_period,
+    lr: float = DEFAULTS.lr,
+    momentum: float = DEFAULTS.momentum,
+    score_l2: float = DEFAULTS.score_l2,
+    batch_size: int = DEFAULTS.batch_size,
 ) -> OrderPlan:
     """Rare Gems at initialization; leaves `model` at its signed-constant weights (module docstring).
 
