@@ -4,7 +4,8 @@
     .venv/bin/python bench/slq_vs_pyhessian.py [--probes 8] [--iterations 64] [--cases lenet resnet]
                                               [--device cpu|cuda]
 
-Cases: LeNet-300-100 on digits (1,437 training images, 8×8) and a small CIFAR-shaped ResNet (option-A
+Cases: LeNet-300-100 on digits (1,437 training images, 8×8), LeNet-300-100 on the full Fashion-MNIST
+(`lenet_fashion`: 60,000 images, 28×28, D = 266,610; Debian's dataset-fashion-mnist) and a small CIFAR-shaped ResNet (option-A
 basic blocks, 8/16/32 channels, one block per stage, BatchNorm) on 16 synthetic 3×32×32 images. Every
 method runs in its own subprocess (clean peak-RSS, no shared caches), one at a time:
 - ours: `pruning.slq.slq` over all parameters (BN included, as PyHessian does), no deflation;
@@ -59,6 +60,9 @@ def setup(case: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     if case == "lenet":
         train, _ = load("digits")
         model = build("lenet300100", input_shape=train.input_shape, num_classes=10)
+    elif case == "lenet_fashion":  # the real-data case: 60,000 Fashion-MNIST images, D = 266,610
+        train, _ = load("fashion_mnist")
+        model = build("lenet300100", input_shape=train.input_shape, num_classes=10)
     elif case == "resnet":
         train, _ = load("synthetic", input_shape=(3, 32, 32), num_classes=10, n_train=16, n_test=8)
         model = small_resnet()
@@ -66,7 +70,7 @@ def setup(case: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
             model.train()
             model(train.tensors()[0])
     else:
-        raise ValueError(f"case {case!r}: choose from lenet, resnet")
+        raise ValueError(f"case {case!r}: choose from lenet, lenet_fashion, resnet")
     x, y = train.tensors()
     return model.eval(), x, y
 
