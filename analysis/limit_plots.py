@@ -33,6 +33,14 @@ def _figure(n_panels: int) -> tuple[Figure, list]:
     return fig, axes
 
 
+def _finish(ax, xlabel: str, ylabel: str, model: object, dataset: object) -> None:
+    """The labels, title and legend every panel of the limit report has."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{model} / {dataset}")
+    ax.legend(fontsize=7)
+
+
 def _seed_label(seed: object) -> str:
     return f"seed {int(seed)}" if not pd.isna(seed) else "seed ?"
 
@@ -56,10 +64,7 @@ def effective_along_curve(curves: pd.DataFrame, trials: pd.DataFrame, out: str) 
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="effective = direct")
         ax.scatter([], [], marker="o", color="grey", label="predicted limit")
         ax.scatter([], [], marker="s", color="grey", label="actual limit (tolerance)")
-        ax.set_xlabel("removed_frac (direct)")
-        ax.set_ylabel("effective_sparsity")
-        ax.set_title(f"{model} / {dataset}")
-        ax.legend(fontsize=7)
+        _finish(ax, "removed_frac (direct)", "effective_sparsity", model, dataset)
     return plots._save(fig, out)
 
 
@@ -72,10 +77,7 @@ def weight_scaling(scaling: pd.DataFrame, trials: pd.DataFrame, out: str) -> str
         for seed, c in g.groupby("seed", sort=True):
             c = c.sort_values("factor")
             ax.plot(c["factor"], c["predicted_removed_frac"], marker="o", label=_seed_label(seed))
-        ax.set_xlabel("weight factor (Hessian spectrum held fixed)")
-        ax.set_ylabel("predicted_removed_frac")
-        ax.set_title(f"{model} / {dataset}")
-        ax.legend(fontsize=7)
+        _finish(ax, "weight factor (Hessian spectrum held fixed)", "predicted_removed_frac", model, dataset)
     return plots._save(fig, out)
 
 
@@ -96,10 +98,7 @@ def weight_histograms(weights: pd.DataFrame, trials: pd.DataFrame, out: str) -> 
             if len(inner):
                 ax.stairs(*_contiguous(inner, total), label=label)
         ax.set_yscale("log")
-        ax.set_xlabel("log10 |w|")
-        ax.set_ylabel("fraction of weights per bin (0.05)")
-        ax.set_title(f"{model} / {dataset}")
-        ax.legend(fontsize=7)
+        _finish(ax, "log10 |w|", "fraction of weights per bin (0.05)", model, dataset)
     return plots._save(fig, out)
 
 
@@ -127,10 +126,7 @@ def hessian_row_norms(rows: pd.DataFrame, trials: pd.DataFrame, out: str) -> str
             label = _seed_label(seed) + (f" ({zero} zero rows)" if zero else "")
             ax.plot(c["quantile"], c["row_l1"].where(c["row_l1"] > 0), marker=".", label=label)
         ax.set_yscale("log")
-        ax.set_xlabel("quantile of |w| (prunable weights, ascending)")
-        ax.set_ylabel("row L1 norm of the Hessian")
-        ax.set_title(f"{model} / {dataset}")
-        ax.legend(fontsize=7)
+        _finish(ax, "quantile of |w| (prunable weights, ascending)", "row L1 norm of the Hessian", model, dataset)
     return plots._save(fig, out)
 
 
@@ -146,10 +142,7 @@ def limit_rounds(rounds: pd.DataFrame, trials: pd.DataFrame, out: str) -> str:
             ax.plot(c["round"], c["actual_removed_frac_tol"], marker="s", ls="--", color=line.get_color(),
                     label=f"{_seed_label(seed)} actual (tolerance)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("round")
-        ax.set_ylabel("removed_frac (of all prunable weights)")
-        ax.set_title(f"{model} / {dataset}")
-        ax.legend(fontsize=7)
+        _finish(ax, "round", "removed_frac (of all prunable weights)", model, dataset)
     return plots._save(fig, out)
 
 
