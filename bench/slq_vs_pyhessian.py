@@ -13,7 +13,12 @@ method runs in its own subprocess (clean peak-RSS, no shared caches), one at a t
   our SLQ time minus this floor is Lanczos itself (reorthogonalization, scalars, bookkeeping);
 - modes: per HVP mode, the best of 3 timed passes after a first one (which builds caches);
 - pyhessian_batch: PyHessian with the whole training set as its single batch (graph kept);
-- pyhessian_loader: PyHessian's data-loader mode over 4 batches (recomputes per product).
+- pyhessian_loader: PyHessian's data-loader mode over 4 batches (recomputes per product); with
+  `--loader-batch-sizes 200` also at other batch sizes (200: its example script's default);
+- roofline (ReLU MLPs only): the GEMM arithmetic of one `mlp_rop` pass (`mlp_rop_gemm_flops`) and this
+  machine's float32 GEMM rate on the pass's largest GEMM, timed here: `iterations` passes at that
+  rate are the fastest any exact R-operator SLQ in float32 could run; PyHessian's times over that
+  bound are the highest ratios reachable on this machine.
 PyHessian 0.1 calls `torch.eig`, removed from torch: we install a shim in this process only, mapping
 `torch.eig(T, eigenvectors=True)` to `torch.linalg.eigh` (T is symmetric tridiagonal), returning
 eigenvalues in PyHessian's (n, 2) real/imaginary layout.
@@ -83,6 +88,33 @@ def _shim_torch_eig() -> None:
     torch.eig = eig  # type: ignore[attr-defined]
 
 
+def mlp_rop_gemm_flops(model: nn.Module, n: int, b: int) -> int:
+    """Floating-point operations of the GEMMs in one `mlp_rop` pass (`pruning.hvp_mlp.MLPHVP`) over
+    n samples and b directions, counted from its equations: the first layer has the two products
+    with the data (h V_lᵀ forward, ġ_lᵀ h backward), every later layer six (the tangent through W_l
+    forward and back, the two with V_l, the two weight products). Elementwise work is left out."""
+    flops = 0
+    for l, lin in enumerate(m for m in model.modules() if isinstance(m, nn.Linear)):
+        out, fan_in = lin.weight.shape
+        k = fan_in + int(lin.bias is not None)
+        flops += 2 * (2 * n * k * b * out)            # h V_lᵀ and ġ_lᵀ h (bias column included)
+        if l:
+            flops += 4 * (2 * n * b * fan_in * out)   # ḣ W_lᵀ, g_lᵀ ḣ, ġ_l W_l, g_l V_l
+    return flops
+
+
+def gemm_rate(m: int, k: int, n: int, repeats: int = 5) -> float:
+    """This machine's float32 GEMM rate (FLOP/s) on an (m, k) @ (k, n) product: the best of `repeats`."""
+    a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+    torch.mm(a, b, out=out)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t)
+    return 2 * m * k * n / best
+
+
 def spectrum_stats(nodes: np.ndarray, weights: np.ndarray, dim: int) -> dict:
     r = SLQResult(nodes=nodes, weights=weights, steps=np.full(len(nodes), nodes.shape[1]),
                   probe_ids=np.arange(len(nodes)), dim=dim, full_dim=dim, zero_mass=0.0, seed=0,
@@ -107,7 +139,7 @@ def run_one(method: str, case: str, probes: int, iterations: int, device: str = 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     out: dict = {"method": method, "case": case, "device": str(dev),
-                 "dim": sum(p.numel() for p in model.parameters())}
+                 "dim": sum(p.numel() for p in model.parameters()), "n": len(y)}
     sync(dev)
     t0 = time.perf_counter()
     if method == "ours":
@@ -121,6 +153,13 @@ def run_one(method: str, case: str, probes: int, iterations: int, device: str = 
         for _ in range(iterations):
             be.hvp_sum(V)
         out.update(hvp_mode=be.mode)
+    elif method == "roofline":
+        from pruning.hvp_mlp import CHUNK_ROWS
+
+        first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+        rate = gemm_rate(min(CHUNK_ROWS, len(y)), first.in_features + 1, probes * first.out_features)
+        flops = mlp_rop_gemm_flops(model, len(y), probes)
+        out.update(gemm_flops_per_pass=flops, gemm_rate=rate, bound_seconds=iterations * flops / rate)
     elif method == "modes":
         eligible = [m for m in STRUCTURED_MODES if not isinstance(mlp_chain(model, None), str)]
         for mode in (*HVP_MODES, *eligible):
@@ -144,9 +183,9 @@ def run_one(method: str, case: str, probes: int, iterations: int, device: str = 
         crit = nn.CrossEntropyLoss()
         if method == "pyhessian_batch":
             h = pyh(model, crit, data=(x, y), cuda=dev.type == "cuda")
-        else:
+        else:  # pyhessian_loader (4 batches) or pyhessian_loader:<batch size>
             n = len(y)
-            step = math.ceil(n / 4)
+            step = int(method.split(":")[1]) if ":" in method else math.ceil(n / 4)
             h = pyh(model, crit, dataloader=[(x[i : i + step], y[i : i + step]) for i in range(0, n, step)],
                     cuda=dev.type == "cuda")
         torch.manual_seed(1)
@@ -170,6 +209,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i] (the GPU goal: ≥ 5× over PyHessian)")
     ap.add_argument("--repeats", type=int, default=2,
                     help="interleaved rounds; the table shows each method's fastest (noise only adds time)")
+    ap.add_argument("--loader-batch-sizes", type=int, nargs="*", default=[],
+                    help="also run PyHessian's data-loader mode at these batch sizes (200: its example's default)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write all results to this file")
     args = ap.parse_args()
@@ -180,9 +221,12 @@ def main() -> None:
     results = []
     for case in args.cases:
         res: dict = {}
+        mlp = not isinstance(mlp_chain(setup(case)[0], None), str)
+        loaders = [f"pyhessian_loader:{bs}" for bs in args.loader_batch_sizes]
         for rnd in range(args.repeats):
-            for method in ("modes", "ours", "floor", "pyhessian_batch", "pyhessian_loader"):
-                if method == "modes" and rnd:
+            for method in ("modes", *(["roofline"] if mlp else []), "ours", "floor", "pyhessian_batch",
+                           "pyhessian_loader", *loaders):
+                if method in ("modes", "roofline") and rnd:
                     continue
                 if method == "floor":
                     method = "floor:" + res["ours"]["hvp_mode"]
@@ -191,7 +235,7 @@ def main() -> None:
                        "--device", args.device]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 r = json.loads(out.strip().splitlines()[-1])
-                key = method.split(":")[0]
+                key = method if method.startswith("pyhessian") else method.split(":")[0]
                 r["all_seconds"] = res.get(key, {}).get("all_seconds", []) + [r["seconds"]]
                 if key not in res or r["seconds"] < res[key]["seconds"]:
                     res[key] = r
@@ -208,7 +252,10 @@ def main() -> None:
         print("| method | seconds (best; all) | PyHessian / ours | peak RSS MB (over setup) | λmax | λmin | "
               "trace ± s.e. |")
         print("|---|---|---|---|---|---|---|")
-        for name, r in (("ours (slq)", o), ("PyHessian single batch", pb), ("PyHessian data loader (4 batches)", pl)):
+        rows = [("ours (slq)", o), ("PyHessian single batch", pb), ("PyHessian data loader (4 batches)", pl)]
+        rows += [(f"PyHessian data loader (batch {m.split(':')[1]}, {math.ceil(o['n'] / int(m.split(':')[1]))} batches)",
+                  res[m]) for m in loaders]
+        for name, r in rows:
             print(f"| {name} | {r['seconds']:.2f} ({', '.join(f'{t:.1f}' for t in r['all_seconds'])}) | "
                   f"{r['seconds'] / o['seconds']:.2f}× | "
                   f"{r['peak_rss_mb']:.0f} ({r['peak_rss_over_setup_mb']:.0f}) | {r['lambda_max']:.4g} | "
@@ -219,6 +266,13 @@ def main() -> None:
         share = (o["seconds"] - f["seconds"]) / o["seconds"]
         print(f"\nours / floor = {o['seconds'] / f['seconds']:.3f} (time outside the HVPs: {100 * share:.1f}% "
               f"of our SLQ time; in-run HVP time {o['hvp_seconds']:.2f} s)")
+        if "roofline" in res:
+            rf = res["roofline"]
+            print(f"roofline: {rf['gemm_flops_per_pass'] / 1e9:.0f} GFLOP of GEMMs per pass of {args.probes} directions, "
+                  f"float32 GEMM rate here {rf['gemm_rate'] / 1e9:.0f} GFLOP/s → {args.iterations} passes take at least "
+                  f"{rf['bound_seconds']:.1f} s (ours at {100 * rf['bound_seconds'] / o['seconds']:.0f}% of that bound); "
+                  "highest reachable ratios: " + ", ".join(f"{name} {r['seconds'] / rf['bound_seconds']:.2f}×"
+                                                          for name, r in rows[1:]))
         m = res["modes"]
         print("HVP modes, one pass of " + str(args.probes) + " directions (s): " + ", ".join(
             f"{k} {m[k]:.3f} (first {m[k + '_first']:.3f})" for k in (*HVP_MODES, *STRUCTURED_MODES) if k in m))

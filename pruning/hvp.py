@@ -179,7 +179,7 @@ class LocalHVPBackend:
       gradient graph built per call / kept per batch (see `_autograd_products`).
     - "mlp_rop": for ReLU MLPs under cross-entropy only (`pruning.hvp_mlp`): Pearlmutter's
       R-operator written out as one GEMM per term for all B directions, forward and first backward
-      cached per batch.
+      cached once for all batches, which it walks in steps of `pruning.hvp_mlp.CHUNK_ROWS` samples.
     "auto" takes "mlp_rop" for an eligible MLP whose cache (below) fits: it is the arithmetic of
     "fwd_rev_cached" in fewer, larger operations, and measured 1.3–1.6× faster than every generic
     mode (docs/benchmarks.md). Otherwise it picks per architecture by measuring, online: the first
@@ -227,7 +227,6 @@ class LocalHVPBackend:
         self.batches = _to_batches(data, batch_size, self.device, self.dtype)
         self.count = int(sum(len(y) for _, y in self.batches))
         self._cache: dict[tuple[str, int], Callable] = {}  # (mode, batch) -> kept HVP function
-        self._workspace: dict[tuple, Tensor] = {}  # mlp_rop's tangent buffers, shared by the batches
         self.mode = mode
         self._trials: list[tuple[str, float]] = []  # auto: (mode, seconds per direction) per call
         self._chain = mlp_chain(self.model, loss_fn, self.batches[0][0].ndim)
@@ -291,11 +290,6 @@ class LocalHVPBackend:
         if mode.startswith("autograd"):
             return self._autograd_products(mode, i, T)
         key = (mode, i)
-        if mode == "mlp_rop":
-            if key not in self._cache:
-                self._cache[key] = MLPHVP(self._chain, {**self.fixed, **self.primals}, self.names, x, y,
-                                          workspace=self._workspace)
-            return self._cache[key].products(T)
         if key not in self._cache:
             if mode == "fwd_rev_cached":
                 with _quiet_forward_ad():
@@ -366,8 +360,14 @@ class LocalHVPBackend:
         T = self._split(V.to(device=self.device, dtype=self.dtype))
         total = torch.zeros(b, self.dim, dtype=self.dtype, device=self.device)  # (B, D): rows are products
         with torch.no_grad():
-            for i in range(len(self.batches)):
-                total += self._join(self._products(mode, i, T), b)
+            if mode == "mlp_rop":  # one cache over all batches, which it walks in its own steps
+                key = (mode, -1)
+                if key not in self._cache:
+                    self._cache[key] = MLPHVP(self._chain, {**self.fixed, **self.primals}, self.names, self.batches)
+                total += self._join(self._cache[key].products(T), b)
+            else:
+                for i in range(len(self.batches)):
+                    total += self._join(self._products(mode, i, T), b)
         if self.mode == "auto":
             self._record(mode, (time.perf_counter() - t0) / b)
         return total.T, self.count  # (D, B) as the protocol says, a view: Lanczos wants the rows back

@@ -82,15 +82,23 @@ def mlp_chain(model: nn.Module, loss_fn, input_ndim: int = 2) -> list[_Layer] | 
     return layers
 
 
+# Samples per step of `MLPHVP.products`: the tangents of one step ((rows, B·width) each, ~40 MB at
+# B = 8, width 300) stay in the last-level cache between the GEMMs that write and read them, and the
+# cache of the forward pass is read in row slices (views, no copies). docs/benchmarks.md has the sweep.
+CHUNK_ROWS = 4096
+
+
 class MLPHVP:
-    """Cached R-operator HVPs of one batch: the forward and first backward are computed once, each
-    call costs six GEMMs per layer for all B directions together."""
+    """Cached R-operator HVPs over a data set: the forward and first backward are computed once;
+    each call costs six GEMMs per layer for all B directions together, in steps of `chunk` samples
+    whose products are accumulated inside the GEMMs (`addmm_`)."""
 
     def __init__(self, layers: Sequence[_Layer], values: Mapping[str, Tensor], names: Sequence[str],
-                 x: Tensor, y: Tensor, workspace: dict[tuple, Tensor] | None = None):
-        """`workspace`: buffers shared by the batches of one backend (keyed by shape), so that many
-        batches do not each keep their own multi-MB tangent buffers."""
+                 batches: Sequence[tuple[Tensor, Tensor]], chunk: int = CHUNK_ROWS):
+        if chunk < 1:
+            raise ValueError(f"chunk: {chunk}, expected a positive number of samples")
         self.layers = list(layers)
+        self.chunk = chunk
         chosen = set(names)
         self.W: list[Tensor] = []
         self.masks: list[Tensor | None] = []
@@ -99,17 +107,20 @@ class MLPHVP:
             mask = values.get(layer.prefix + "weight_mask") if layer.weight == "weight_orig" else None
             self.masks.append(mask)
             self.W.append(w * mask if mask is not None else w)
-        self._workspace = {} if workspace is None else workspace
         self.wanted = [(layer.prefix + layer.weight in chosen, layer.prefix + "bias" in chosen)
                        for layer in self.layers]
+        self._buffers: dict[tuple, Tensor] = {}
         with torch.no_grad():
-            h = x.flatten(1)
+            y = torch.cat([yb for _, yb in batches])
+            h = _stack_inputs([xb.flatten(1) for xb, _ in batches], self.layers[0].has_bias)
+            self.n = len(y)
             self.inputs: list[Tensor] = []       # h_{l-1}, with a column of ones where the layer has a bias
             self.relu: list[Tensor | None] = []  # [z_l > 0] as 0/1 of the compute dtype
-            for layer, w in zip(self.layers, self.W):
-                self.inputs.append(torch.cat([h, h.new_ones(len(h), 1)], dim=1) if layer.has_bias else h)
-                z = self.inputs[-1] @ torch.cat([w, values[layer.prefix + "bias"][:, None]], dim=1).T \
-                    if layer.has_bias else h @ w.T
+            for l, (layer, w) in enumerate(zip(self.layers, self.W)):
+                if l > 0 and layer.has_bias:
+                    h = torch.cat([h, h.new_ones(len(h), 1)], dim=1)
+                self.inputs.append(h)
+                z = h @ (torch.cat([w, values[layer.prefix + "bias"][:, None]], dim=1) if layer.has_bias else w).T
                 if layer.relu:
                     active = (z > 0).to(z.dtype)
                     self.relu.append(active)
@@ -138,63 +149,105 @@ class MLPHVP:
             V = torch.cat([V, c[:, :, None]], dim=2)
         return V
 
-    def _buffer(self, key: tuple, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """A workspace tensor reused across calls: a fresh multi-MB tensor per call costs page
-        faults and kernel zeroing comparable to a GEMM on CPU."""
-        key = (*key, shape, like.dtype, like.device)
-        buf = self._workspace.get(key)
-        if buf is None:
-            buf = self._workspace[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
-        return buf
+    def _buffer(self, key: str, l: int, rows: int, cols: int, like: Tensor) -> Tensor:
+        """A (rows, cols) view of a buffer kept across calls and steps: a fresh multi-MB tensor per
+        step costs page faults and kernel zeroing comparable to a GEMM on CPU."""
+        full = (key, l, cols)
+        buf = self._buffers.get(full)
+        if buf is None or buf.shape[0] < rows:
+            buf = self._buffers[full] = like.new_empty(min(self.chunk, self.n), cols)
+        return buf[:rows]
 
     def products(self, T: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """{name: (B, *shape)} = H·t for the B directions `T` ({name: (B, *shape)}) of `names`."""
+        """{name: (B, *shape)} = H·t summed over the samples, for the B directions `T`
+        ({name: (B, *shape)}) of `names`."""
         b = next(iter(T.values())).shape[0]
-        n = self.inputs[0].shape[0]
-        dirs = [self._direction(l, T, b) for l in range(len(self.layers))]
-        # forward tangents ż_l, ḣ_l in (N, B, d) layout
-        h_dot: list[Tensor | None] = [None]
-        for l, (w, V) in enumerate(zip(self.W, dirs)):
-            out = w.shape[0]
-            z_dot = self._buffer(("z", l), (n, b * out), w)
-            if h_dot[-1] is not None:   # ḣ_{l-1} W_lᵀ: one GEMM over all samples and directions
-                torch.mm(h_dot[-1].view(n * b, -1), w.T, out=z_dot.view(n * b, out))
-            if V is not None:           # + h_{l-1} V_lᵀ (bias column included): one GEMM, accumulated
-                Vt = V.permute(2, 0, 1).reshape(V.shape[2], b * out)
-                if h_dot[-1] is None:
-                    torch.mm(self.inputs[l], Vt, out=z_dot)
-                else:
-                    z_dot.addmm_(self.inputs[l], Vt)
-            elif h_dot[-1] is None:
-                z_dot.zero_()
-            z_dot = z_dot.view(n, b, out)
-            h_dot.append(z_dot.mul_(self.relu[l][:, None, :]) if self.layers[l].relu else None)
-        # output: ġ_L = p ⊙ ż_L − p (pᵀ ż_L)
-        p = self.p[:, None, :]
-        g_dot = torch.mul(p, z_dot, out=self._buffer(("g", len(self.layers) - 1), tuple(z_dot.shape), z_dot))
-        g_dot.sub_(p * g_dot.sum(dim=2, keepdim=True))
-        # backward tangents and the products
+        L = len(self.layers)
+        dirs = [self._direction(l, T, b) for l in range(L)]
+        # the directions as GEMM operands, once per call: forward (in[+1], B·out), backward (out, B·in)
+        fwd = [None if V is None else V.permute(2, 0, 1).reshape(V.shape[2], -1) for V in dirs]
+        bwd = [None if V is None or l == 0 else V[:, :, :self.W[l].shape[1]].permute(1, 0, 2).reshape(V.shape[1], -1)
+               for l, V in enumerate(dirs)]
+        like = self.W[0]
+        # Σ_n ġ_lᵀ h_{l-1} (bias column included) as (B·out, in[+1]); Σ_n g_lᵀ ḣ_{l-1} as (out, B·in)
+        acc_out = [like.new_zeros(b * w.shape[0], self.inputs[l].shape[1]) if any(self.wanted[l]) else None
+                   for l, w in enumerate(self.W)]
+        acc_in = [like.new_zeros(w.shape[0], b * w.shape[1]) if l > 0 and self.wanted[l][0] else None
+                  for l, w in enumerate(self.W)]
+        for s in range(0, self.n, self.chunk):
+            e = min(s + self.chunk, self.n)
+            self._step(s, e, b, dirs, fwd, bwd, acc_out, acc_in)
         result: dict[str, Tensor] = {}
-        for l in range(len(self.layers) - 1, -1, -1):
-            layer, w, V = self.layers[l], self.W[l], dirs[l]
-            out, fan_in = w.shape
-            flat = g_dot.view(n, b * out)
-            # ġ_lᵀ h_{l-1} (and Σ_n ġ_l through the ones column): one GEMM for all directions
-            HV = (flat.T @ self.inputs[l]).view(b, out, -1)
-            if h_dot[l] is not None:    # + g_lᵀ ḣ_{l-1}
-                HV[:, :, :fan_in] += (self.g[l].T @ h_dot[l].view(n, b * fan_in)).view(out, b, fan_in).transpose(0, 1)
+        for l, (layer, w) in enumerate(zip(self.layers, self.W)):
             want_w, want_b = self.wanted[l]
+            if acc_out[l] is None:
+                continue
+            out, fan_in = w.shape
+            HV = acc_out[l].view(b, out, -1)
             if want_w:
                 HW = HV[:, :, :fan_in]
+                if acc_in[l] is not None:
+                    HW += acc_in[l].view(out, b, fan_in).transpose(0, 1)
                 result[layer.prefix + layer.weight] = HW * self.masks[l] if self.masks[l] is not None else HW
             if want_b:
                 result[layer.prefix + "bias"] = HV[:, :, fan_in]
+        return result
+
+    def _step(self, s: int, e: int, b: int, dirs, fwd, bwd, acc_out, acc_in) -> None:
+        """Samples s:e of one call: the forward tangents, the backward tangents, and their
+        contributions added into the accumulators."""
+        c = e - s
+        # forward tangents ż_l, ḣ_l in (rows, B, d) layout
+        h_dot: list[Tensor | None] = [None]
+        for l, w in enumerate(self.W):
+            out = w.shape[0]
+            z_dot = self._buffer("z", l, c, b * out, w)
+            if h_dot[-1] is not None:   # ḣ_{l-1} W_lᵀ: one GEMM over all samples and directions
+                torch.mm(h_dot[-1].view(c * b, -1), w.T, out=z_dot.view(c * b, out))
+            if fwd[l] is not None:      # + h_{l-1} V_lᵀ (bias column included): one GEMM, accumulated
+                if h_dot[-1] is None:
+                    torch.mm(self.inputs[l][s:e], fwd[l], out=z_dot)
+                else:
+                    z_dot.addmm_(self.inputs[l][s:e], fwd[l])
+            elif h_dot[-1] is None:
+                z_dot.zero_()
+            z_dot = z_dot.view(c, b, out)
+            h_dot.append(z_dot.mul_(self.relu[l][s:e, None, :]) if self.layers[l].relu else None)
+        # output: ġ_L = p ⊙ ż_L − p (pᵀ ż_L)
+        p = self.p[s:e, None, :]
+        g_dot = torch.mul(p, z_dot, out=self._buffer("g", len(self.W) - 1, c, z_dot[0].numel(), z_dot).view_as(z_dot))
+        g_dot.sub_(p * g_dot.sum(dim=2, keepdim=True))
+        # backward tangents, the products accumulated
+        for l in range(len(self.W) - 1, -1, -1):
+            w = self.W[l]
+            out, fan_in = w.shape
+            flat = g_dot.view(c, b * out)
+            if acc_out[l] is not None:
+                if self.wanted[l][0]:   # ġ_lᵀ h_{l-1} (and Σ_n ġ_l through the ones column)
+                    acc_out[l].addmm_(flat.T, self.inputs[l][s:e])
+                else:                   # the bias alone: Σ_n ġ_l
+                    acc_out[l][:, -1] += flat.sum(dim=0)
+            if acc_in[l] is not None and h_dot[l] is not None:   # + g_lᵀ ḣ_{l-1}
+                acc_in[l].addmm_(self.g[l][s:e].T, h_dot[l].view(c, b * fan_in))
             if l == 0:
                 break
             # ġ_{l-1} = (ġ_l W_l + g_l V_l) ⊙ [z_{l-1} > 0]
-            g_prev = self._buffer(("g", l - 1), (n, b * fan_in), w)
-            torch.mm(g_dot.view(n * b, out), w, out=g_prev.view(n * b, fan_in))
-            if V is not None:
-                g_prev.addmm_(self.g[l], V[:, :, :fan_in].permute(1, 0, 2).reshape(out, b * fan_in))
-            g_dot = g_prev.view(n, b, fan_in).mul_(self.relu[l - 1][:, None, :])
-        return result
+            g_prev = self._buffer("g", l - 1, c, b * fan_in, w)
+            torch.mm(g_dot.view(c * b, out), w, out=g_prev.view(c * b, fan_in))
+            if bwd[l] is not None:
+                g_prev.addmm_(self.g[l][s:e], bwd[l])
+            g_dot = g_prev.view(c, b, fan_in).mul_(self.relu[l - 1][s:e, None, :])
+
+
+def _stack_inputs(xs: Sequence[Tensor], ones: bool) -> Tensor:
+    """The batches' flattened inputs as one (N, d[+1]) tensor, a column of ones appended for a bias,
+    written in place (one copy of the data, not two)."""
+    n, d = sum(len(x) for x in xs), xs[0].shape[1]
+    out = xs[0].new_empty(n, d + int(ones))
+    start = 0
+    for x in xs:
+        out[start:start + len(x), :d] = x
+        start += len(x)
+    if ones:
+        out[:, d] = 1
+    return out

@@ -123,3 +123,40 @@ def test_forcing_it_on_an_ineligible_model_is_a_clear_error():
     with pytest.raises(ValueError, match=r"hvp mode 'mlp_rop': not applicable, layer 1 is a Tanh"):
         LocalHVPBackend(model, None, [(x, y)], mode="mlp_rop")
     assert LocalHVPBackend(model, None, [(x, y)]).mode == "auto"   # auto measures the generic modes
+
+
+@pytest.mark.parametrize("params", [None, "prunable", ["4.weight_orig", "7.bias"], ["1.bias"]])
+def test_steps_over_the_samples_sum_to_the_exact_hessian(params):
+    """MLPHVP walks its samples in steps of `chunk` rows (7 here: 31 samples from two batches give
+    steps of 7, 7, 7, 7, 3 that cross the batch boundary); the accumulated products are exact."""
+    from pruning.hvp import hessian_param_names
+    from pruning.hvp_mlp import MLPHVP
+
+    x, y = data(n=31, seed=4)
+    model = relu_mlp(seed=4)
+    prune.random_unstructured(model[4], "weight", amount=0.4)
+    names = hessian_param_names(model, params)
+    H = dense_hessian(model, x, y, params)
+    values = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    values = {k: v.detach() for k, v in values.items()}
+    op = MLPHVP(mlp_chain(model, None, x.ndim), values, names, [(x[:13], y[:13]), (x[13:], y[13:])], chunk=7)
+    V = torch.randn(H.shape[0], 3, dtype=torch.float64)
+    shapes = [values[n].shape for n in names]
+    T, start = {}, 0
+    for n, s in zip(names, shapes):
+        T[n] = V[start:start + s.numel()].T.reshape(3, *s)
+        start += s.numel()
+    for _ in range(2):  # the second call reuses the buffers of the first
+        out = op.products(T)
+        HV = torch.cat([out[n].reshape(3, -1) for n in names], dim=1).T
+        torch.testing.assert_close(HV, H @ V * len(y), rtol=1e-10, atol=1e-10)
+
+
+def test_a_step_of_no_samples_is_refused():
+    from pruning.hvp_mlp import MLPHVP
+
+    x, y = data()
+    model = relu_mlp()
+    values = {k: v.detach() for k, v in model.named_parameters()}
+    with pytest.raises(ValueError, match="chunk: 0, expected a positive number of samples"):
+        MLPHVP(mlp_chain(model, None, x.ndim), values, list(values), [(x, y)], chunk=0)
