@@ -221,15 +221,45 @@ def test_pruning_limit_config_carries_the_authors_recipes():
     assert len({c.seed for c in expand(load_spec(_configs() / "pruning_limit.yaml"))}) == 3
 
 
-def test_lomp_comparison_config():
+# The sparsities at which lomp_comparison.yaml compares, per model. NOT the paper's: its comparison
+# table could not be read with the tools here (docs/results.md, "The limit paper's comparison table,
+# as published"), so these are the guess DEFAULT_SPARSITIES of analysis.tables; replace them here
+# and in the yaml's grids together once the published levels are known.
+LOMP_COMPARISON_SPARSITIES = {m: (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
+                              for m in ("fc5", "fc12", "vgg16", "alexnet224", "resnet18", "resnet50")}
+
+
+def test_lomp_comparison_config(capsys):
+    """Per model: its data set (ResNets on CIFAR-100 as the authors' released configs), its
+    sparsities (one `sparsity:` per grid), the authors' recipe for every pruner, LOMP's λ, IMP's
+    rewind step, Gem-Miner's options; and `prunetune validate` accepts it with 6 models × (4 pruners
+    × 6 sparsities + dense) × 3 seeds = 450 cells."""
     from sweeps.spec import load_spec
 
-    cells = expand(load_spec(_configs() / "lomp_comparison.yaml"))
+    path = _configs() / "lomp_comparison.yaml"
+    cells = expand(load_spec(path))
     assert {c.pruner for c in cells} == {"dense", "lomp", "rare_gems", "imp", "random/smart_ratio"}
-    assert {c.sparsity for c in cells if c.pruner != "dense"} == {0.5, 0.8, 0.9, 0.95, 0.98, 0.99}
-    by = {(c.model, c.pruner): c for c in cells if c.seed == 0 and c.sparsity in (0.0, 0.9)}
-    assert by[("vgg16", "imp")].prune.rewind_iteration == 2000 and by[("fc5", "imp")].prune.rewind_iteration == 1000
-    assert by[("resnet50", "lomp")].train.l1 == 2e-5 and by[("resnet50", "imp")].train.l1 == 0.0
-    assert by[("alexnet224", "rare_gems")].prune.options["epochs"] == 150
-    assert by[("alexnet224", "dense")].train.milestones == (60, 120, 160)
-    assert by[("fc12", "random/smart_ratio")].train.lr == 0.01 and by[("resnet18", "dense")].train.lr == 0.1
+    assert {(c.model, c.dataset) for c in cells} == {
+        ("fc5", "cifar10"), ("fc12", "cifar10"), ("vgg16", "cifar10"), ("alexnet224", "cifar10"),
+        ("resnet18", "cifar100"), ("resnet50", "cifar100")}
+    for model, levels in LOMP_COMPARISON_SPARSITIES.items():
+        for pruner in ("lomp", "rare_gems", "imp", "random/smart_ratio"):
+            got = sorted(c.sparsity for c in cells if c.model == model and c.pruner == pruner and c.seed == 0)
+            assert tuple(got) == levels, (model, pruner)
+        assert sum(c.model == model and c.pruner == "dense" for c in cells) == 3  # one per seed
+    recipe = {"fc5": (0.01, "constant", 0, (), 5e-5), "fc12": (0.01, "constant", 0, (), 5e-5),
+              "vgg16": (0.01, "constant", 0, (), 1e-4), "alexnet224": (0.01, "multistep", 5, (60, 120, 160), 3e-5),
+              "resnet18": (0.1, "cosine", 5, (), 5e-5), "resnet50": (0.1, "cosine", 5, (), 2e-5)}
+    for c in cells:
+        lr, schedule, warmup, milestones, lam = recipe[c.model]
+        t = c.train
+        assert (t.lr, t.schedule, t.warmup, tuple(t.milestones)) == (lr, schedule, warmup, milestones), c.model
+        assert (t.epochs, t.batch_size, t.momentum, t.weight_decay) == (200, 128, 0.9, 0.0)
+        assert t.l1 == (lam if c.pruner == "lomp" else 0.0), (c.model, c.pruner)
+        if c.pruner == "imp":
+            assert c.prune.rewind_iteration == (2000 if c.model == "vgg16" else 1000)
+        if c.pruner == "rare_gems":
+            assert (c.prune.options["epochs"], c.prune.options["iter_period"]) == (150, 5)
+    assert {c.train.gamma for c in cells if c.model == "alexnet224"} == {0.5}
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert "OK — sweep 'lomp_comparison', 450 cells" in capsys.readouterr().out
