@@ -200,14 +200,20 @@ def check_pair(model: str, dataset: str, options: Mapping[str, Any], variant: st
     return None
 
 
-def quota_problem(pruner: str, model: str, pairs: Sequence[tuple[str, str]], options: Mapping[str, Any]) -> str | None:
-    """Why a quota pruner is not defined on `model` (uniform_plus needs a conv layer), or None."""
+def layer_shapes(model: str, pairs: Sequence[tuple[str, str]], options: Mapping[str, Any]) -> list[tuple[int, ...]]:
+    """The prunable weights' shapes of `model` on its first data set in `pairs`, built on the meta
+    device: shapes only, nothing is allocated, even for VGG."""
     dataset = next(d for m, d in pairs if m == model)
     shape, classes = data_lib.info(dataset, **options)
-    with torch.device("meta"):  # shapes only: nothing is allocated, even for VGG
-        net = models_lib.build(model, input_shape=shape, num_classes=classes)
+    with torch.device("meta"):
+        return quotas_lib.layer_shapes(models_lib.build(model, input_shape=shape, num_classes=classes))
+
+
+def quota_problem(pruner: str, model: str, shapes: Sequence[tuple[int, ...]]) -> str | None:
+    """Why a quota pruner is not defined on `model` with these layer shapes (uniform_plus needs a
+    conv layer), or None."""
     try:
-        quotas_lib.check_applicable(pruner.partition("/")[2], quotas_lib.layer_shapes(net))
+        quotas_lib.check_applicable(pruner.partition("/")[2], shapes)
     except ValueError as e:
         return f"pruner: {pruner!r} on model {model!r}: {e}"
     return None
@@ -642,10 +648,10 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
             except ValueError as e:
                 problems.append(str(e))
 
-    for m in sorted({m for m, _ in pairs if m in known_models}):
-        for p in (p for p in pruners if p.endswith("/uniform_plus") and p in PRUNERS):
-            if (why := quota_problem(p, m, pairs, data.options)) is not None:
-                problems.append(why)
+    quota_checked = [p for p in pruners if p.endswith("/uniform_plus") and p in PRUNERS]
+    for m in sorted({m for m, _ in pairs if m in known_models}) if quota_checked else ():
+        shapes = layer_shapes(m, pairs, data.options)  # once per model, not per pruner
+        problems += [why for p in quota_checked if (why := quota_problem(p, m, shapes)) is not None]
     if "imp" in pruners:
         problems += _rewind_problems(prune, train, pairs, data.options)
     if prune.rewind_iteration is not None and "imp" not in pruners:
