@@ -160,3 +160,33 @@ def test_a_step_of_no_samples_is_refused():
     values = {k: v.detach() for k, v in model.named_parameters()}
     with pytest.raises(ValueError, match="chunk: 0, expected a positive number of samples"):
         MLPHVP(mlp_chain(model, None, x.ndim), values, list(values), [(x, y)], chunk=0)
+
+
+@pytest.mark.parametrize("bias_last", [True, False])
+def test_the_benchs_gemm_count_is_what_a_pass_multiplies(bias_last):
+    """bench/slq_vs_pyhessian.py's roofline divides `mlp_rop_gemm_flops` by the GEMM rate: the count
+    must be the matrix-product work of one `products` call, as torch's FLOP counter sees it."""
+    import sys
+    from pathlib import Path
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pruning.hvp import hessian_param_names
+    from pruning.hvp_mlp import MLPHVP
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from slq_vs_pyhessian import mlp_rop_gemm_flops
+
+    x, y = data(n=23, seed=5)
+    model = relu_mlp(seed=5, bias_last=bias_last)
+    names = hessian_param_names(model, None)
+    values = {k: v.detach() for k, v in model.named_parameters()}
+    op = MLPHVP(mlp_chain(model, None, x.ndim), values, names, [(x, y)], chunk=10)
+    T = {n: torch.randn(3, *values[n].shape, dtype=torch.float64) for n in names}
+    # torch's counter knows mm and addmm; the in-place addmm_ that accumulates is taught here
+    def addmm_(self_shape, a_shape, b_shape, *args, **kwargs):
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_}) as counter:
+        op.products(T)
+    assert counter.get_total_flops() == mlp_rop_gemm_flops(model, len(y), 3)
