@@ -150,20 +150,18 @@ class MLPHVP:
         return V
 
     def _buffer(self, key: str, l: int, rows: int, cols: int, like: Tensor) -> Tensor:
-        """A (rows, cols) view of a buffer kept across calls and steps: a fresh multi-MB tensor per
-        step costs page faults and kernel zeroing comparable to a GEMM on CPU."""
-        full = (key, l, cols)
-        buf = self._buffers.get(full)
-        if buf is None or buf.shape[0] < rows:
-            buf = self._buffers[full] = like.new_empty(min(self.chunk, self.n), cols)
+        """A (rows, cols) view of a buffer of one step's size, kept across calls and steps: a fresh
+        multi-MB tensor per step costs page faults and kernel zeroing comparable to a GEMM on CPU."""
+        buf = self._buffers.get((key, l, cols))
+        if buf is None:
+            buf = self._buffers[key, l, cols] = like.new_empty(min(self.chunk, self.n), cols)
         return buf[:rows]
 
     def products(self, T: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{name: (B, *shape)} = H·t summed over the samples, for the B directions `T`
         ({name: (B, *shape)}) of `names`."""
         b = next(iter(T.values())).shape[0]
-        L = len(self.layers)
-        dirs = [self._direction(l, T, b) for l in range(L)]
+        dirs = [self._direction(l, T, b) for l in range(len(self.layers))]
         # the directions as GEMM operands, once per call: forward (in[+1], B·out), backward (out, B·in)
         fwd = [None if V is None else V.permute(2, 0, 1).reshape(V.shape[2], -1) for V in dirs]
         bwd = [None if V is None or l == 0 else V[:, :, :self.W[l].shape[1]].permute(1, 0, 2).reshape(V.shape[1], -1)
@@ -176,7 +174,7 @@ class MLPHVP:
                   for l, w in enumerate(self.W)]
         for s in range(0, self.n, self.chunk):
             e = min(s + self.chunk, self.n)
-            self._step(s, e, b, dirs, fwd, bwd, acc_out, acc_in)
+            self._step(s, e, b, fwd, bwd, acc_out, acc_in)
         result: dict[str, Tensor] = {}
         for l, (layer, w) in enumerate(zip(self.layers, self.W)):
             want_w, want_b = self.wanted[l]
@@ -193,7 +191,7 @@ class MLPHVP:
                 result[layer.prefix + "bias"] = HV[:, :, fan_in]
         return result
 
-    def _step(self, s: int, e: int, b: int, dirs, fwd, bwd, acc_out, acc_in) -> None:
+    def _step(self, s: int, e: int, b: int, fwd, bwd, acc_out, acc_in) -> None:
         """Samples s:e of one call: the forward tangents, the backward tangents, and their
         contributions added into the accumulators."""
         c = e - s
