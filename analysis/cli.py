@@ -62,7 +62,8 @@ def default_out(store: Store) -> str:
 
 def write_tables(store: Store, names: Sequence[str], fmt: str, *, out: str | None, strict: bool,
                  levels: Sequence[float] | None, sparsities: Sequence[float] | None,
-                 stream: TextIO, use_cache: bool = True, auto_levels: bool = False) -> list[str]:
+                 stream: TextIO, use_cache: bool = True, auto_levels: bool = False,
+                 wide: bool = False) -> list[str]:
     """Build and render each table; print to `stream`, or write files into `out` and say where."""
     if fmt not in T.FORMATS:
         raise ValueError(f"--format: {fmt!r}; choose from {', '.join(T.FORMATS)}")
@@ -74,7 +75,7 @@ def write_tables(store: Store, names: Sequence[str], fmt: str, *, out: str | Non
     for name in names:
         tidy = T.build(name, frames, levels=levels, sparsities=sparsities)
         if out is None:
-            print(T.render(name, tidy, fmt), file=stream)
+            print(T.render(name, tidy, fmt, wide=wide), file=stream)
             continue
         try:
             os.makedirs(out, exist_ok=True)
@@ -84,7 +85,7 @@ def write_tables(store: Store, names: Sequence[str], fmt: str, *, out: str | Non
         for key, part in parts.items():
             path = os.path.join(out, f"{key}.{EXTENSIONS[fmt]}")
             with open(path, "w", encoding="utf-8") as f:
-                f.write(T.render(name, part, fmt) if fmt != "csv" else T.csv(part[key]))
+                f.write(T.render(name, part, fmt, wide=wide) if fmt != "csv" else T.csv(part[key]))
             written.append(path)
             print(f"wrote {path}", file=stream)
     return written
@@ -95,7 +96,8 @@ def cmd_tables(args: argparse.Namespace) -> int:
     store = resolve(args.sweep, args.storage)
     write_tables(store, names, args.format, out=args.out, strict=args.strict,
                  levels=parse_floats(args.levels, "levels"), sparsities=parse_floats(args.sparsities, "sparsities"),
-                 stream=sys.stdout, use_cache=not args.no_cache, auto_levels=args.levels == "auto")
+                 stream=sys.stdout, use_cache=not args.no_cache, auto_levels=args.levels == "auto",
+                 wide=args.wide)
     return 0
 
 
@@ -208,6 +210,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--levels", default=None, metavar="10,100,...|auto",
                    help="compression levels of the accuracy table (default 10,100,1000,10000; "
                         "auto: the sweep's requested compressions and the decades it spans)")
+    t.add_argument("--wide", action="store_true",
+                   help="limit table: every column (bands, bounds, resolution numbers, ε), not only "
+                        "what a reader decides from")
     t.add_argument("--sparsities", default=None, metavar="0.9,0.99,...",
                    help="sparsities of the lomp table (default: the requested sparsities)")
     t.set_defaults(func=cmd_tables)

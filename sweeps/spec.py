@@ -91,6 +91,7 @@ class PruneSection:
     limit_tolerance_pp: float = 0.1    # tolerance (percentage points) of the "tol" actual limit
     limit_rounds: int = 1              # limit cells: prune → L1-retrain under the mask → SLQ → predict, k rounds
     row_norm_quantiles: int = 0        # limit cells: exact Hessian rows at this many |w| quantiles; 0: none
+    resolution_tol: float = 0.01       # limit cells: spread of s*(k) or 2·SE above this flags s* unresolved
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword options of the pruner
 
 
@@ -100,7 +101,8 @@ class HessianSection:
 
     enabled: bool = False
     probes: int = 4                    # Rademacher probes
-    iterations: int | None = None      # Lanczos steps per probe; None: 30, limit cells the authors' depth
+    iterations: int | Literal["auto"] | None = None  # Lanczos steps per probe; None: 30, limit cells "auto"
+    max_iterations: int = 512          # the cap of iterations "auto" (limit cells: grown until s* is resolved)
     workers: int = 1                   # data-parallel HVP workers (Ray backend); never changes results
     models: Literal[HESSIAN_MODELS] = "pruned"
     max_samples: int | None = None     # first N training samples; None: the whole training set
@@ -637,7 +639,10 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
                             "use target: direct")
         if tuple(pruners) != ("lomp",):
             problems.append(f"pruner: kind 'limit' runs 'lomp' only, got {list(pruners)}")
-    elif any(p != "dense" for p in pruners) and not sparsity:
+    elif hessian.iterations == "auto":
+        problems.append("hessian.iterations: auto grows the Lanczos run until the predicted limit is resolved; "
+                        "it needs kind 'limit' (give a number of iterations)")
+    if kind != "limit" and any(p != "dense" for p in pruners) and not sparsity:
         problems.append("sparsity: required for pruners other than 'dense' (or give compression:)")
 
     l1_pruners = [p for p in pruners if p in PRUNERS and PRUNERS[p].needs_l1_training]
@@ -714,7 +719,10 @@ def _check_ranges(h: HessianSection, r: ResourcesSection, p: PruneSection, probl
     """Value ranges the types cannot express."""
     checks: list[tuple[bool, str]] = [
         (h.probes >= 1, f"hessian.probes: {h.probes}; must be ≥ 1"),
-        (h.iterations is None or h.iterations >= 2, f"hessian.iterations: {h.iterations}; must be ≥ 2 or null"),
+        (h.iterations in (None, "auto") or h.iterations >= 2,
+         f"hessian.iterations: {h.iterations}; must be ≥ 2, auto or null"),
+        (h.max_iterations >= 2, f"hessian.max_iterations: {h.max_iterations}; must be ≥ 2"),
+        (p.resolution_tol > 0, f"prune.resolution_tol: {p.resolution_tol}; must be > 0"),
         (h.workers >= 1, f"hessian.workers: {h.workers}; must be ≥ 1"),
         (h.max_samples is None or h.max_samples >= 1, f"hessian.max_samples: {h.max_samples}; must be ≥ 1 or null"),
         (r.cpus > 0, f"resources.cpus: {r.cpus}; must be > 0"),

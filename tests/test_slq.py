@@ -274,3 +274,49 @@ def test_model_goes_back_to_its_device():
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     cpu = slq(model, None, [(x, y)], **kw)
     np.testing.assert_allclose(gpu.nodes, cpu.nodes, rtol=1e-9, atol=1e-12)
+
+
+def test_adaptive_depth_is_the_fixed_run_it_stopped_at():
+    """`until` is asked after min_iterations and every check_every steps with the result the run
+    would return there; the run stops at the first True and equals a fixed run of that depth (same
+    recurrence); a never-satisfied rule runs to the cap; the cap fits the operator."""
+    model = tiny_mlp()
+    x, y = tiny_data((6,))
+    seen = []
+
+    def until(partial):
+        seen.append((partial.iterations, partial.nodes.shape, partial.steps.tolist()))
+        return partial.iterations >= 40
+
+    kw = dict(probes=3, seed=5, batch_probes=2, hvp_mode="rev_rev")
+    auto = slq(model, None, [(x, y)], iterations=100, until=until, min_iterations=24, check_every=8, **kw)
+    # checks at 24, 32, 40 on the first probe batch only (2 probes): the second batch runs to 40
+    assert [s[0] for s in seen] == [24, 32, 40] and all(s[1] == (2, s[0]) for s in seen)
+    fixed = slq(model, None, [(x, y)], iterations=40, **kw)
+    assert auto.iterations == 40 and auto.nodes.shape == (3, 40) and auto.alphas.shape == (3, 40)
+    np.testing.assert_allclose(auto.alphas, fixed.alphas, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(auto.nodes, fixed.nodes, rtol=1e-10, atol=1e-12)
+    assert auto.info["adaptive"] is True and auto.info["max_iterations"] == 100
+    assert "adaptive" not in fixed.info
+    never = slq(model, None, [(x, y)], iterations=60, until=lambda p: False, min_iterations=50, check_every=4,
+                probes=1, seed=5, hvp_mode="rev_rev")
+    assert never.iterations == 60
+    # a cap beyond the operator is the operator's dimension − 1 (a fixed depth there is an error)
+    capped = slq(None, None, None, backend=DiagBackend(np.linspace(0.1, 2.0, 30)), probes=1, iterations=10_000,
+                 until=lambda p: False, deflate=False)
+    assert capped.iterations == 29
+    with pytest.raises(ValueError, match="check_every"):
+        slq(model, None, [(x, y)], iterations=50, until=until, check_every=0, **kw)
+
+
+def test_adaptive_cap_shares_fewer_probes_per_pass_when_memory_is_short():
+    """The basis is allocated for the cap: when `batch_probes` of them do not fit, fewer probes share
+    a pass (logged) instead of failing; a fixed depth still fails before any product."""
+    d = np.linspace(0.1, 2.0, 400)
+    per_probe = 60 * 400 * 8
+    auto = slq(None, None, None, backend=DiagBackend(d), probes=4, iterations=60, batch_probes=4,
+               until=lambda p: False, max_basis_bytes=2 * per_probe, deflate=False)
+    assert auto.info["batch_probes"] == 2 and auto.probes == 4 and auto.iterations == 60
+    with pytest.raises(ValueError, match="slq basis"):
+        slq(None, None, None, backend=DiagBackend(d), probes=4, iterations=60, batch_probes=4,
+            max_basis_bytes=2 * per_probe, deflate=False)

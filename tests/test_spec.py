@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pruning.lomp import limit_iterations
 from sweeps.cells import Cell, compute_id, expand
 from sweeps.cli import main
 from sweeps.spec import SpecError, build_spec, dump_yaml, storage_problem
@@ -215,7 +216,8 @@ def test_pruning_limit_config_carries_the_authors_recipes():
         assert (t.lr, t.schedule, t.warmup, tuple(t.milestones), t.l1) == (lr, schedule, warmup, milestones, lam), model
         assert (t.epochs, t.batch_size, t.momentum, t.weight_decay, t.l1_scope) == (200, 128, 0.9, 0.0, "all")
         assert t.step_unit == "epoch" and (t.gamma == 0.5 if schedule == "multistep" else True)
-        assert cells[model].hessian.iterations == (96 if model == "alexnet224" else 128)
+        assert cells[model].hessian.iterations == "auto"  # from the authors' depth (128, AlexNet 96), grown
+        assert cells[model].hessian.max_iterations == 512 and limit_iterations(model) == (96 if model == "alexnet224" else 128)
         p = cells[model].prune
         assert p.limit_grid[0] == 0.0 and p.epsilon_source == "batch_loss_std_authors"
         assert (p.row_norm_quantiles, p.limit_rounds) == (100, 1)

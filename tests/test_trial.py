@@ -15,6 +15,7 @@ from pruning import models
 from pruning.train import evaluate
 from sweeps import store
 from sweeps import trial as trial_mod
+from sweeps import trial_limit
 from sweeps.cache import DENSE_ITEM, DenseCache
 from sweeps.cells import expand
 from sweeps.spec import build_spec
@@ -307,14 +308,14 @@ def test_limit_rounds_and_hessian_rows(tmp_path, monkeypatch):
     [cell] = expand(build_spec(raw))
     [single] = expand(build_spec({**raw, "prune": {"lomp_l1": 1e-4, "limit_grid": grid}}))
     calls = []
-    real = trial_mod.next_round_masks
+    real = trial_limit.next_round_masks
 
     def recording(weights, kept, removed_frac):
         out = real(weights, kept, removed_frac)
         calls.append(({k: v.clone() for k, v in kept.items()}, out, removed_frac))
         return out
 
-    monkeypatch.setattr(trial_mod, "next_round_masks", recording)
+    monkeypatch.setattr(trial_limit, "next_round_masks", recording)
     row = run_cell(cell, Where(str(tmp_path)))
     assert row["status"] == "ok", row["error"]
     one = run_cell(single, Where(str(tmp_path)))                # same LOMP model and SLQ from the cache

@@ -67,7 +67,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for kind in ("direct", "effective"):
         print(f"  {kind:<9} sparsity {row[f'{kind}_sparsity']:.6f}  compression "
               f"{_fmt(row[f'{kind}_compression'])}")
-    seconds = st.seconds["prune_seconds"]
+    seconds = st.clock.seconds.get("prune", 0.0)
     print(f"  removed {removed:,} of {row['n_prunable']:,} weights; test accuracy without "
           f"retraining {row['test_acc']:.4f}; {seconds:.2f}s")
     print(f"  {'layer':<24} {'weights':>10} {'direct':>9} {'effective':>9}")
