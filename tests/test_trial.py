@@ -241,6 +241,9 @@ def test_limit_cell_curve_prediction_and_actual_limit(tmp_path):
     tol = curve[curve.test_acc >= dense_acc - 0.05 - 1e-12].removed_frac
     assert row["actual_removed_frac_strict"] == (strict.max() if len(strict) else 0.0)
     assert row["actual_removed_frac_tol"] == (tol.max() if len(tol) else 0.0)
+    # the loss rule: training loss ≤ the dense training loss + ε (the same ε as the prediction)
+    loss = curve[curve.train_loss <= curve.train_loss.iloc[0] + row["epsilon"]].removed_frac
+    assert row["actual_removed_frac_loss"] == loss.max() and row["actual_kept_frac_loss"] == 1 - loss.max()
     assert curve.test_acc.iloc[0] == pytest.approx(dense_acc)  # removing nothing changes nothing
     # ε recomputed independently from the cached LOMP model
     m, entry, key = dense_model(tmp_path, cell)
@@ -254,6 +257,9 @@ def test_limit_cell_curve_prediction_and_actual_limit(tmp_path):
     again = limit.predict_limit(masks_lib.weights(m), spectrum, row["epsilon"], epsilon_source="batch_loss_std")
     assert row["predicted_removed_frac"] == again.removed_frac
     assert row["trace_bound_removed_frac"] == again.trace_bound_removed_frac
+    assert row["predicted_removed_frac_authors"] == again.authors_removed_frac
+    assert row["predicted_removed_frac_spread"] == again.removed_frac_spread
+    assert row["slq_iterations"] == 5 and row["slq_max_iterations"] is None  # a fixed depth
     assert entry["metrics"]["test_acc"] == row["dense_test_acc"]
     epochs = store.read_cell_table(str(tmp_path), "t", "epochs", cell.cell_id).to_pylist()
     assert {e["phase"] for e in epochs} == {"lomp"}
@@ -277,7 +283,7 @@ def _check_limit_extras(tmp_path, cell, row, m, curve, prediction):
         assert e == pytest.approx(effective(s), abs=0) and e >= s - 1e-12
         assert c == pytest.approx(masks_lib.compression(e))
     assert row["predicted_effective_removed_frac"] == pytest.approx(effective(row["predicted_removed_frac"]), abs=0)
-    for rule in ("strict", "tol"):
+    for rule in ("strict", "tol", "loss"):
         assert row[f"actual_effective_removed_frac_{rule}"] == pytest.approx(effective(row[f"actual_removed_frac_{rule}"]))
     scaling = store.read_cell_table(str(tmp_path), "t", "scaling", cell.cell_id).to_pandas()
     assert scaling["factor"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
@@ -291,9 +297,42 @@ def _check_limit_extras(tmp_path, cell, row, m, curve, prediction):
     assert int(overall[overall.log10_high <= -3 + 1e-9]["count"].sum()) == small
     rounds = store.read_cell_table(str(tmp_path), "t", "rounds", cell.cell_id).to_pylist()
     assert len(rounds) == 1 and rounds[0]["round"] == 1
-    for k in ("predicted_removed_frac", "actual_removed_frac_strict", "actual_removed_frac_tol", "epsilon"):
+    for k in ("predicted_removed_frac", "actual_removed_frac_strict", "actual_removed_frac_tol",
+              "actual_removed_frac_loss", "epsilon", "slq_iterations"):
         assert rounds[0][k] == row[k]
     assert store.read_cell_table(str(tmp_path), "t", "hessian_rows", cell.cell_id) is None  # off by default
+
+
+def test_limit_cell_with_an_adaptive_lanczos_depth(tmp_path):
+    """iterations: auto starts at the authors' depth (128), asks every 16 steps whether s* is
+    resolved (reported as progress), stops there or at the cap; the spectrum it stored is that depth,
+    and its cache entry is keyed by what the stopping rule reads (another tolerance: a new run)."""
+    raw = {"name": "t", "kind": "limit", "model": "lenet300100", "dataset": "synthetic",
+           "storage": str(tmp_path), "data": {"options": OPTIONS},
+           "train": {"epochs": 2, "batch_size": 32, "lr": 0.05},
+           "prune": {"lomp_l1": 1e-4, "limit_grid": [0.0, 0.5, 0.9]},
+           "hessian": {"enabled": True, "models": "dense", "probes": 2, "max_iterations": 144, "max_samples": 32}}
+    [cell] = expand(build_spec(raw))
+    assert cell.hessian.iterations == "auto" and cell.hessian.max_iterations == 144
+    reports = []
+    row = run_cell(cell, Where(str(tmp_path)), report=reports.append)
+    assert row["status"] == "ok", row["error"]
+    checks = [r for r in reports if r.get("phase") == "slq"]
+    depth = row["slq_iterations"]
+    assert [c["slq_iteration"] for c in checks] == list(range(128, depth + 1, 16))[: len(checks)]
+    assert depth in (128, 144) and row["slq_max_iterations"] == 144
+    if depth < 144:  # stopped: the last check found s* resolved over the last quarter
+        assert checks[-1]["slq_resolved"] is True and row["predicted_removed_frac_spread"] <= 0.01
+    spectra = store.read_cell_table(str(tmp_path), "t", "spectra", cell.cell_id).to_pandas()
+    assert spectra.groupby("probe")["node_index"].max().max() + 1 <= depth
+    [done] = [r for r in reports if r.get("phase") == "limit"]
+    assert done["predicted_removed_frac"] == row["predicted_removed_frac"] and done["slq_iterations"] == depth
+    # the same model, another tolerance: the stopping rule differs, so its SLQ is not reused
+    [strict] = expand(build_spec({**raw, "prune": {**raw["prune"], "resolution_tol": 1e-6}}))
+    other = run_cell(strict, Where(str(tmp_path)))
+    assert other["slq_iterations"] == 144 and other["hessian_seconds"] > 0  # never resolved to 1e-6
+    key = DenseCache(str(tmp_path))
+    assert len(list((tmp_path / "_cache" / "dense").rglob("slq-*.pt"))) == 2 and key is not None
 
 
 def test_limit_rounds_and_hessian_rows(tmp_path, monkeypatch):
