@@ -10,8 +10,8 @@ m×m Jacobi blocks: what a run of m steps gives). For each net, seed, ε (down t
 rule gives ~1.4e-3 on digits) and depth: the error of s*, the resolution signal (spread of s*(k)
 over the last quarter, 2·SE over probes), the flag, and the authors' estimator (probe 0, 128 steps,
 their binning). Then `iterations: auto` (from 64 steps, checks every 16, cap 512): the depth it
-stops at and its error. Then `drop`: its s* per depth against the exact drop s*, and the
-ill-posedness note. Prints markdown tables (docs/zero_mass.md) and writes rows.csv under --out.
+stops at and its error. Then `drop`: its s* per depth against the exact drop s*, and whether the
+prediction refused it (negative curvature carrying more than the tolerance of G at R(s*)). Prints markdown tables (docs/zero_mass.md) and writes rows.csv under --out.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from zero_mass_error import as_slq, exact_spectrum, make_nets  # noqa: E402
 
 from pruning import masks as masks_lib  # noqa: E402
 from pruning.data import load  # noqa: E402
-from pruning.limit import RESOLUTION_TOL, depth_resolved, predict_limit, truncated  # noqa: E402
+from pruning.limit import RESOLUTION_TOL, depth_resolved, limit_equation, predict_limit, truncated  # noqa: E402
 from pruning.slq import slq  # noqa: E402
 
 EPSILONS = (1e-3, 1.5e-3, 5e-3, 1e-2, 5e-2)
@@ -64,7 +64,8 @@ def main() -> None:
             run = slq(model, None, [(x, y)], probes=args.probes, iterations=max(DEPTHS), seed=seed)
             for eps in EPSILONS:
                 s_exact = predict_limit(w, exact, eps).removed_frac
-                drop_exact = predict_limit(w, exact, eps, policy="drop").removed_frac
+                drop_exact = limit_equation(w, exact, eps, policy="drop").solve(exact)
+                eq_drop = limit_equation(w, run, eps, policy="drop")
                 for m in DEPTHS:
                     t0 = time.perf_counter()
                     p = predict_limit(w, truncated(run, m) if m < run.iterations else run, eps)
@@ -74,9 +75,10 @@ def main() -> None:
                                      authors=p.authors_removed_frac, seconds=time.perf_counter() - t0))
                     if m >= 128:
                         d = predict_limit(w, truncated(run, m) if m < run.iterations else run, eps, policy="drop")
-                        drop_rows.append(dict(net=name, seed=seed, eps=eps, m=m, exact=drop_exact, s=d.removed_frac,
-                                              err=d.removed_frac - drop_exact, share=d.negative_share,
-                                              ill_posed=d.note is not None, flagged=d.unresolved))
+                        s_drop = eq_drop.solve(truncated(run, m) if m < run.iterations else run)  # refused or not
+                        drop_rows.append(dict(net=name, seed=seed, eps=eps, m=m, exact=drop_exact, s=s_drop,
+                                              err=s_drop - drop_exact, share=d.negative_share,
+                                              refused=d.removed_frac is None, flagged=d.unresolved))
                 t0 = time.perf_counter()
                 until = depth_resolved(w, eps)
                 auto = slq(model, None, [(x, y)], probes=args.probes, iterations=512, seed=seed, until=until,
@@ -118,14 +120,14 @@ def main() -> None:
     for (n, e), g in auto.groupby(["net", "eps"], sort=False):
         print(f"| {n} | {e:g} | {', '.join(str(d) for d in g.depth)} | "
               f"{', '.join(f'{abs(v):.4f}' for v in g.err)} | {', '.join('yes' if f else 'no' for f in g.flagged)} |")
-    print("\n## drop at m = 128, 192, 256\n")
-    print("| net | ε | exact drop s* | drop s* over depths (min–max) | negative share | ill posed (note) | "
-          "|error| > tol and not flagged |")
+    print("\n## drop at m = 128, 192, 256 (its s* solved whether refused or not)\n")
+    print("| net | ε | exact drop s* | drop s* over depths (min–max) | negative share | refused | "
+          "reported with |error| > tol |")
     print("|---|---|---|---|---|---|---|")
     for (n, e), g in drop.groupby(["net", "eps"], sort=False):
-        missed = int(((g.err.abs() > tol) & ~g.flagged.astype(bool)).sum())
+        missed = int(((g.err.abs() > tol) & ~g.refused.astype(bool)).sum())
         print(f"| {n} | {e:g} | {g.exact.iloc[0]:.4f} | {g.s.min():.4f}–{g.s.max():.4f} | "
-              f"{g.share.min():.3f}–{g.share.max():.3f} | {int(g.ill_posed.sum())}/{len(g)} | {missed} |")
+              f"{g.share.min():.3f}–{g.share.max():.3f} | {int(g.refused.sum())}/{len(g)} | {missed} |")
     print(f"\n# total {time.perf_counter() - t_all:.0f} s", file=sys.stderr)
 
 

@@ -498,17 +498,17 @@ class LimitPrediction:
     """The predicted pruning limit: both fractions, ε and how it was found, the policy, q, bounds,
     how far the prediction is resolved, and the authors' estimate of the same quantity."""
 
-    removed_frac: float
-    kept_frac: float
+    removed_frac: float | None     # None: refused (drop where ill posed; `note` says why)
+    kept_frac: float | None
     epsilon: float
     epsilon_source: str
     policy: str
     zero_mass: float
-    r: float                       # R(s*)
-    g_of_r: float                  # G(R(s*))
-    band_kept_frac_low: float      # kinematic band (our derivation)
-    band_kept_frac_high: float
-    trace_bound_removed_frac: float  # Jensen bound (our derivation): removable ≥ this
+    r: float | None                # R(s*)
+    g_of_r: float | None           # G(R(s*))
+    band_kept_frac_low: float | None  # kinematic band (our derivation)
+    band_kept_frac_high: float | None
+    trace_bound_removed_frac: float | None  # Jensen bound (our derivation): removable ≥ this
     n_weights: int
     dim: int                       # Hessian dimension D (full, before deflation)
     eta: float = 0.05
@@ -579,7 +579,10 @@ def predict_limit(
     coefficients) and `removed_frac_se` the jackknife standard error over probes (needs ≥ 2).
     `unresolved` is set when the spread or 2·SE exceeds `resolution_tol`, or when the policy is
     `drop` and negative curvature carries more than `resolution_tol` of G at R(s*)
-    (`negative_share`; then `note` says so in one line: drop is ill posed there).
+    (`negative_share`). Then drop is ill posed: its s* moves with where Lanczos happens to put the
+    near-zero mass (exactly what G_abs − G_drop measures), so it is refused — the fractions, R,
+    G, the band and the bounds are None and `note` says why in one line — and reported only where
+    the share is below the tolerance, where drop and abs differ by less than it.
 
     `authors_removed_frac` is the authors' estimator on probe 0 (`authors_estimate`), for reading
     the two side by side. `radau_rule_removed_frac` is s* with the Gauss–Radau rule
@@ -599,23 +602,22 @@ def predict_limit(
     s_radau = eq.solve(slq_result.radau()) if slq_result.alphas is not None else None
     spread, se = eq.depth_spread(slq_result), eq.jackknife(slq_result)
     negative = eq.negative_share(slq_result, s_star)
-    note = None
-    if policy == "drop" and negative > resolution_tol:
-        note = (f"drop: negative curvature carries {negative:.3g} of G at R(s*) (> {resolution_tol:g}); "
-                "s* under drop depends on where Lanczos puts the near-zero mass: ill posed, read abs")
     signals = ([spread] if spread is not None else []) + ([2 * se] if se is not None else [])
     unresolved = bool(max(signals) > resolution_tol) if signals else None
-    if note is not None:
-        unresolved = True
+    common = dict(epsilon=eps, epsilon_source=epsilon_source, policy=policy, zero_mass=slq_result.zero_mass,
+                  n_weights=dist.n, dim=slq_result.full_dim, eta=eta, zero_curvature_tol=tol,
+                  removed_frac_spread=spread, removed_frac_se=se, resolution_tol=resolution_tol,
+                  negative_share=negative, authors_removed_frac=authors_estimate(dist, slq_result, eps))
+    if policy == "drop" and negative > resolution_tol:
+        note = (f"drop refused: negative curvature carries {negative:.3g} of G at R(s*) (> {resolution_tol:g}), "
+                "so s* moves with where Lanczos puts the near-zero mass; read eigen_policy abs")
+        return LimitPrediction(removed_frac=None, kept_frac=None, r=None, g_of_r=None, band_kept_frac_low=None,
+                               band_kept_frac_high=None, trace_bound_removed_frac=None, note=note,
+                               unresolved=True, **common)
     return LimitPrediction(
-        removed_frac=s_star, kept_frac=kept, epsilon=eps, epsilon_source=epsilon_source,
-        policy=policy, zero_mass=slq_result.zero_mass, r=dist(s_star),
-        g_of_r=g_of_r(slq_result, eps, dist(s_star), policy, tol=tol),
+        removed_frac=s_star, kept_frac=kept, r=dist(s_star), g_of_r=g_of_r(slq_result, eps, dist(s_star), policy, tol=tol),
         band_kept_frac_low=max(0.0, kept - half), band_kept_frac_high=min(1.0, kept + half),
-        trace_bound_removed_frac=s_bound, n_weights=dist.n, dim=slq_result.full_dim, eta=eta,
-        zero_curvature_tol=tol, radau_rule_removed_frac=s_radau, removed_frac_spread=spread,
-        removed_frac_se=se, resolution_tol=resolution_tol, negative_share=negative,
-        authors_removed_frac=authors_estimate(dist, slq_result, eps), note=note, unresolved=unresolved,
+        trace_bound_removed_frac=s_bound, radau_rule_removed_frac=s_radau, unresolved=unresolved, **common,
     )
 
 

@@ -154,8 +154,8 @@ def limit_round(model: nn.Module, train_split, test_split, rule: LimitRule, *, s
                               dense_train_loss=train_losses[0], epsilon=eps)
         rows = curve_rows(grid, accs, losses, train_losses, weights, spec, eps, rule.policy,
                           zero_tol=rule.zero_tol)
-    log.info("limit: predicted removed %.4f (authors' estimator %.4f, unresolved %s), actual strict %.4f "
-             "tol %.4f loss %.4f, ε=%.4g (%s), depth %d, q=%.3f", prediction.removed_frac,
+    log.info("limit: predicted removed %s (authors' estimator %.4f, unresolved %s), actual strict %.4f "
+             "tol %.4f loss %.4f, ε=%.4g (%s), depth %d, q=%.3f", prediction.note or f"{prediction.removed_frac:.4f}",
              prediction.authors_removed_frac, prediction.unresolved, actual.removed_frac_strict,
              actual.removed_frac_tol, actual.removed_frac_loss, eps, source, spec.iterations, spec.zero_mass)
     return LimitRound(epsilon=eps, spectrum=spec, prediction=prediction, actual=actual, curve=rows,

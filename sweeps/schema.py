@@ -231,7 +231,7 @@ ROUNDS = pa.schema(
         ("cell_id", pa.string()),
         ("sweep", pa.string()),
         ("round", pa.int32()),               # 1: the single-round limit of the trials row
-        ("status", pa.string()),             # "ok" | "diverged" (the round's retraining)
+        ("status", pa.string()),             # "ok" | "diverged" (its retraining) | "refused" (no s* to prune to)
         ("removed_frac_before", pa.float64()),  # pruned at the start of the round (of all prunable)
         ("dense_test_acc", pa.float64()),    # the round's model before further pruning
         ("epsilon", pa.float64()),

@@ -75,11 +75,13 @@ def _limit_extras(st: TrialState, result: LimitRound) -> None:
             s = row["removed_frac"]
             effective[s] = row["effective_sparsity"] = evaluator.effective_sparsity(order.masks(s))
             row["effective_compression"] = masks.compression(row["effective_sparsity"])
-        st.row["predicted_effective_removed_frac"] = evaluator.effective_sparsity(
-            order.masks(result.prediction.removed_frac))
+        predicted = result.prediction.removed_frac  # None: refused (drop where ill posed)
+        st.row["predicted_effective_removed_frac"] = (
+            None if predicted is None else evaluator.effective_sparsity(order.masks(predicted)))
         for rule in limit.LIMIT_RULES:
             st.row[f"actual_effective_removed_frac_{rule}"] = effective[result.actual.removed_frac(rule)]
-        st.tables["scaling"] = limit_analyses.scaling_rows(weights, spectrum, eps, p.eigen_policy, zero_tol=p.zero_tol)
+        st.tables["scaling"] = [] if predicted is None else limit_analyses.scaling_rows(
+            weights, spectrum, eps, p.eigen_policy, zero_tol=p.zero_tol)
         st.tables["weights"] = limit_analyses.weight_histogram_rows(weights)
 
 
@@ -113,7 +115,8 @@ def step_rounds(st: TrialState) -> None:
     fractions.
 
     Fractions are of all prunable weights, the already pruned ones included. The copy keeps the
-    trials row about the unpruned LOMP model. A diverged retraining ends the rounds (its row says so).
+    trials row about the unpruned LOMP model. A diverged retraining ends the rounds (its row says so),
+    and so does a refused prediction (status "refused": there is no fraction to prune to).
     """
     p = st.limit
     rounds = [_round_row(1, 0.0, st.limit_round)]
@@ -122,6 +125,9 @@ def step_rounds(st: TrialState) -> None:
     weights = st.limit_round.weights
     kept = masks.get_masks(model)
     for r in range(2, p.limit_rounds + 1):
+        if rounds[-1]["predicted_removed_frac"] is None:
+            rounds.append({"round": r, "status": "refused", "removed_frac_before": rounds[-1]["removed_frac_before"]})
+            return
         kept = next_round_masks(weights, kept, rounds[-1]["predicted_removed_frac"])
         before = masks.direct_sparsity(kept)
         masks.apply_masks(model, kept)

@@ -9,13 +9,12 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from pruning.slq import SLQResult
 from pruning.limit import (
     EPSILON_RECIPES, ZERO_CURVATURE_ULPS, SparseDistance, actual_limit, authors_estimate, batch_loss_std,
-    curve_rows, epsilon_recipe, g_of_r, kinematic_halfwidth, limit_columns, predict_limit, spread_window,
-    truncated, zero_curvature_tol,
+    curve_rows, epsilon_recipe, g_of_r, kinematic_halfwidth, limit_columns, limit_equation, predict_limit,
+    spread_window, truncated, zero_curvature_tol,
 )
-from pruning.slq import gauss_rule
+from pruning.slq import SLQResult, gauss_rule
 from sweeps.schema import CURVES, TRIALS
 
 EPS64 = np.finfo(np.float64).eps
@@ -95,6 +94,11 @@ def test_limit_bisection_on_diagonal_quadratic(policy, values, masses, zero, cp)
     spec = spectrum(values, masses, zero_mass=zero)
     pred = predict_limit(w, spec, eps, policy=policy)
     expected = closed_form(*cp, n * c * c * 2.0, 2 * eps)
+    if policy == "drop":  # half the curvature is negative: drop is ill posed here and refused,
+        assert pred.removed_frac is None and pred.negative_share > 0.01  # but its equation is exact:
+        s_drop = limit_equation(w, spec, eps, policy="drop").solve(spec)
+        assert abs(s_drop - expected) <= 2.0 / n
+        return
     assert abs(pred.removed_frac - expected) <= 2.0 / n
     assert pred.kept_frac == 1.0 - pred.removed_frac and pred.policy == policy
     # bracketed to machine precision: h(s*) ≥ 0 > h(s* − ulp)
@@ -263,9 +267,11 @@ def test_drop_limit_does_not_move_when_rounding_level_signs_flip():
         s = {predict_limit(w, spectrum(np.concatenate([bulk, f * noise]), np.full(D, 1 / D), dim=D),
                            0.01, policy=policy).removed_frac for f in flips}
         assert len(s) == 1
-    old = [predict_limit(w, spectrum(np.concatenate([bulk, f * noise]), np.full(D, 1 / D), dim=D),
-                         0.01, policy="drop", zero_tol=0.0).removed_frac for f in (np.ones(200), -np.ones(200))]
+    spectra = [spectrum(np.concatenate([bulk, f * noise]), np.full(D, 1 / D), dim=D) for f in (np.ones(200), -np.ones(200))]
+    old = [limit_equation(w, sp, 0.01, policy="drop", zero_tol=0.0).solve(sp) for sp in spectra]
     assert old[0] - old[1] > 0.1  # the sign of rounding noise decided 40% of the width before
+    # (which is why drop is now refused where negative curvature carries weight: here, 40% of it)
+    assert predict_limit(w, spectra[1], 0.01, policy="drop", zero_tol=0.0).removed_frac is None
 
 
 def test_spread_window_is_the_last_quarter():
@@ -377,22 +383,34 @@ def test_authors_estimator_on_a_hand_checkable_spectrum():
     assert predict_limit(w, spec, eps).authors_removed_frac == authors_estimate(dist, spec, eps)
 
 
-def test_drop_is_flagged_where_negative_curvature_matters():
-    """Drop's s* is refused (flagged, one line) when negative nodes beyond the zero-curvature
-    tolerance carry more than the tolerance of G at R(s*); a spectrum without them is not flagged."""
+def test_drop_is_refused_where_negative_curvature_matters():
+    """Drop's s* is refused (no fractions, one line why, unresolved) when negative nodes beyond the
+    zero-curvature tolerance carry more than the tolerance of G at R(s*); a spectrum without them
+    gives drop's s* as usual."""
     w = torch.from_numpy(np.random.default_rng(4).normal(0, 0.05, 4000))
     indefinite = spectrum([-1e-3, -1e-4, 0.5, 2.0], [0.2, 0.2, 0.3, 0.3], dim=4000)
     pred = predict_limit(w, indefinite, 0.01, policy="drop")
     assert pred.negative_share > 0.01 and pred.unresolved is True
-    assert pred.note.startswith("drop: negative curvature carries") and "\n" not in pred.note
+    assert pred.removed_frac is None and pred.kept_frac is None and pred.trace_bound_removed_frac is None
+    assert pred.note.startswith("drop refused: negative curvature carries") and "\n" not in pred.note
+    cols = pred.columns()
+    assert cols["predicted_removed_frac"] is None and cols["predicted_note"] == pred.note
+    assert cols["predicted_removed_frac_authors"] is not None  # the authors' estimator reads |θ|: kept
     absolute = predict_limit(w, indefinite, 0.01, policy="abs")
     assert absolute.note is None and absolute.negative_share > 0.01  # abs reads |θ|: well posed
-    psd = predict_limit(w, spectrum([1e-4, 0.5, 2.0], [0.4, 0.3, 0.3], dim=4000), 0.01, policy="drop")
-    assert psd.negative_share == 0.0 and psd.note is None and psd.unresolved is None
     # the share is (1 − q)·Σ τ·2ε/(2ε + R²|θ|) over the negative nodes, at R(s*)
-    r2 = SparseDistance(w)(pred.removed_frac) ** 2
+    r2 = SparseDistance(w)(absolute.removed_frac) ** 2
     share = sum(t * 0.02 / (0.02 + r2 * abs(v)) for v, t in ((-1e-3, 0.2), (-1e-4, 0.2)))
-    assert pred.negative_share == pytest.approx(share, rel=1e-9)
+    assert absolute.negative_share == pytest.approx(share, rel=1e-9)
+    psd = spectrum([1e-4, 0.5, 2.0], [0.4, 0.3, 0.3], dim=4000)
+    kept = predict_limit(w, psd, 0.01, policy="drop")
+    assert kept.negative_share == 0.0 and kept.note is None and kept.unresolved is None
+    assert kept.removed_frac == predict_limit(w, psd, 0.01, policy="abs").removed_frac  # no negative node
+    # negligible negative mass (below the tolerance's share): reported, within the share of abs
+    slight = spectrum([-1e-9, 1e-4, 0.5, 2.0], [0.002, 0.398, 0.3, 0.3], dim=4000)
+    small = predict_limit(w, slight, 0.01, policy="drop", zero_tol=0.0)
+    assert small.note is None and 0 < small.negative_share <= 0.01
+    assert abs(small.removed_frac - predict_limit(w, slight, 0.01, zero_tol=0.0).removed_frac) <= 0.01
 
 
 def test_bad_input():

@@ -320,3 +320,34 @@ def test_adaptive_cap_shares_fewer_probes_per_pass_when_memory_is_short():
     with pytest.raises(ValueError, match="slq basis"):
         slq(None, None, None, backend=DiagBackend(d), probes=4, iterations=60, batch_probes=4,
             max_basis_bytes=2 * per_probe, deflate=False)
+
+
+def test_resolution_signal_on_exact_spectra(digits_mlp):
+    """The flag against the truth: one SLQ run (8 probes, 192 steps) on the 1,810-parameter MLP,
+    read at depths 16…192 and ε down to 1e-3 (the authors' rule gives ~1.4e-3 on digits). Every
+    prediction off the exact s* by more than the tolerance is flagged; the ones that have converged
+    (deep runs within 0.003) mostly are not; drop is refused or within the tolerance of exact drop."""
+    from pruning import masks as masks_lib
+    from pruning.limit import RESOLUTION_TOL, predict_limit, truncated
+
+    model, x, y, ev = digits_mlp
+    D = len(ev)
+    exact = SLQResult(nodes=ev[None, :], weights=np.full((1, D), 1.0 / D), steps=np.array([D]),
+                      probe_ids=np.array([0]), dim=D, full_dim=D, zero_mass=0.0, seed=0, iterations=D)
+    w = masks_lib.weights(model)
+    run = slq(model, None, [(x, y)], probes=8, iterations=192, seed=0, hvp_mode="rev_rev")
+    converged = []
+    for eps in (1e-3, 5e-3, 5e-2):
+        s_abs = predict_limit(w, exact, eps).removed_frac
+        s_drop = predict_limit(w, exact, eps, policy="drop").removed_frac
+        for m in (16, 32, 64, 128, 192):
+            spectrum = truncated(run, m) if m < 192 else run
+            p = predict_limit(w, spectrum, eps)
+            err = abs(p.removed_frac - s_abs)
+            if err > RESOLUTION_TOL:
+                assert p.unresolved, (eps, m, err)
+            if m >= 128 and err <= 0.003:
+                converged.append(p.unresolved)
+            d = predict_limit(w, spectrum, eps, policy="drop")
+            assert d.removed_frac is None or abs(d.removed_frac - s_drop) <= RESOLUTION_TOL, (eps, m)
+    assert len(converged) >= 2 and sum(converged) <= len(converged) / 2
