@@ -160,6 +160,22 @@ def test_demo_cell_ids_are_unchanged():
     assert ids == json.loads((FIXTURES / "demo_cell_ids.json").read_text())
 
 
+PACKAGED_IDS = json.loads((FIXTURES / "packaged_cell_ids.json").read_text())
+
+
+def test_every_packaged_config_keeps_its_cell_ids():
+    """The ids of every packaged config, in expansion order, as the code made them before the spec
+    was split into modules (tests/fixtures/packaged_cell_ids.json): moving a field between sections,
+    or a default from one place to another, must not change what any cell id names. A new packaged
+    config adds its ids to the fixture in the commit that adds it."""
+    configs = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    missing = sorted(set(configs) - set(PACKAGED_IDS))
+    assert not missing, f"add the cell ids of {missing} to tests/fixtures/packaged_cell_ids.json"
+    for name in configs:
+        ids = [c.cell_id for c in expand(load_spec(CONFIGS / f"{name}.yaml", storage="/tmp"))]
+        assert ids == PACKAGED_IDS[name], name
+
+
 def _old_ids(config: str) -> dict[str, str]:
     """cell_id → pruner of a packaged config before the typed cells (tests/fixtures)."""
     return json.loads((FIXTURES / "config_cell_ids.json").read_text())[config]
