@@ -12,14 +12,17 @@ from pathlib import Path
 
 import pytest
 
-import sweeps.spec as spec_mod
+import sweeps.sections as spec_mod
 from pruning.data import DATASETS
+from pruning.options import option
 from pruning.pruners import PRUNERS
+from pruning.pruners.synflow import SynflowOptions
 from pruning.train import TrainConfig
 from sweeps import store
 from sweeps.cells import LimitPrune, PointPrune, SLQSettings, expand
 from sweeps.defaults import ORIGINAL_DEFAULTS, MissingDefault, original
-from sweeps.spec import HessianSection, build_spec, load_spec
+from sweeps.sections import HessianSection
+from sweeps.spec import build_spec, load_spec
 from sweeps.trial import Where, run_cell
 
 CONFIGS = Path(__file__).resolve().parents[1] / "sweeps" / "configs"
@@ -76,13 +79,16 @@ def _changed(before: dict, after: dict) -> set[str]:
 
 def test_a_new_current_default_changes_exactly_the_cells_that_use_it(monkeypatch):
     before = _ids(_spec())
-    # a pruner's option default (synflow's rounds): synflow and random/synflow (which delegates) move
-    info = PRUNERS["synflow"]
+    # a pruner's option default (synflow's rounds, declared once in SynflowOptions, which random/synflow
+    # shares): the cells of both move, no other cell does
+    @dataclasses.dataclass(frozen=True)
+    class Rounds50(SynflowOptions):
+        rounds: int = option(50, "rounds", ge=1)
 
-    def synflow_with_50_rounds(model, sparsity, *, data=None, seed=0, rounds=50, input_shape=None):
-        return info.fn(model, sparsity, data=data, seed=seed, rounds=rounds, input_shape=input_shape)
-
-    monkeypatch.setitem(PRUNERS, "synflow", dataclasses.replace(info, fn=synflow_with_50_rounds))
+    users = [name for name, info in PRUNERS.items() if info.options is SynflowOptions]
+    assert users == ["random/synflow", "synflow"]
+    for name in users:
+        monkeypatch.setitem(PRUNERS, name, dataclasses.replace(PRUNERS[name], options=Rounds50))
     assert _changed(before, _ids(_spec())) == {"synflow", "random/synflow"}
     monkeypatch.undo()
     assert _ids(_spec()) == before

@@ -68,9 +68,10 @@ def test_status_of_a_sweep_not_yet_run(tmp_path, capsys, monkeypatch):
 
 
 def test_data_download_of_an_embedded_set_is_a_user_error(tmp_path, capsys):
-    assert main(["data", "download", "digits", "--root", str(tmp_path)]) == 2
+    assert main(["data", "download", "digits", "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "dataset 'digits'" in err and "Traceback" not in err
+    assert err.startswith("error: argument name: invalid choice: 'digits' (choose from 'mnist'")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_demo_runs_and_summarises(tmp_path, monkeypatch, capsys):
