@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import ray
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -12,8 +13,6 @@ from sweeps.hvp_ray import (
     RayHVPBackend, RayHVPFactory, WorkerResources, device_from_ray, probe_ranges, shard_bounds,
     slq_probe_parallel,
 )
-
-ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
