@@ -11,7 +11,7 @@ Files are read in a thread pool, a batch per task (pyarrow releases the GIL whil
 filesystems are latency-bound); each worker concatenates its batch by schema, and the few resulting
 tables are merged once with pyarrow's schema promotion. Opening a file costs about a
 millisecond however small it is, so rows already read are kept in a consolidated per-sweep cache
-(`analysis.cache`, under the hidden `<sweep>/_analysis/`) and the next read opens only new or
+(`analysis.read_cache`, under the hidden `<sweep>/_analysis/`) and the next read opens only new or
 changed files.
 """
 
@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from analysis import cache
+from analysis import read_cache
 from sweeps import paths
 from sweeps.paths import Sweeps, hidden as _hidden, storage_root
 from sweeps.schema import RENAMED, SCHEMAS, TABLES, schema
@@ -121,7 +121,7 @@ def _stack(got: list[tuple[str, pa.Table]], sweep: str, keys: dict[str, str | No
         if keys is not None:
             tags = np.repeat(np.array([keys[p] for p, _ in members], dtype=object),
                              [t.num_rows for _, t in members])
-            part = part.append_column(cache.KEY, pa.array(tags, pa.string()))
+            part = part.append_column(read_cache.KEY, pa.array(tags, pa.string()))
         parts.append(part.combine_chunks())
     return parts
 
@@ -171,22 +171,22 @@ def _read_sweep(sweeps: Sweeps, sweep_dir: str, table: str, *, strict: bool, use
     if not use_cache:
         return _read_many(fs, [i.path for i in infos], wanted, strict, sweep)[0]
     now = time.time_ns()
-    keys = {i.path: cache.file_key(i, now) for i in infos}
-    loaded = cache.load(fs, sweep_dir, table)
+    keys = {i.path: read_cache.file_key(i, now) for i in infos}
+    loaded = read_cache.load(fs, sweep_dir, table)
     cached, reading = None, wanted
     if loaded is not None:
         cached, cached_columns = loaded
         reading = None if cached_columns is None else sorted(cached_columns)
-        if not cache.covers(cached_columns, wanted):  # start over with both column sets
-            cached, reading = None, cache.widened(cached_columns, wanted)
+        if not read_cache.covers(cached_columns, wanted):  # start over with both column sets
+            cached, reading = None, read_cache.widened(cached_columns, wanted)
     parts: list[pa.Table] = []
     have: set[str] = set()
     changed = loaded is not None and cached is None
     if cached is not None:
         current = pa.array([k for k in keys.values() if k is not None], pa.string())
-        kept = cached.filter(pc.is_in(cached[cache.KEY], value_set=current))
+        kept = cached.filter(pc.is_in(cached[read_cache.KEY], value_set=current))
         changed = kept.num_rows != cached.num_rows          # files vanished or were rewritten
-        have = set(pc.unique(kept[cache.KEY]).to_pylist())
+        have = set(pc.unique(kept[read_cache.KEY]).to_pylist())
         parts.append(kept)
     todo = [i.path for i in infos if keys[i.path] is None or keys[i.path] not in have]
     fresh, failed = _read_many(fs, todo, reading, strict, sweep, keys)
@@ -196,12 +196,19 @@ def _read_sweep(sweeps: Sweeps, sweep_dir: str, table: str, *, strict: bool, use
         return []
     whole = pa.concat_tables(parts, promote_options="permissive").combine_chunks()
     if changed:
-        cache.save(fs, sweep_dir, table, whole, reading)
-    return [whole.drop_columns([cache.KEY])]
+        read_cache.save(fs, sweep_dir, table, whole, reading)
+    return [whole.drop_columns([read_cache.KEY])]
 
 
-def _conform(table: pa.Table, central: pa.Schema, columns: Sequence[str] | None) -> pa.Table:
-    """Central columns first (cast to the central type, nulls where absent), then extra columns."""
+def conform(table: pa.Table, central: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
+    """Central columns first (cast to the central type, nulls where absent), then extra columns.
+
+    Why columns the central schema does not know are kept, not dropped: a store is written over
+    weeks by several versions of the engine, and a reader older than a file is exactly the case
+    where a column is unknown; dropping it would hide results the user has, silently, while keeping
+    it costs nothing (Parquet describes itself). Known columns get the central type, so readers of
+    the central schema see one schema whatever wrote the files.
+    """
     wanted = central if columns is None else pa.schema([f for f in central if f.name in columns])
     arrays, fields = [], []
     for f in wanted:
@@ -228,9 +235,9 @@ def read_arrow(name_or_path: str | os.PathLike | Sweeps, table: str, *, strict: 
              for t in _read_sweep(sweeps, d, table, strict=strict, use_cache=use_cache, columns=columns)]
     parts = [p for p in parts if p.num_rows]
     if not parts:
-        return _conform(central.empty_table(), central, columns)
+        return conform(central.empty_table(), central, columns)
     merged = pa.concat_tables(parts, promote_options="permissive").combine_chunks()
-    return _conform(merged, central, columns)
+    return conform(merged, central, columns)
 
 
 def load_table(name_or_path: str | os.PathLike | Sweeps, table: str, *, strict: bool = False,
@@ -243,7 +250,7 @@ def load_table(name_or_path: str | os.PathLike | Sweeps, table: str, *, strict: 
     a warning and skipped; with `strict=True` it raises ValueError. A sweep without files for
     `table` gives an empty frame with the central columns. `use_cache` keeps a consolidated copy in
     `<sweep>/_analysis/cache/` so that the next read only opens new or changed files
-    (`analysis.cache`).
+    (`analysis.read_cache`).
     """
     return read_arrow(name_or_path, table, strict=strict, storage=storage, columns=columns,
                       use_cache=use_cache).to_pandas()
@@ -257,5 +264,5 @@ def load_tables(name_or_path: str | os.PathLike | Sweeps, tables: Sequence[str] 
     return {t: load_table(sweeps, t, strict=strict, use_cache=use_cache) for t in tables}
 
 
-__all__ = ["Sweeps", "SCHEMAS", "TABLES", "load_table", "load_tables", "read_arrow", "resolve",
+__all__ = ["Sweeps", "SCHEMAS", "TABLES", "conform", "load_table", "load_tables", "read_arrow", "resolve",
            "storage_root", "table_files"]

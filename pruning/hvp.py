@@ -404,20 +404,6 @@ def mean_hvp(backends: HVPBackend | Sequence[HVPBackend], V: Tensor) -> Tensor:
     return total / count
 
 
-class SumOfBackends:
-    """Several shard backends as one (sums and counts add): the local view of data parallelism."""
-
-    def __init__(self, backends: Sequence[HVPBackend]):
-        dims = {b.dim for b in backends}
-        if len(dims) != 1:
-            raise ValueError(f"backends: dims {sorted(dims)} differ; shards must share the parameter set")
-        self.backends, self.dim = list(backends), dims.pop()
-
-    def hvp_sum(self, V: Tensor) -> tuple[Tensor, int]:
-        parts = [b.hvp_sum(V) for b in self.backends]
-        return sum(S.to(V.device) for S, _ in parts), sum(n for _, n in parts)
-
-
 # --- what the products cost ----------------------------------------------------------------------
 
 @dataclass

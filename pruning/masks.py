@@ -165,10 +165,6 @@ def direct_sparsity(masks: Mapping[str, torch.Tensor]) -> float:
     return (total - kept) / total
 
 
-def layer_sparsities(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    return {n: 1.0 - int(m.count_nonzero()) / m.numel() for n, m in masks.items()}
-
-
 def compression(sparsity: float) -> float:
     """1 / (1 − sparsity); `inf` for a fully pruned (or disconnected) network."""
     if not 0.0 <= sparsity <= 1.0 or math.isnan(sparsity):

@@ -42,7 +42,7 @@ from pruning.pruners import PRUNERS, PruneResult, prune
 from pruning.sparsity import EffectiveMaskEvaluator, sparsity_report
 from pruning.train import TrainConfig, TrainResult, evaluate, seed_everything, train
 from sweeps import provenance, store
-from sweeps.cache import DENSE_ITEM, DenseCache, dense_fields, key_of
+from sweeps.dense_cache import DENSE_ITEM, DenseCache, dense_fields, key_of
 from sweeps.cells import Cell, LimitPrune, PointPrune, hashed_config
 
 log = logging.getLogger(__name__)

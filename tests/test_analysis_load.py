@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis import cache as cache_module
+from analysis import read_cache as cache_module
 from analysis import load as load_module
 from analysis.load import load_table, load_tables, resolve, table_files
 from sweeps.paths import Sweeps

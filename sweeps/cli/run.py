@@ -11,8 +11,8 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
+from analysis.load import load_table
 from analysis.output import summary
-from sweeps import store
 from sweeps.backends import RayOptions
 from sweeps.cells import expand
 from sweeps.cli.common import Exit, add_backend_arguments, add_storage, add_sweep, cells_exit, ray_options
@@ -70,7 +70,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def demo_summary(spec: Spec) -> str:
     """Mean over seeds per pruner and sparsity: test accuracy, direct and effective compression."""
-    df = store.read_table(spec.storage, spec.name, "trials").to_pandas()
+    df = load_table(spec.name, "trials", storage=spec.storage, use_cache=False)
     df = df[df["status"] != "failed"]
     if df.empty:
         return "no finished cells"
