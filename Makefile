@@ -24,7 +24,7 @@ test: $(STAMP)
 # the fast lane while working: the markers decide (no `slow` end-to-end runs, no `cluster` workflow);
 # well under 2 minutes on 2 cores. `make test` stays the whole suite.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not cluster" tests
+	$(PY) -m pytest -q -m "not slow and not cluster" --hypothesis-profile=fast tests
 
 # The one-shot check for a machine with a GPU: no install step, no Ray, no network (bench/gpu_check.py)
 gpu-check:

@@ -519,8 +519,8 @@ def info(name: str, **options) -> tuple[tuple[int, int, int], int]:
     """(input_shape, num_classes) of a data set without reading it (`synthetic` takes its options)."""
     d = get(name)
     if name == "synthetic":
-        shape = tuple(options.get("input_shape", d.input_shape))
-        return shape, int(options.get("num_classes", d.num_classes))  # type: ignore[return-value]
+        o = {**d.option_defaults, **options}  # defaults from the one declaration (SyntheticOptions)
+        return tuple(o["input_shape"]), int(o["num_classes"])  # type: ignore[return-value]
     return d.input_shape, d.num_classes
 
 
@@ -528,7 +528,7 @@ def train_size(name: str, **options) -> int | None:
     """Training samples of a data set without reading it (`synthetic`: its `n_train` option)."""
     d = get(name)
     if name == "synthetic":
-        return int(options.get("n_train", d.option_defaults["n_train"]))
+        return int({**d.option_defaults, **options}["n_train"])
     return d.train_size
 
 

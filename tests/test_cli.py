@@ -94,6 +94,7 @@ def test_demo_spec_is_packaged_and_valid(capsys):
     assert main(["validate", str(path)]) == 0
 
 
+@pytest.mark.slow  # a subprocess importing torch
 def test_ray_is_not_imported_by_the_serial_path(tmp_path):
     code = ("import sys; from sweeps.cli import main; "
             f"rc = main(['run', {str(tiny_spec(tmp_path, storage=str(tmp_path / 'r'), pruner='dense'))!r}]); "

@@ -163,6 +163,7 @@ def read_logs(log_dir):
     return [json.load(open(os.path.join(log_dir, f))) for f in sorted(os.listdir(log_dir)) if f.endswith(".json")]
 
 
+@pytest.mark.slow  # real Ray: a local cluster and Tune trials (make test-fast leaves it out)
 def test_fractional_gpus_pack_as_declared(fake_gpus, tmp_path):
     """4 trials at 0.5 GPU on 2 fake GPUs run at the same time, two per GPU, each on cuda:0."""
     spec = make_spec(tmp_path, sparsity=[0.5, 0.6, 0.7, 0.8], resources={"gpus": 0.5})
@@ -178,6 +179,7 @@ def test_fractional_gpus_pack_as_declared(fake_gpus, tmp_path):
     assert per_gpu == [2, 2]
 
 
+@pytest.mark.slow  # real Ray: a local cluster and Tune trials (make test-fast leaves it out)
 def test_whole_gpus_are_exclusive_and_cpu_trials_stay_on_cpu(fake_gpus, tmp_path):
     spec = make_spec(tmp_path, sparsity=[0.5, 0.8], resources={"gpus": 1})
     logs = str(tmp_path / "logs")
@@ -195,6 +197,7 @@ def test_whole_gpus_are_exclusive_and_cpu_trials_stay_on_cpu(fake_gpus, tmp_path
     assert info["gpu_ids"] == [] and info["device"] == "cpu"
 
 
+@pytest.mark.slow  # real Ray: a local cluster and Tune trials (make test-fast leaves it out)
 def test_trials_are_named_by_cell_id_and_failures_are_named(fake_gpus, tmp_path):
     spec = make_spec(tmp_path)
     cells = expand(spec)
@@ -260,6 +263,7 @@ def test_serial_and_ray_write_the_same_trials_rows(fake_gpus, tmp_path):
         assert s["hessian_trace"] is not None and s["dense_test_acc"] is not None
 
 
+@pytest.mark.slow  # real Ray: a local cluster and Tune trials (make test-fast leaves it out)
 def test_resume_reruns_failed_and_missing_cells_only(fake_gpus, tmp_path):
     """A finished sweep with one failed cell: `resume` restores the Tune experiment (nothing left in
     it to run), then runs the stale failed cell afresh; the ok cell's file is never rewritten."""

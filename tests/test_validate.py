@@ -205,7 +205,7 @@ def configure_and_step(cell) -> None:
     assert result.iterations == 1
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])  # examples: the profile (tests/conftest.py)
 @given(specs())
 def test_whatever_validates_gets_through_the_configuration_stage(raw):
     try:
