@@ -240,6 +240,7 @@ class DataInfo:
     embedded: bool = False  # ships with an installed package; needs no root
     train_size: int | None = None  # training samples (known without reading: step counts at validation)
     options: type = SeedOptions  # the loader's options dataclass (`seed` fixes the split)
+    smallest_class: int | None = None  # training samples of its rarest class; None: count them (embedded sets)
 
     @property
     def option_defaults(self) -> dict:
@@ -498,14 +499,17 @@ DATASETS: dict[str, DataInfo] = {
                        train_size=1797 - 360, options=DigitsOptions),
     "synthetic": DataInfo((1, 8, 8), 10, load_synthetic, "Gaussian classes, any shape (tests)", True,
                           train_size=512, options=SyntheticOptions),
-    "mnist": DataInfo((1, 28, 28), 10, load_mnist, "MNIST, torchvision raw idx files", train_size=60_000),
+    "mnist": DataInfo((1, 28, 28), 10, load_mnist, "MNIST, torchvision raw idx files", train_size=60_000,
+                      smallest_class=5_421),
     "fashion_mnist": DataInfo((1, 28, 28), 10, load_fashion_mnist,
                               "Fashion-MNIST, idx.gz files (torchvision layout or Debian's package)",
-                              train_size=60_000, options=FashionOptions),
-    "cifar10": DataInfo((3, 32, 32), 10, load_cifar10, "CIFAR-10, python pickles", train_size=50_000),
-    "cifar100": DataInfo((3, 32, 32), 100, load_cifar100, "CIFAR-100, python pickles", train_size=50_000),
+                              train_size=60_000, options=FashionOptions, smallest_class=6_000),
+    "cifar10": DataInfo((3, 32, 32), 10, load_cifar10, "CIFAR-10, python pickles", train_size=50_000,
+                        smallest_class=5_000),
+    "cifar100": DataInfo((3, 32, 32), 100, load_cifar100, "CIFAR-100, python pickles", train_size=50_000,
+                         smallest_class=500),
     "tinyimagenet": DataInfo((3, 64, 64), 200, load_tinyimagenet, "tiny-imagenet-200 folder",
-                             train_size=100_000),
+                             train_size=100_000, smallest_class=500),
 }
 
 
@@ -530,6 +534,16 @@ def train_size(name: str, **options) -> int | None:
     if name == "synthetic":
         return int({**d.option_defaults, **options}["n_train"])
     return d.train_size
+
+
+def smallest_class(name: str, **options) -> int:
+    """Training samples of the rarest class: published for the real sets, counted for the embedded
+    ones (whose split depends on their options; loading them takes milliseconds)."""
+    d = get(name)
+    if d.smallest_class is not None:
+        return d.smallest_class
+    train_split, _ = load(name, **options)
+    return int(torch.bincount(train_split.y, minlength=train_split.num_classes).min())
 
 
 def load(name: str, *, root: str | os.PathLike | None = None, seed: int = 0, **options) -> tuple[Split, Split]:

@@ -171,6 +171,26 @@ def pruner_options(spec: Spec) -> list[str]:
     return out
 
 
+def balanced_batches_fit(spec: Spec) -> list[str]:
+    """Class-balanced GraSP draws batches × samples_per_class distinct training samples of every
+    class: the rarest class of each data set must hold that many."""
+    if "grasp" not in spec.pruner or data_options(spec) or pruner_options(spec):
+        return []
+    typed = PRUNERS["grasp"].make_options({k: v for k, (v, _) in spec.prune.given_options("grasp").items()})
+    if not typed.balanced:
+        return []
+    need = typed.batches * typed.samples_per_class
+    out = []
+    for d in _datasets(spec):
+        have = data_lib.smallest_class(d, **spec.data.options)
+        if have < need:
+            out.append(f"prune.options: grasp's balanced batches need batches × samples_per_class = "
+                       f"{typed.batches} × {typed.samples_per_class} = {need} training samples of every class, "
+                       f"and dataset {d!r} has {have} of its rarest; lower batches or samples_per_class, or set "
+                       "balanced: false")
+    return out
+
+
 def layer_shapes(model: str, pairs: Sequence[tuple[str, str]], options: Mapping[str, Any]) -> list[tuple[int, ...]]:
     """The prunable weights' shapes of `model` on its first data set in `pairs`, built on the meta
     device: shapes only, nothing is allocated, even for VGG."""
@@ -266,7 +286,7 @@ def limit_kind(spec: Spec) -> list[str]:
 
 RULES: tuple[Rule, ...] = (
     storage_writable, known_names, seeds_non_negative, data_options, pairs_fit, pruner_options,
-    quotas_applicable, imp_rewind, lomp_lambda_known, sparsity_given, limit_kind,
+    balanced_batches_fit, quotas_applicable, imp_rewind, lomp_lambda_known, sparsity_given, limit_kind,
 )
 
 

@@ -28,7 +28,7 @@ from sweeps.cli import main
 from sweeps.sections import BACKENDS
 from sweeps.spec import SpecError, build_spec
 
-SYNTHETIC = {"input_shape": [1, 4, 4], "num_classes": 3, "n_train": 48, "n_test": 24}
+SYNTHETIC = {"input_shape": [1, 4, 4], "num_classes": 3, "n_train": 300, "n_test": 24}  # GraSP: 100 per class
 BASE = {"name": "v", "model": "lenet300100", "dataset": "synthetic", "data": {"options": SYNTHETIC},
         "pruner": ["snip", "grasp", "synflow"], "sparsity": 0.5}
 
@@ -49,6 +49,9 @@ MALFORMED = [
      [], "prune.options.grasp.balanced: 'false'; expected true or false (pruner 'grasp')"),
     ("grasp_batch_size_with_balanced", {"prune": {"options": {"batch_size": 64}}},
      [], "prune.options.batch_size: 64; balanced batches hold samples_per_class images of each class"),
+    ("grasp_balanced_needs_samples", {"data": {"options": {**SYNTHETIC, "n_train": 48}}},
+     [], "grasp's balanced batches need batches × samples_per_class = 10 × 10 = 100 training samples of every "
+     "class, and dataset 'synthetic' has 16 of its rarest"),
     ("option_nobody_takes", {"prune": {"options": {"rate": 0.5}}},
      [], "prune.options.rate: taken by none of the pruners"),
     ("unknown_scoped_option", {"prune": {"options": {"snip": {"rounds": 3}}}},
