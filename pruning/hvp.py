@@ -1,4 +1,4 @@
-"""Hessian-vector products: the operator that SLQ (`pruning.slq`) runs on, ALGORITHMS.md §6.
+"""Hessian-vector products: the operator that SLQ (`pruning.slq`) runs on, docs/algorithms.md §6.
 
 Data flow: `LocalHVPBackend` turns (model, loss, data) into Hessian-vector products of the
 *summed* per-sample loss, B directions per data pass, in one of several AD modes ("auto" measures
@@ -77,7 +77,7 @@ class HVPBackend(Protocol):
 def hessian_param_names(model: nn.Module, params: Sequence[str] | str | None = None) -> list[str]:
     """Names of the parameters the Hessian is taken over, in `named_parameters()` order.
 
-    None: every trainable parameter not owned by a BatchNorm layer (ALGORITHMS.md §6: BN affine
+    None: every trainable parameter not owned by a BatchNorm layer (docs/algorithms.md §6: BN affine
     parameters are excluded by default). "prunable": the weights of the Conv/Linear layers only
     (`weight_orig` for a masked layer). Otherwise an explicit list of names.
     """

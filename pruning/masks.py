@@ -6,7 +6,7 @@ mask as the `weight_mask` buffer and the dense values as the `weight_orig` param
 exactly zero, the masked weight stays exactly zero through any optimizer step, and the mask travels
 with `state_dict`.
 
-Prunable weights (ALGORITHMS.md §1) are the weights of every Conv*d and Linear layer, in
+Prunable weights (docs/algorithms.md §1) are the weights of every Conv*d and Linear layer, in
 `named_modules()` order. Biases and BatchNorm parameters are never masked and never counted.
 """
 

@@ -76,7 +76,7 @@ class PointPrune:
 
 @dataclass(frozen=True)
 class LimitPrune:
-    """How a limit cell measures its pruning limit (ALGORITHMS.md §7; defaults resolved)."""
+    """How a limit cell measures its pruning limit (docs/algorithms.md §7; defaults resolved)."""
 
     lomp_l1: float                       # λ of LOMP training
     limit_grid: tuple[float, ...]        # removed fractions of the one-shot curve (0 is always added)
@@ -102,7 +102,7 @@ class LimitPrune:
 
 @dataclass(frozen=True)
 class SLQSettings:
-    """Stochastic Lanczos quadrature of a cell (ALGORITHMS.md §6); workers are not part of a cell."""
+    """Stochastic Lanczos quadrature of a cell (docs/algorithms.md §6); workers are not part of a cell."""
 
     probes: int                 # Rademacher probes
     iterations: int             # Lanczos steps per probe

@@ -372,7 +372,7 @@ def _dense_slq(st: TrialState) -> SLQResult:
 
 
 def step_limit(st: TrialState) -> None:
-    """A limit cell (ALGORITHMS.md §7): LOMP training, ε, the dense SLQ, the predicted limit with
+    """A limit cell (docs/algorithms.md §7): LOMP training, ε, the dense SLQ, the predicted limit with
     its bands, and the actual limit from the one-shot global-magnitude curve (no retraining); then
     what costs next to nothing on top (`_limit_extras`): the curve and the limits in effective
     terms, the weight-magnitude scaling of the prediction and the histograms of log10|w|.

@@ -1,4 +1,4 @@
-"""The 21 pruners (ALGORITHMS.md §5) and pruning to a target effective sparsity (§3).
+"""The 21 pruners (docs/algorithms.md §5) and pruning to a target effective sparsity (§3).
 
 Oracles are independent of the code under test: scores from `torch.func` / full Hessians /
 hand-written linear products on tiny nets, effective sparsity of MLPs by boolean matrix products,
@@ -542,7 +542,7 @@ def test_direct_target_on_a_real_model_records_both_sparsities():
 
 
 def test_uniform_plus_is_refused_on_an_mlp():
-    """ALGORITHMS.md §4: uniform_plus is defined for conv nets only; on LeNet-300-100 its dense first
+    """docs/algorithms.md §4: uniform_plus is defined for conv nets only; on LeNet-300-100 its dense first
     layer (88% of the weights) would empty the other layers, so both pruners refuse it."""
     for pruner in ("random/uniform_plus", "magnitude/uniform_plus"):
         with pytest.raises(ValueError, match=r"^quota 'uniform_plus' is defined for convolutional networks only"):

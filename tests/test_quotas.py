@@ -1,4 +1,4 @@
-"""Layerwise quotas (ALGORITHMS.md §4): validity and exact totals on every model, closed forms."""
+"""Layerwise quotas (docs/algorithms.md §4): validity and exact totals on every model, closed forms."""
 
 import math
 

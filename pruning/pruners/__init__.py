@@ -1,4 +1,4 @@
-"""The pruner registry (ALGORITHMS.md §5) and `prune`, the one entry point.
+"""The pruner registry (docs/algorithms.md §5) and `prune`, the one entry point.
 
 Every pruner is a function `(model, sparsity, *, data, seed, **options) -> Plan`: a nested family
 of masks indexed by the number k of removed weights (see `plan.py`). `prune` picks k — the direct
@@ -245,7 +245,7 @@ def _warn_if_disconnected(pruner: str, sparsity: float, report: sparsity_lib.Spa
 
     Why a warning and not an error: it is a legitimate outcome that sweeps must record (layer
     collapse of a global score ranking at extreme sparsity; uniform_plus on an MLP whose dense first
-    layer holds most weights empties the next layer early, by its definition in ALGORITHMS.md §4).
+    layer holds most weights empties the next layer early, by its definition in docs/algorithms.md §4).
     But a cell whose network predicts a constant is easy to misread as merely a weak pruner.
     """
     if report.direct_sparsity < 1.0 and report.effective_sparsity == 1.0:

@@ -5,7 +5,7 @@ prunable weights; the weights with the *highest* S are pruned. H g is a Hessian-
 by double backward: ∂/∂w ⟨∇L(w), g⟩ with g held fixed, accumulated batch by batch so that only one
 batch's graph is alive at a time.
 
-As the reference code does it (and ALGORITHMS.md §5), by default:
+As the reference code does it (and docs/algorithms.md §5), by default:
 - the scoring loss is the cross-entropy of the logits divided by a temperature T = 200, in both the
   gradient and the Hessian pass. It flattens the softmax, so that samples whose logits saturate it
   at initialization do not dominate g and H g. S shrinks as T grows (roughly as 1/T²), which does

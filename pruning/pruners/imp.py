@@ -45,7 +45,7 @@ class ImpOptions:
 
 
 def rewind_iteration_for(model: str) -> int:
-    """The default late-rewinding step k for a model name of `pruning.models` (ALGORITHMS.md §5)."""
+    """The default late-rewinding step k for a model name of `pruning.models` (docs/algorithms.md §5)."""
     return _REWIND_BY_MODEL.get(model, REWIND_ITERATION)
 
 

@@ -26,7 +26,7 @@ paper configs (`prune_type: BottomK`, `hc_quantized`, `regularization: L2`, `ini
 - The mask is the flags alone (`unflag_before_finetune`: a survivor whose score ended ≤ 0.5 is
   kept; the paper's configs all set it), i.e. exactly the target count.
 
-The removal sequence becomes one global order (§3 of ALGORITHMS.md, as the iterative pruners):
+The removal sequence becomes one global order (docs/algorithms.md §3, as the iterative pruners):
 weights removed in round t rank before later rounds, survivors last by their final score. A direct
 target takes exactly the rounds' removals; an effective target bisects over prefixes of that order.
 

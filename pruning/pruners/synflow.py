@@ -1,6 +1,6 @@
 """SynFlow (Tanaka et al. 2020): data-free iterative synaptic-flow pruning.
 
-Each round scores the *linearized* network (ALGORITHMS.md §2: no BatchNorm, activations, dropout
+Each round scores the *linearized* network (docs/algorithms.md §2: no BatchNorm, activations, dropout
 or biases, max-pool as average pool) with weights |w| ⊙ mask in float64 and an all-ones input:
 R = Σ outputs, score = ∂R/∂w ⊙ |w|. Overflow guard: a first no-grad pass measures R, and the
 input is divided by it; R is linear in the input, so every score is scaled by the same constant
