@@ -14,7 +14,7 @@ Tables (tidy frames; `sections` shows them):
 6. `rounds`: iterative pruning, the predicted and actual limits of each round.
 Figures (`analysis.limit_plots`): the accuracy and test-loss curves with the limit lines (one file
 per model/data set), the crossing s = G(R(s)), the effective sparsity along the curve, the scaling,
-the weight histograms, the sorted Hessian row norms and the rounds. `analysis.cli.write_limit_report`
+the weight histograms, the sorted Hessian row norms and the rounds. `analysis.output.write_limit_report`
 writes both.
 """
 

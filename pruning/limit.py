@@ -1,4 +1,4 @@
-"""The pruning limit of *How Sparse Can We Prune A Deep Network* (ALGORITHMS.md §7).
+"""The pruning limit of *How Sparse Can We Prune A Deep Network* (docs/algorithms.md §7).
 
 For trained prunable weights w* (N of them) and the Hessian spectrum from SLQ:
 - R(s): distance from w* to its best sparse approximation with removed fraction s, i.e.
@@ -196,7 +196,7 @@ def zero_curvature_tol(spectrum: SLQResult, zero_tol: float | None = None) -> fl
     tol = zero_tol · ρ, ρ = max |θ| over every probe's nodes (the spectral radius estimate: the
     extreme Ritz values converge first); `zero_tol` None means ZERO_CURVATURE_ULPS · eps(dtype)
     with the dtype from `rounding_eps`. Why: the sign of an eigenvalue at rounding level is noise,
-    and under `drop` it decided between term 0 and term 1 (ALGORITHMS.md §7). `zero_tol=0` is the
+    and under `drop` it decided between term 0 and term 1 (docs/algorithms.md §7). `zero_tol=0` is the
     behaviour before this rule (only exact zeros are flat).
     """
     rel = ZERO_CURVATURE_ULPS * rounding_eps(spectrum) if zero_tol is None else float(zero_tol)
@@ -574,7 +574,7 @@ def predict_limit(
     kept_frac ± a_η/√D and the trace bound solves s = B(R(s)) with Jensen's B ≤ G, so it lies
     below s* (both ours).
 
-    Resolution (ALGORITHMS.md §7): `removed_frac_spread` is max − min of s*(k) over the last
+    Resolution (docs/algorithms.md §7): `removed_frac_spread` is max − min of s*(k) over the last
     quarter of the run, k = ⌈3m/4⌉ … m (`LimitEquation.depth_spread`, from the stored Lanczos
     coefficients) and `removed_frac_se` the jackknife standard error over probes (needs ≥ 2).
     `unresolved` is set when the spread or 2·SE exceeds `resolution_tol`, or when the policy is

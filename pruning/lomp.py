@@ -1,4 +1,4 @@
-"""LOMP (ALGORITHMS.md §7): L1-regularized training, one-shot global magnitude pruning, and the
+"""LOMP (docs/algorithms.md §7): L1-regularized training, one-shot global magnitude pruning, and the
 predicted vs actual pruning limit.
 
 One limit round (`limit_round`): ε (per-batch loss std by a named recipe, or given) → the spectrum
@@ -34,7 +34,7 @@ from pruning.train import TrainConfig, TrainResult, evaluate, train
 
 log = logging.getLogger(__name__)
 
-# λ of the L1 term used by the authors (ALGORITHMS.md §7), per registry model; other models need an
+# λ of the L1 term used by the authors (docs/algorithms.md §7), per registry model; other models need an
 # explicit `l1`. AlexNet's 3e-5 serves both our CIFAR-sized `alexnet` and the authors' `alexnet224`.
 LOMP_L1: dict[str, float] = {
     "fc5": 5e-5, "fc12": 5e-5, "alexnet": 3e-5, "alexnet224": 3e-5, "vgg16": 1e-4, "resnet18": 5e-5,
@@ -52,7 +52,7 @@ def default_l1(model_name: str | None) -> float:
 
 
 def lomp_config(cfg: TrainConfig, l1: float, *, l1_scope: str | None = None) -> TrainConfig:
-    """LOMP's training recipe on top of `cfg` (ALGORITHMS.md §7): the L1 term λ·Σ|θ| (over
+    """LOMP's training recipe on top of `cfg` (docs/algorithms.md §7): the L1 term λ·Σ|θ| (over
     `l1_scope`, else cfg.l1_scope; the authors' is "all"), SGD momentum 0.9 and no weight decay
     (the L1 term is the regularizer), also for λ = 0. The one place the recipe is stated."""
     scope = cfg.l1_scope if l1_scope is None else l1_scope
@@ -60,7 +60,7 @@ def lomp_config(cfg: TrainConfig, l1: float, *, l1_scope: str | None = None) -> 
 
 
 def limit_iterations(model_name: str) -> int:
-    """The authors' Lanczos depth for a limit: 128 iterations, 96 for AlexNet (ALGORITHMS.md §7)."""
+    """The authors' Lanczos depth for a limit: 128 iterations, 96 for AlexNet (docs/algorithms.md §7)."""
     return 96 if model_name in ("alexnet", "alexnet224") else 128
 
 
@@ -86,7 +86,7 @@ SpectrumFn = Callable[[nn.Module, Callable[[SLQResult], bool]], SLQResult]
 
 @dataclass(frozen=True)
 class LimitRule:
-    """How one limit round reads its limit (ALGORITHMS.md §7): what `run_lomp`, a sweep's limit
+    """How one limit round reads its limit (docs/algorithms.md §7): what `run_lomp`, a sweep's limit
     cell and its later rounds share, stated once."""
 
     grid: tuple[float, ...]              # removed fractions of the one-shot curve (the start is added)

@@ -1,4 +1,4 @@
-"""Hessian spectrum by stochastic Lanczos quadrature (SLQ), ALGORITHMS.md §6–§7.
+"""Hessian spectrum by stochastic Lanczos quadrature (SLQ), docs/algorithms.md §6–§7.
 
 Data flow: an `HVPBackend` (`pruning.hvp`; `LocalHVPBackend` by default) gives Hessian-vector
 products of the summed loss, B probes at a time → `slq` normalizes them by the sample count (mean

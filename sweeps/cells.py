@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pruning.data import DATASETS
-from pruning.limit import RESOLUTION_TOL
 from pruning.lomp import LimitRule, default_l1, lomp_config
+from pruning.options import parse as parse_options
 from pruning.pruners import PRUNERS
 from pruning.pruners.imp import rewind_iteration_for
 from pruning.train import TrainConfig
 from sweeps.defaults import original
-from sweeps.spec import Spec
+from sweeps.sections import Spec
 
 ID_LENGTH = 16  # hex digits of sha256: 64 bits, collision-free for any realistic sweep
 POINT_ITERATIONS = 30  # Lanczos depth of a point cell's SLQ when the spec gives none
@@ -77,18 +77,18 @@ class PointPrune:
 
 @dataclass(frozen=True)
 class LimitPrune:
-    """How a limit cell measures its pruning limit (ALGORITHMS.md §7; defaults resolved)."""
+    """How a limit cell measures its pruning limit (docs/algorithms.md §7; defaults resolved)."""
 
     lomp_l1: float                       # λ of LOMP training
     limit_grid: tuple[float, ...]        # removed fractions of the one-shot curve (0 is always added)
     epsilon: float | None                # loss tolerance; None: measured by `epsilon_source`
     eigen_policy: str                    # negative Hessian eigenvalues in G(R): abs | drop | flat
     limit_tolerance_pp: float            # tolerance (percentage points) of the "tol" actual limit
-    epsilon_source: str = "batch_loss_std"  # pruning.limit.EPSILON_RECIPES: how ε is measured
-    zero_tol: float | None = 0.0         # |θ| ≤ zero_tol·ρ is zero curvature; None: 64 ulps of the dtype
-    limit_rounds: int = 1                # rounds of prune → L1-retrain under the mask → SLQ → predict
-    row_norm_quantiles: int = 0          # exact Hessian rows at this many quantiles of |w|; 0: none
-    resolution_tol: float = RESOLUTION_TOL  # spread of s*(k) or 2·SE above this: unresolved (and auto's goal)
+    epsilon_source: str                  # pruning.limit.EPSILON_RECIPES: how ε is measured ("given": by the spec)
+    zero_tol: float | None               # |θ| ≤ zero_tol·ρ is zero curvature; None: 64 ulps of the dtype
+    limit_rounds: int                    # rounds of prune → L1-retrain under the mask → SLQ → predict
+    row_norm_quantiles: int              # exact Hessian rows at this many quantiles of |w|; 0: none
+    resolution_tol: float                # spread of s*(k) or 2·SE above this: unresolved (and auto's goal)
 
     def layout(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -101,17 +101,16 @@ class LimitPrune:
 
     @classmethod
     def from_layout(cls, d: Mapping[str, Any]) -> LimitPrune:
-        return cls(lomp_l1=float(d["lomp_l1"]), limit_grid=tuple(float(s) for s in d["limit_grid"]),
-                   epsilon=d["epsilon"], eigen_policy=d["eigen_policy"],
-                   limit_tolerance_pp=float(d["limit_tolerance_pp"]), epsilon_source=d["epsilon_source"],
-                   zero_tol=d["zero_tol"], limit_rounds=int(d.get("limit_rounds", 1)),
-                   row_norm_quantiles=int(d.get("row_norm_quantiles", 0)),
-                   resolution_tol=float(d.get("resolution_tol", RESOLUTION_TOL)))
+        """The section of a layout; a field the layout predates had its original default
+        (`sweeps.defaults`) in that computation."""
+        values = {f.name: d[f.name] if f.name in d else original(f"prune.{f.name}") for f in dataclasses.fields(cls)}
+        values["limit_grid"] = tuple(float(s) for s in values["limit_grid"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
 class SLQSettings:
-    """Stochastic Lanczos quadrature of a cell (ALGORITHMS.md §6); workers are not part of a cell."""
+    """Stochastic Lanczos quadrature of a cell (docs/algorithms.md §6); workers are not part of a cell."""
 
     probes: int                 # Rademacher probes
     iterations: int | str       # Lanczos steps per probe, or "auto" (limit cells: grow until s* is resolved)
@@ -260,17 +259,10 @@ def resolve_protocol(pruner: str, override: str | None) -> str:
 
 
 def pruner_options(spec: Spec, pruner: str) -> dict[str, Any]:
-    """Every option of `pruner`: its defaults, overridden by the spec's options it accepts, then by
-    the options the spec scopes to it (`prune.options.<pruner>`, or to the pruner it delegates to)."""
-    info = PRUNERS[pruner]
-    out = dict(info.option_defaults)
-    given = {k: v for k, v in spec.prune.options.items() if k not in PRUNERS}
-    if spec.prune.rounds is not None:
-        given["rounds"] = spec.prune.rounds
-    for scope in (info.delegate, pruner):
-        given.update(spec.prune.options.get(scope) or {} if scope is not None else {})
-    out.update({k: v for k, v in given.items() if info.accepts(k)})
-    return out
+    """Every option of `pruner`, typed (`PrunerInfo.options`): its defaults, overridden by what the
+    spec gives it (`PruneSection.given_options`: bare options it takes, `rounds`, scoped ones)."""
+    given = {k: v for k, (v, _) in spec.prune.given_options(pruner).items()}
+    return dataclasses.asdict(PRUNERS[pruner].make_options(given))
 
 
 def lomp_l1(spec: Spec, model: str) -> float:
@@ -302,8 +294,12 @@ def slq_settings(spec: Spec, model: str) -> SLQSettings | None:
 
 
 def data_options(spec: Spec, dataset: str) -> dict[str, Any]:
-    """Every loader option of `dataset`: its defaults, overridden by the spec's `data.options`."""
-    return {**DATASETS[dataset].option_defaults, **spec.data.options}
+    """Every loader option of `dataset`, typed (`DataInfo.options`): its defaults, overridden by the
+    spec's `data.options`."""
+    typed, problems = parse_options(DATASETS[dataset].options, spec.data.options)
+    if problems:
+        raise ValueError(f"data.options of {dataset!r}: {'; '.join(problems)}")
+    return dataclasses.asdict(typed)
 
 
 def _prune_sections(spec: Spec, model: str, pruner: str) -> list[tuple[float | None, str, PointPrune | LimitPrune]]:

@@ -44,7 +44,7 @@ TRIALS = pa.schema(
         # outcome
         ("status", pa.string()),             # "ok" | "diverged" | "failed"
         ("error", pa.string()),              # one-line error for failed cells, else null
-        # sparsity (ALGORITHMS.md §1); compression is inf for a disconnected net
+        # sparsity (docs/algorithms.md §1); compression is inf for a disconnected net
         ("n_prunable", pa.int64()),
         ("n_params", pa.int64()),
         ("direct_sparsity", pa.float64()),

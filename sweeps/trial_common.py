@@ -28,7 +28,7 @@ from pruning.lomp import limit_iterations
 from pruning.slq import SLQResult, slq
 from pruning.sparsity import sparsity_report
 from pruning.train import TrainConfig, TrainResult, seed_everything, train
-from sweeps.cache import DENSE_ITEM, DenseCache, dense_fields, key_of
+from sweeps.dense_cache import DENSE_ITEM, DenseCache, dense_fields, key_of
 from sweeps.cells import Cell, LimitPrune, PointPrune, hashed_config
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The limit pipeline (ALGORITHMS.md §7), read top to bottom.
+"""The limit pipeline (docs/algorithms.md §7), read top to bottom.
 
     seed → data → model → limit (the LOMP model from the dense cache → `pruning.lomp.limit_round`:
     ε, the dense SLQ, the predicted limit, the one-shot curve, the actual limit by every rule; then

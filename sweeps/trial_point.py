@@ -14,7 +14,7 @@ from torch import nn
 from pruning import masks
 from pruning.pruners import PRUNERS, PruneResult, prune
 from pruning.train import TrainResult, evaluate, train
-from sweeps.cache import DenseCache
+from sweeps.dense_cache import DenseCache
 from sweeps.trial_common import (
     Diverged, TrialState, build, dense_entry, dense_slq, record_slq, run_slq, train_phase, use_dense,
 )

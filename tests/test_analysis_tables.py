@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from analysis import tables as T
-from analysis.cli import main
+from sweeps.cli import main
 from analysis.load import load_table
 from analysis_fixtures import GOLDEN, INF, curve_rows, limit_row, trial, write_store
 
@@ -343,8 +343,8 @@ def test_cli_all_tables_to_files(store: Path, tmp_path: Path, capsys: pytest.Cap
 
 @pytest.mark.parametrize("argv, message", [
     (["tables", "nope"], "sweep 'nope' not found under storage root .*: choose from golden"),
-    (["tables", "golden", "--table", "bogus"], "table 'bogus': choose from"),
-    (["tables", "golden", "--format", "xml"], "--format: 'xml'; choose from md, csv, latex"),
+    (["tables", "golden", "--table", "bogus"], "argument --table: invalid choice: 'bogus' \\(choose from 'accuracy'"),
+    (["tables", "golden", "--format", "xml"], "argument --format: invalid choice: 'xml' \\(choose from 'md', 'csv', 'latex'\\)"),
     (["tables", "golden", "--levels", "10,abc"], "--levels: 'abc' is not a number"),
 ])
 def test_cli_errors_are_one_line_exit_2(store: Path, capsys: pytest.CaptureFixture, argv: list[str],
@@ -394,7 +394,7 @@ def test_cli_unwritable_out_is_one_line(store: Path, tmp_path: Path, capsys: pyt
 def test_storage_root_may_be_a_uri(store: Path) -> None:
     from analysis.load import resolve
 
-    assert resolve("golden", storage=f"file://{store}").names == ["golden"]
+    assert resolve("golden", storage=f"file://{store}").names == ("golden",)
     with pytest.raises(ValueError, match="choose from golden"):
         resolve("nope", storage=f"file://{store}")
 

@@ -73,7 +73,7 @@ def test_lomp_curve_and_limits(lomp_run):
 
 def test_lomp_defaults_and_bad_input():
     published = {"fc5": 5e-5, "fc12": 5e-5, "alexnet": 3e-5, "alexnet224": 3e-5, "vgg16": 1e-4,
-                 "resnet18": 5e-5, "resnet50": 2e-5}  # ALGORITHMS.md §7, both AlexNet names
+                 "resnet18": 5e-5, "resnet50": 2e-5}  # docs/algorithms.md §7, both AlexNet names
     assert LOMP_L1 == published and {m: default_l1(m) for m in published} == published
     assert set(LOMP_L1) <= set(models.MODELS)
     for other in ("lenet5", "resnet20", None):

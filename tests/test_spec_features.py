@@ -9,7 +9,7 @@ from pruning import data as data_lib
 from pruning import models
 from pruning.lomp import limit_iterations
 from pruning.train import seed_everything, train
-from sweeps.cache import DenseCache
+from sweeps.dense_cache import DenseCache
 from sweeps.cells import expand
 from sweeps.spec import SpecError, build_spec, dump_yaml
 from sweeps.trial import Where, run_cell

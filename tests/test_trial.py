@@ -16,10 +16,11 @@ from pruning.train import evaluate
 from sweeps import store
 from sweeps import trial as trial_mod
 from sweeps import trial_limit
-from sweeps.cache import DENSE_ITEM, DenseCache
+from sweeps.dense_cache import DENSE_ITEM, DenseCache
 from sweeps.cells import expand
 from sweeps.spec import build_spec
 from sweeps.trial import Where, run_cell
+from analysis.load import read_arrow
 
 OPTIONS = {"input_shape": [1, 4, 4], "num_classes": 3, "n_train": 96, "n_test": 48}
 
@@ -439,7 +440,7 @@ def test_two_processes_racing_for_one_dense_model_train_it_once(tmp_path):
         assert p.returncode == 0, err[-2000:]
     [key] = os.listdir(tmp_path / "r" / "_cache" / "dense")
     assert DenseCache(str(tmp_path / "r")).computations(key) == 1
-    rows = [store.read_table(str(tmp_path / "r"), "t", "trials").to_pylist()]
+    rows = [read_arrow("t", "trials", storage=str(tmp_path / "r"), use_cache=False).to_pylist()]
     assert len(rows[0]) == 2 and len({r["dense_test_acc"] for r in rows[0]}) == 1
 
 
@@ -451,8 +452,8 @@ def test_cells_on_an_object_store(tmp_path):
     for cell in todo:
         assert run_cell(cell, Where(root))["status"] == "ok"
         assert store.is_done(root, "t", cell.cell_id)
-    assert store.read_table(root, "t", "trials").num_rows == 2
-    assert store.read_table(root, "t", "layers").num_rows == 2 * 3
+    assert read_arrow("t", "trials", storage=root, use_cache=False).num_rows == 2
+    assert read_arrow("t", "layers", storage=root, use_cache=False).num_rows == 2 * 3
     loc = store.locate(root)
     import pyarrow.fs as pafs
 

@@ -5,7 +5,7 @@ prunable weights; the weights with the *highest* S are pruned. H g is a Hessian-
 by double backward: ∂/∂w ⟨∇L(w), g⟩ with g held fixed, accumulated batch by batch so that only one
 batch's graph is alive at a time.
 
-As the reference code does it (and ALGORITHMS.md §5), by default:
+As the reference code does it (and docs/algorithms.md §5), by default:
 - the scoring loss is the cross-entropy of the logits divided by a temperature T = 200, in both the
   gradient and the Hessian pass. It flattens the softmax, so that samples whose logits saturate it
   at initialization do not dominate g and H g. S shrinks as T grows (roughly as 1/T²), which does
@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sized
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pruning.masks import device_of
+from pruning.options import option, rule, validate
 from pruning.pruners.common import (
     Batch,
     batch_stream,
@@ -45,6 +47,24 @@ GRASP_SAMPLES_PER_CLASS = 10  # images of each class per scoring batch (their CI
 UNBALANCED_BATCH_SIZE = 128  # batch size of the plain (balanced=False) scoring batches
 _SCAN_BATCH = 1024  # batch size when scanning a Split for balanced samples (does not change them)
 _SCAN_LIMIT = 10_000  # batches scanned from an unsized iterable before giving up on a class
+
+
+@dataclass(frozen=True)
+class GraspOptions:
+    """GraSP's options (see the module docstring for the reference's defaults)."""
+
+    batches: int = option(10, "scoring batches", ge=1)
+    batch_size: int | None = option(None, "images per scoring batch with balanced: false (null: "
+                                    f"{UNBALANCED_BATCH_SIZE}); balanced batches are sized by samples_per_class", ge=1)
+    temperature: float = option(GRASP_TEMPERATURE, "logits are divided by T in the scoring pass (1: the plain loss)",
+                                gt=0)
+    balanced: bool = option(True, "class-balanced scoring batches of samples_per_class images per class")
+    samples_per_class: int = option(GRASP_SAMPLES_PER_CLASS, "images of each class per balanced batch", ge=1)
+
+    def __post_init__(self) -> None:
+        validate(self, rule(not (self.balanced and self.batch_size is not None), "batch_size",
+                            f"{self.batch_size!r}; balanced batches hold samples_per_class images of each class: "
+                            "leave batch_size unset, or set balanced: false"))
 
 
 def _loss(clone: nn.Module, x: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -122,11 +142,11 @@ def prune_grasp(
     *,
     data=None,
     seed: int = 0,
-    batches: int = 10,
-    batch_size: int | None = None,
-    temperature: float = GRASP_TEMPERATURE,
-    balanced: bool = True,
-    samples_per_class: int = GRASP_SAMPLES_PER_CLASS,
+    batches: int = GraspOptions.batches,
+    batch_size: int | None = GraspOptions.batch_size,
+    temperature: float = GraspOptions.temperature,
+    balanced: bool = GraspOptions.balanced,
+    samples_per_class: int = GraspOptions.samples_per_class,
 ) -> OrderPlan:
     """GraSP on `batches` scoring batches, logits divided by `temperature`.
 

@@ -26,7 +26,7 @@ paper configs (`prune_type: BottomK`, `hc_quantized`, `regularization: L2`, `ini
 - The mask is the flags alone (`unflag_before_finetune`: a survivor whose score ended ≤ 0.5 is
   kept; the paper's configs all set it), i.e. exactly the target count.
 
-The removal sequence becomes one global order (§3 of ALGORITHMS.md, as the iterative pruners):
+The removal sequence becomes one global order (docs/algorithms.md §3, as the iterative pruners):
 weights removed in round t rank before later rounds, survivors last by their final score. A direct
 target takes exactly the rounds' removals; an effective target bisects over prefixes of that order.
 
@@ -49,6 +49,7 @@ from torch.func import functional_call
 
 from pruning import masks as masks_lib
 from pruning.masks import device_of
+from pruning.options import option, rule, validate
 from pruning.pruners.common import (
     Batch,
     check_count,
@@ -163,12 +164,17 @@ class GemMinerOptions:
     """The options' defaults, stated once for `mine` and `prune_rare_gems` (the authors' ResNet-20
     / CIFAR-10 config; see `prune_rare_gems`)."""
 
-    epochs: int = 150
-    iter_period: int = 5
-    lr: float = 0.1
-    momentum: float = 0.9
-    score_l2: float = 1e-4
-    batch_size: int = 128
+    epochs: int = option(150, "epochs of score training in all: ⌊(epochs − 1)/iter_period⌋ ≥ 1 rounds", ge=2)
+    iter_period: int = option(5, "epochs between pruning rounds", ge=1)
+    lr: float = option(0.1, "SGD learning rate of the scores (cosine schedule over epochs)", gt=0)
+    momentum: float = option(0.9, "SGD momentum of the scores", ge=0, lt=1)
+    score_l2: float = option(1e-4, "λ of λ Σ s² on the scores; 0 turns the regularizer off", ge=0)
+    batch_size: int = option(128, "images per batch of a Split", ge=1)
+
+    def __post_init__(self) -> None:
+        validate(self, rule(self.epochs >= self.iter_period + 1, "epochs",
+                            f"{self.epochs}; expected at least iter_period + 1 = {self.iter_period + 1} "
+                            "(one pruning round)"))
 
 
 DEFAULTS = GemMinerOptions()
