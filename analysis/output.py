@@ -56,18 +56,22 @@ def default_out(sweeps: Sweeps) -> str:
 def write_tables(sweeps: Sweeps, names: Sequence[str], fmt: str, *, out: str | None, strict: bool,
                  levels: Sequence[float] | None, sparsities: Sequence[float] | None,
                  stream: TextIO, use_cache: bool = True, auto_levels: bool = False,
-                 wide: bool = False) -> list[str]:
+                 wide: bool = False, cost: bool = False) -> list[str]:
     """Build and render each table; print to `stream`, or write files into `out` and say where
-    (`wide`: every column of the limit table, not only what a reader decides from)."""
+    (`wide`: every column of the limit table, not only what a reader decides from; `cost`: the
+    accuracy and compression tables add what each of their rows cost)."""
     if fmt not in T.FORMATS:
         raise ValueError(f"--format: {fmt!r}; choose from {', '.join(T.FORMATS)}")
-    frames = load_frames(sweeps, T.columns_needed(names, auto_levels=auto_levels), strict=strict,
+    if cost and not any(T.TABLE_SPECS[n].cost_keys is not None for n in names):
+        raise ValueError(f"--cost: only for the tables {', '.join(n for n, s in T.TABLE_SPECS.items() if s.cost_keys)}"
+                         f" (asked for {', '.join(names)})")
+    frames = load_frames(sweeps, T.columns_needed(names, auto_levels=auto_levels, cost=cost), strict=strict,
                          use_cache=use_cache)
     written = []
     if auto_levels:
         levels = T.auto_levels(frames["trials"])
     for name in names:
-        tidy = T.build(name, frames, levels=levels, sparsities=sparsities)
+        tidy = T.build(name, frames, levels=levels, sparsities=sparsities, cost=cost)
         if out is None:
             print(T.render(name, tidy, fmt, wide=wide), file=stream)
             continue

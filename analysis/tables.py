@@ -226,6 +226,36 @@ def compression_table(trials: pd.DataFrame) -> pd.DataFrame:
     return out.astype({"n_seeds": int, "n_disconnected": int})
 
 
+# ----------------------------------------------------------------------------- cost (--cost)
+
+COST_COLUMNS: tuple[str, ...] = ("cpu_hours", "gpu_hours", "total_seconds")  # sweeps/cost.py's columns
+
+
+def cost_table(trials: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """What the point cells of each `keys` group cost: n_cells, cpu_hours and gpu_hours (sums), and
+    cpu_hours_per_cell, gpu_hours_per_cell (means).
+
+    Every written cell counts, failed and diverged ones too: they held their resources. A dense
+    model trained for the cache is in the cost of the cell that trained it (sweeps/cost.py), so the
+    post-training pruners' groups read cheaper than the pruner that happened to train it. Rows of
+    files written before the cost columns existed have no cost and are left out (n_cells counts
+    only costed cells).
+    """
+    keys = list(keys)
+    _require(trials, [*keys, "cpu_hours", "gpu_hours"], "trials")
+    kinds = trials["kind"].to_numpy(dtype=object)
+    point = np.where(pd.isna(kinds), "point", kinds) == "point"
+    rows = trials.loc[point & trials["cpu_hours"].notna().to_numpy(), [*keys, "cpu_hours", "gpu_hours"]]
+    columns = [*keys, "n_cells", "cpu_hours", "gpu_hours", "cpu_hours_per_cell", "gpu_hours_per_cell"]
+    if rows.empty:
+        return _empty(columns)
+    rows = rows.assign(gpu_hours=rows["gpu_hours"].astype(float).fillna(0.0), cpu_hours=rows["cpu_hours"].astype(float))
+    out = rows.groupby(keys, dropna=False, sort=True).agg(
+        n_cells=("cpu_hours", "size"), cpu_hours=("cpu_hours", "sum"), gpu_hours=("gpu_hours", "sum"),
+        cpu_hours_per_cell=("cpu_hours", "mean"), gpu_hours_per_cell=("gpu_hours", "mean")).reset_index()
+    return out.astype({"n_cells": int})[columns]
+
+
 # ----------------------------------------------------------------------------- 3. pruning limit
 
 LIMIT_KEYS: list[str] = [*GROUP, "pruner", "lomp_l1", "eigen_policy", "epsilon_source"]
@@ -458,6 +488,27 @@ def compression_sections(tidy: pd.DataFrame) -> list[Section]:
     return sections
 
 
+def fmt_hours(x: float) -> str:
+    return "" if x is None or pd.isna(x) else f"{float(x):.3g}"
+
+
+def cost_sections(tidy: pd.DataFrame) -> list[Section]:
+    """One cost table per model/dataset: the rows of the table it accompanies, in CPU- and GPU-hours."""
+    sections = []
+    for key, g in tidy.groupby(GROUP, dropna=False, sort=False):
+        keys = [c for c in g.columns if c not in (*GROUP, "n_cells", "cpu_hours", "gpu_hours",
+                                                   "cpu_hours_per_cell", "gpu_hours_per_cell")]
+        frame = pd.DataFrame({c: g[c].map(pruner_label) if c == "pruner" else
+                              (g[c].map(fmt_level) if c == "sparsity" else g[c].astype(object).fillna("").astype(str))
+                              for c in keys})
+        frame["n_cells"] = g["n_cells"].astype(str)
+        for c in ("cpu_hours", "gpu_hours", "cpu_hours_per_cell", "gpu_hours_per_cell"):
+            frame[c] = g[c].map(fmt_hours)
+        sections.append(Section(f"cost (reserved resources × wall time, every written cell) — {key[0]} / {key[1]}",
+                                frame.reset_index(drop=True)))
+    return sections
+
+
 def _range(median: float, low: float, high: float) -> str:
     if pd.isna(median):
         return ""
@@ -551,6 +602,7 @@ class TableSpec:
     needs: dict[str, tuple[str, ...]]
     build: Callable[..., dict[str, pd.DataFrame]]
     show: Callable[..., list[Section]]  # (tidy, *, wide) → sections; `wide` adds the rarely read columns
+    cost_keys: tuple[str, ...] | None = None  # --cost: the rows of its cost section (None: no --cost)
 
 
 SELECT: tuple[str, ...] = ("status", "kind", "sweep")           # what ok_rows and replicate_ids read
@@ -578,9 +630,11 @@ def _build_lomp(frames: dict[str, pd.DataFrame], levels: Sequence[float] | None 
 
 TABLE_SPECS: dict[str, TableSpec] = {
     "accuracy": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "seed", "test_acc", *VIEWS)},
-                          _build_accuracy, lambda t, wide=False: accuracy_sections(t["accuracy"])),
+                          _build_accuracy, lambda t, wide=False: accuracy_sections(t["accuracy"]),
+                          cost_keys=(*GROUP, *ROW)),
     "compression": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", *VIEWS)},
-                             _build_compression, lambda t, wide=False: compression_sections(t["compression"])),
+                             _build_compression, lambda t, wide=False: compression_sections(t["compression"]),
+                             cost_keys=(*GROUP, *ROW, "sparsity")),
     "limit": TableSpec({"trials": (*SELECT, *LIMIT_KEYS, "seed", *LIMIT_COLUMNS)},
                        _build_limit, lambda t, wide=False: limit_sections(t["limit"], t["limit_summary"], wide=wide)),
     "lomp": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", "test_acc", "cell_id"),
@@ -589,12 +643,15 @@ TABLE_SPECS: dict[str, TableSpec] = {
 }
 
 
-def columns_needed(names: Sequence[str], *, auto_levels: bool = False) -> dict[str, list[str]]:
+def columns_needed(names: Sequence[str], *, auto_levels: bool = False, cost: bool = False) -> dict[str, list[str]]:
     """The stored columns that building tables `names` reads, per stored table (a union, in order)."""
     needed: dict[str, dict[str, None]] = {}
     for name in names:
         for table, columns in TABLE_SPECS[name].needs.items():
             needed.setdefault(table, {}).update(dict.fromkeys(columns))
+        if cost and TABLE_SPECS[name].cost_keys is not None:
+            needed.setdefault("trials", {}).update(dict.fromkeys((*SELECT, *TABLE_SPECS[name].cost_keys,
+                                                                  *COST_COLUMNS)))
     if auto_levels:
         needed.setdefault("trials", {}).update(dict.fromkeys(AUTO_LEVEL_COLUMNS))
     return {table: list(columns) for table, columns in needed.items()}
@@ -610,15 +667,21 @@ def table_names(name: str) -> list[str]:
 
 
 def build(name: str, frames: dict[str, pd.DataFrame], *, levels: Sequence[float] | None = None,
-          sparsities: Sequence[float] | None = None) -> dict[str, pd.DataFrame]:
-    """The tidy frames of table `name` from the loaded tables (`trials`, `curves`, ...)."""
+          sparsities: Sequence[float] | None = None, cost: bool = False) -> dict[str, pd.DataFrame]:
+    """The tidy frames of table `name` from the loaded tables (`trials`, `curves`, ...); `cost` adds
+    the frame `<name>_cost` (`cost_table` by the table's rows) to the tables that take --cost."""
     if name not in TABLE_SPECS:
         raise ValueError(f"table {name!r}: choose from {', '.join(TABLE_SPECS)}")
-    return TABLE_SPECS[name].build(frames, levels=levels, sparsities=sparsities)
+    spec = TABLE_SPECS[name]
+    tidy = spec.build(frames, levels=levels, sparsities=sparsities)
+    if cost and spec.cost_keys is not None:
+        tidy[f"{name}_cost"] = cost_table(frames["trials"], spec.cost_keys)
+    return tidy
 
 
 def sections(name: str, tidy: dict[str, pd.DataFrame], *, wide: bool = False) -> list[Section]:
-    return TABLE_SPECS[name].show(tidy, wide=wide)
+    shown = TABLE_SPECS[name].show(tidy, wide=wide)
+    return shown + (cost_sections(tidy[f"{name}_cost"]) if f"{name}_cost" in tidy else [])
 
 
 # ----------------------------------------------------------------------------- renderers

@@ -8,7 +8,7 @@ phase pauses the one around it, so the phases of a run always add up to at most 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -40,3 +40,23 @@ class Clock:
         finally:
             self._book()
             self._stack.pop()
+
+
+class Throttle:
+    """`Throttle(fn, every)(values)` forwards `values` to `fn` at most once per `every` seconds.
+
+    Why here and not in each loop: progress of a long computation (a Lanczos step, a curve point) is
+    wanted every few seconds, while its loop may turn thousands of times a second; one monotonic
+    clock read per turn is all the loop pays (bench/progress_overhead.py). The first call after
+    `every` seconds goes through; `force=True` always does (a last report)."""
+
+    def __init__(self, fn: Callable[[dict], None], every: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.fn, self.every, self.clock = fn, float(every), clock
+        self._last = clock()
+
+    def __call__(self, values: dict, *, force: bool = False) -> None:
+        now = self.clock()
+        if force or now - self._last >= self.every:
+            self._last = now
+            self.fn(values)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pruning import masks as masks_lib
-from pruning.clock import Clock
+from pruning.clock import Clock, Throttle
 from pruning.limit import (
     RESOLUTION_TOL, ActualLimit, LimitPrediction, actual_limit, batch_loss_std, check_epsilon, check_policy,
     check_resolution_tol, curve_rows, depth_resolved, limit_columns, predict_limit,
@@ -118,7 +118,8 @@ class LimitRound:
 
 def limit_round(model: nn.Module, train_split, test_split, rule: LimitRule, *, spectrum: SpectrumFn,
                 l1: float, l1_scope: str, batch_size: int, seed: int, start: float = 0.0,
-                device: str | torch.device = "cpu", clock: Clock | None = None) -> LimitRound:
+                device: str | torch.device = "cpu", clock: Clock | None = None,
+                progress: Callable[[dict], None] | None = None) -> LimitRound:
     """ε → spectrum → predicted limit → one-shot curve → actual limits, on the trained `model`.
 
     The one limit pipeline: `run_lomp`, a limit cell and each of its iterative rounds call it with
@@ -128,7 +129,8 @@ def limit_round(model: nn.Module, train_split, test_split, rule: LimitRule, *, s
     λ·Σ|θ| (`l1`, `l1_scope`) added per batch, batches of `batch_size`, order drawn from `seed`.
     The curve starts at `start` (a round's own pruned fraction; 0 for a dense model), then the
     grid's larger fractions; it runs on a copy whose pruning masks are folded in (pruned weights
-    stay zero at every point), so `model` is never changed. Phases go to `clock`.
+    stay zero at every point), so `model` is never changed. Phases go to `clock`; the curve's points
+    to `progress` (`pruning_curve`).
     """
     clock = clock or Clock()
     with clock("epsilon"):
@@ -149,7 +151,8 @@ def limit_round(model: nn.Module, train_split, test_split, rule: LimitRule, *, s
         grid = sorted({float(start), *(float(s) for s in rule.grid if s > start)})
         frozen = copy.deepcopy(model)
         masks_lib.remove_masks(frozen)  # pruned weights are plain zeros: no curve mask revives them
-        accs, losses, train_losses = pruning_curve(frozen, train_split, test_split, grid, device=device)
+        accs, losses, train_losses = pruning_curve(frozen, train_split, test_split, grid, device=device,
+                                                   progress=progress)
         actual = actual_limit(grid, accs, accs[0], tolerance_pp=rule.tolerance_pp, train_loss=train_losses,
                               dense_train_loss=train_losses[0], epsilon=eps)
         rows = curve_rows(grid, accs, losses, train_losses, weights, spec, eps, rule.policy,
@@ -186,21 +189,26 @@ class LompResult:
 
 
 def pruning_curve(model: nn.Module, train_split, test_split, sparsities: Sequence[float], *,
-                  device: str | torch.device = "cpu") -> tuple[list[float], list[float], list[float]]:
+                  device: str | torch.device = "cpu", progress: Callable[[dict], None] | None = None,
+                  progress_every: float = 2.0) -> tuple[list[float], list[float], list[float]]:
     """(test_acc, test_loss, train_loss) of one-shot global magnitude pruning at each sparsity.
 
     Masks go through `torch.nn.utils.prune` (pruning.masks); the model's state (values and any
     previous masks) is restored afterwards, so the curve never changes the trained model.
+    `progress` is told `curve_point` j of `curve_points` n at most once per `progress_every` s.
     """
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     dense = masks_lib.weights(model)
     accs, losses, train_losses = [], [], []
+    report = Throttle(progress, progress_every) if progress is not None else None
     try:
-        for s in sparsities:
+        for j, s in enumerate(sparsities):
             masks_lib.apply_masks(model, global_magnitude_masks(dense, s))
             loss, acc = evaluate(model, test_split, device=device)
             train_loss, _ = evaluate(model, train_split, device=device)
             accs.append(acc), losses.append(loss), train_losses.append(train_loss)
+            if report is not None:
+                report({"curve_point": j + 1, "curve_points": len(sparsities)})
     finally:
         masks_lib.load_state_dict(model, snapshot)
     return accs, losses, train_losses

@@ -26,6 +26,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal, eigvalsh_tridiagonal, solve_banded
 from torch import Tensor, nn
 
+from pruning.clock import Throttle
 from pruning.hvp import (
     CountedBackend, DeflatedBackend, HVPBackend, HVPStats, LocalHVPBackend, LossFn, mean_hvp, restoring,
 )
@@ -89,13 +90,14 @@ def lanczos(
     breakdown_tol: float | None = None,
     batched_reorth: bool | None = None,
     stop: Callable[[int, np.ndarray, np.ndarray, np.ndarray], bool] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lanczos on B start vectors at once; returns alphas (B, m), betas (B, m), steps (B,).
 
     `stop(depth, alphas, betas, steps)`, when given, is asked after every step (the arrays hold the
     first `depth` columns); True ends the run there, the same recurrence a fixed run of that depth
     would have computed (the basis is allocated for `iterations`, the cap). The returned arrays are
-    then `depth` columns wide.
+    then `depth` columns wide. `on_step(depth)`, when given, is told each finished step (progress).
 
     `matvec` maps (B_active, D) directions to (B_active, D) products. Full reorthogonalization by
     two classical Gram–Schmidt passes against a preallocated (B, m, D) basis keeps the Ritz nodes
@@ -152,6 +154,8 @@ def lanczos(
         scale[active] = np.maximum(scale[active], scalars[0])
         alphas[active, k], betas[active, k] = scalars[1], scalars[2]
         steps[active] = k + 1
+        if on_step is not None:
+            on_step(k + 1)
         w.div_(torch.where(beta > 0, beta, torch.ones_like(beta))[:, None])
         if full:
             q_prev, q = q, w   # w is a fresh tensor every step: swap, no copies
@@ -398,6 +402,8 @@ def slq(
     until: Callable[[SLQResult], bool] | None = None,
     min_iterations: int = 1,
     check_every: int = 16,
+    progress: Callable[[dict], None] | None = None,
+    progress_every: float = 2.0,
 ) -> SLQResult:
     """Stochastic Lanczos quadrature of the Hessian of the mean loss over the whole `data`.
 
@@ -424,6 +430,10 @@ def slq(
     product). With several probe batches the first one decides the depth and the others run to
     it (Lanczos depth is a property of the operator and f, not of one probe; the last batch would
     otherwise wait on the first). `info` records `max_iterations` and `adaptive`.
+
+    `progress`, when given, is told where the run is — `slq_batch` b of `slq_batches` B (probe
+    batches, one data pass per step each) and `slq_iteration` k of `slq_max_iterations` m — at most
+    once per `progress_every` seconds (`pruning.clock.Throttle`: a clock read per step, nothing more).
     """
     t_start = time.perf_counter()
     if probes < 1:
@@ -491,6 +501,8 @@ def slq(
 
         all_alpha, all_beta, all_steps = [], [], []
         depth = iterations
+        report = Throttle(progress, progress_every) if progress is not None else None
+        n_batches = -(-probes // bp)
         for start in range(0, probes, bp):
             ids = np.arange(probe_offset + start, probe_offset + min(start + bp, probes))
             V0 = torch.stack([rademacher(dim, seed, int(j)) for j in ids]).to(device=device, dtype=dtype)
@@ -499,8 +511,13 @@ def slq(
                 def stop(k: int, a: np.ndarray, b: np.ndarray, st: np.ndarray) -> bool:
                     due = k >= min_iterations and (k - min_iterations) % check_every == 0
                     return due and bool(until(result(a, b, np.minimum(st, k), ids)))
+            on_step = None
+            if report is not None:
+                def on_step(k: int, batch: int = start // bp + 1, m: int = depth) -> None:
+                    report({"slq_batch": batch, "slq_batches": n_batches, "slq_iteration": k,
+                            "slq_max_iterations": m})
             a, b, s = lanczos(lambda q: mean_hvp(op, q.T).T, V0, depth,
-                              basis_dtype=dtype, basis_device=basis_device, pin=pin, stop=stop)
+                              basis_dtype=dtype, basis_device=basis_device, pin=pin, stop=stop, on_step=on_step)
             depth = a.shape[1]
             all_alpha.append(a), all_beta.append(b), all_steps.append(s)
         alphas, betas, steps = (np.concatenate(x) for x in (all_alpha, all_beta, all_steps))

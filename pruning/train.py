@@ -90,6 +90,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def run_length(cfg: TrainConfig, n_samples: int) -> tuple[int, int]:
+    """(optimizer steps, epochs) of a run of `cfg` on `n_samples` training samples: what `train`
+    loops over, and what progress lines and `prunetune estimate` count."""
+    steps_per_epoch = math.ceil(n_samples / cfg.batch_size)
+    total_iters = cfg.iterations if cfg.iterations is not None else cfg.epochs * steps_per_epoch
+    return total_iters, (math.ceil(total_iters / steps_per_epoch) if steps_per_epoch else 0)
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Learning rate at `step` (in cfg.step_unit) of a run of `total` steps."""
     if cfg.warmup and step < cfg.warmup:
@@ -179,8 +187,7 @@ def train(
                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
-    total_iters = cfg.iterations if cfg.iterations is not None else cfg.epochs * steps_per_epoch
-    n_epochs = math.ceil(total_iters / steps_per_epoch) if steps_per_epoch else 0
+    total_iters, n_epochs = run_length(cfg, len(train_split))
     per_iter = cfg.step_unit == "iteration"
     total_steps = total_iters if per_iter else n_epochs
     augment = train_split.augmentable if cfg.augment is None else cfg.augment

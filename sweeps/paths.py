@@ -39,6 +39,7 @@ DEFAULT_STORAGE = "./results"
 SPEC_FILE = "spec.yaml"
 CACHE_DIR = "_cache"
 TUNE_DIR = "_tune"
+TENSORBOARD_DIR = "_tensorboard"  # event files of `--tracker tensorboard`, one folder per cell
 TABLE_SUFFIX = ".parquet"
 
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -145,6 +146,14 @@ def dense_cache_parts(key: str, item: str = "") -> tuple[str, ...]:
 def tune_root(storage: str, sweep: str) -> str:
     """Where a sweep's Tune experiments live: a path or URI as Tune takes it."""
     return f"{storage.rstrip('/')}/{TUNE_DIR}/{sweep}"
+
+
+def tensorboard_root(storage: str, sweep: str) -> str:
+    """Where `--tracker tensorboard` writes: `<storage>/<sweep>/_tensorboard` for a local store,
+    `./tensorboard/<sweep>` for an object store (TensorBoard reads local folders)."""
+    if is_uri(storage):
+        return os.path.join("tensorboard", sweep)
+    return os.path.join(local_path(storage), sweep, TENSORBOARD_DIR)
 
 
 def cell_id_of(file_name: str) -> str | None:

@@ -1,7 +1,13 @@
-"""Progress of a sweep: one result line per finished cell and a done/total line with an ETA.
+"""Progress of a sweep: one result line per finished cell, a done/total line with an ETA, and where a
+long cell is while it runs (epoch i/n with its loss, SLQ probe batch and iteration, curve point).
 
 Why plain lines when not a terminal: logs of cluster jobs and CI keep every line readable (no
 carriage returns, no escape codes); on a terminal the done/total line redraws in place instead.
+Why a running cell's lines are throttled per cell (`every`, default 5 s, the first after as long):
+a cell of seconds should print one line, its result; a cell of ten minutes should show signs of life
+without flooding a log with one line per epoch or Lanczos step. The same hooks (`started`,
+`cell_progress`, `finished`, `close`) reach the experiment trackers (`sweeps.trackers`), which get
+every report unthrottled: a tracker plots every epoch.
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from sweeps.cells import Cell
@@ -66,11 +72,55 @@ def limit_text(row: dict[str, Any]) -> str:
             f"loss {_frac(row.get('actual_removed_frac_loss'))}{depth}{resolved}")
 
 
+def _num(v: Any, fmt: str = ".4g") -> str:
+    return "-" if not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def _epoch_text(v: dict[str, Any]) -> str:
+    total = v.get("epochs")
+    of = f"/{total}" if isinstance(total, int) else ""
+    return f"{v.get('phase', 'train')} epoch {int(v['epoch']) + 1}{of} loss {_num(v.get('train_loss'))}"
+
+
+def _slq_text(v: dict[str, Any]) -> str:
+    batch = f"probe batch {v['slq_batch']}/{v['slq_batches']} " if "slq_batch" in v else ""
+    resolved = "" if "slq_resolved" not in v else f" (s* resolved: {'yes' if v['slq_resolved'] else 'no'})"
+    return f"slq {batch}iteration {v['slq_iteration']}/{v.get('slq_max_iterations', '?')}{resolved}"
+
+
+def _curve_text(v: dict[str, Any]) -> str:
+    return f"curve point {v['curve_point']}/{v['curve_points']}"
+
+
+def _limit_text(v: dict[str, Any]) -> str:
+    return (f"limit predicted {_frac(v.get('predicted_removed_frac'))} vs actual strict "
+            f"{_frac(v.get('actual_removed_frac_strict'))}, now the remaining steps")
+
+
+# What a running cell's report says, by the key that marks its kind (the first key present wins):
+# per-epoch training records, SLQ (sweeps.trial_common.run_slq), the limit's curve, the limit's result.
+WHERE_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
+    "epoch": _epoch_text, "slq_iteration": _slq_text, "curve_point": _curve_text,
+    "predicted_removed_frac": _limit_text,
+}
+
+
+def where_text(values: dict[str, Any]) -> str | None:
+    """`sparse epoch 3/10 loss 0.4123`, `slq probe batch 1/2 iteration 40/128`, `curve point 120/200`;
+    None for a report that says nothing about where the cell is."""
+    for key, text in WHERE_TEXT.items():
+        if values.get(key) is not None:  # Tune's reports carry every table column, None where unset
+            return text(values)
+    return None
+
+
 class Progress:
-    """Counts finished cells of a run and estimates the time left from the ones run so far."""
+    """Counts finished cells of a run and estimates the time left from the ones run so far; prints
+    where a long cell is (throttled per cell); forwards every hook to the trackers."""
 
     def __init__(self, total: int, *, stream: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic, tty: bool | None = None):
+                 clock: Callable[[], float] = time.monotonic, tty: bool | None = None,
+                 every: float = 5.0, trackers: Sequence[Any] = ()):
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
@@ -80,6 +130,10 @@ class Progress:
         self.ran = 0         # finished in this run (they set the pace)
         self.skipped_count = 0
         self.paced = False   # the clock restarts when the first cell really starts
+        self.every = every   # seconds between two lines of one running cell (the first after as long)
+        self.trackers = list(trackers)
+        self._since: dict[str, float] = {}  # cell_id → when it started, then when its last line went out
+        self._began: dict[str, float] = {}
 
     def eta(self) -> float:
         """Seconds left: mean time of the cells run so far × cells left (nan before the first)."""
@@ -107,15 +161,42 @@ class Progress:
             self._emit(None)
 
     def started(self, cell: Cell) -> None:
+        now = self.clock()
         if not self.paced:  # the pace counts from the first cell that really runs
-            self.start, self.paced = self.clock(), True
+            self.start, self.paced = now, True
+        self._since[cell.cell_id] = self._began[cell.cell_id] = now
+        for t in self.trackers:
+            t.started(cell)
+
+    def cell_progress(self, cell: Cell, values: dict[str, Any]) -> None:
+        """A running cell's report: to every tracker; a line when `every` seconds passed since the
+        cell started or since its last line, and the report says where it is."""
+        for t in self.trackers:
+            t.progress(cell, values)
+        now = self.clock()
+        since = self._since.setdefault(cell.cell_id, now)
+        if now - since < self.every or (text := where_text(values)) is None:
+            return
+        self._since[cell.cell_id] = now
+        line = f"  … {cell.label}: {text} ({duration(now - self._began.get(cell.cell_id, since))})"
+        if self.tty:
+            self.stream.write("\r\033[K" + line + "\n" + self.status_line())
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
 
     def finished(self, cell: Cell, row: dict[str, Any]) -> None:
         self.done += 1
         self.ran += 1
+        self._since.pop(cell.cell_id, None)
+        self._began.pop(cell.cell_id, None)
         self._emit(result_line(cell, row))
+        for t in self.trackers:
+            t.finished(cell, row)
 
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+        for t in self.trackers:
+            t.close()

@@ -15,6 +15,7 @@ trainable returns at once for them).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -70,14 +71,23 @@ def _written_since(storage: str, cell: Cell, when: datetime) -> bool:
 
 
 def resume(spec: Spec, *, options: RayOptions | None = None, progress: Progress | None = None,
-           **backend_kwargs: Any) -> RunSummary:
+           trackers: Sequence[Any] = (), **backend_kwargs: Any) -> RunSummary:
     """Continue the stored Ray sweep `spec` until every cell is done (or failed); see the module docstring.
 
     `skipped` lists the cells that were done before this call; `done`/`failed` the others.
+    `trackers` (`sweeps.trackers`) see the cells that run now, never the ones done before.
     """
     cells = expand(spec)
+    progress = progress or Progress(len(cells), trackers=trackers)
+    try:
+        return _resume(spec, cells, options, progress, backend_kwargs)
+    finally:
+        progress.close()
+
+
+def _resume(spec: Spec, cells: list[Cell], options: RayOptions | None, progress: Progress,
+            backend_kwargs: dict[str, Any]) -> RunSummary:
     where = where_of(spec)
-    progress = progress or Progress(len(cells))
     summary = RunSummary()
     pending = pending_cells(cells, spec.storage, summary, progress)
     if not pending:

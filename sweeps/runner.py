@@ -15,7 +15,8 @@ steps that drifted apart (which one cleaned temp files, how the summary read). B
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TextIO
 
 import yaml
 
@@ -26,6 +27,9 @@ from sweeps.paths import SweepRef
 from sweeps.progress import Progress
 from sweeps.spec import Spec, SpecError, build_spec, dump_yaml
 from sweeps.trial import Where
+
+if TYPE_CHECKING:
+    from sweeps.trackers import Tracker
 
 
 def where_of(spec: Spec) -> Where:
@@ -40,10 +44,11 @@ def preflight(spec: Spec, options: RayOptions | None = None) -> None:
 
 
 def run_spec(spec: Spec, *, options: RayOptions | None = None, progress: Progress | None = None,
-             stream: TextIO | None = None) -> RunSummary:
+             stream: TextIO | None = None, trackers: Sequence[Tracker] = ()) -> RunSummary:
     """Run every cell of `spec` that the store does not hold as done yet; see the module docstring.
 
     `preflight` comes first, so a resource problem is refused before anything is written.
+    `trackers` (`sweeps.trackers`) see every cell that runs here, through the progress hooks.
     """
     stream = stream or sys.stderr
     preflight(spec, options)
@@ -53,10 +58,11 @@ def run_spec(spec: Spec, *, options: RayOptions | None = None, progress: Progres
     store.clean_temp_files(spec.storage, spec.name)
     print(f"sweep {spec.name!r}: {len(cells)} cells on backend {spec.backend!r}, results in "
           f"{spec.storage}/{spec.name}", file=stream)
-    progress = progress or Progress(len(cells))
-    summary = backend.run(cells, where_of(spec), progress=progress)
-    progress.close()
-    return summary
+    progress = progress or Progress(len(cells), trackers=trackers)
+    try:
+        return backend.run(cells, where_of(spec), progress=progress)
+    finally:
+        progress.close()  # trackers close their runs also when the sweep is interrupted
 
 
 def stored_spec(ref: SweepRef, *, backend: str | None = None) -> Spec:

@@ -25,6 +25,7 @@ from typing import Any
 
 from sweeps import provenance, store
 from sweeps.cells import Cell
+from sweeps.cost import Reserved, reserved_by_serial
 from sweeps.trial_common import (  # noqa: F401  (re-exported: the trial's public names)
     Diverged, Report, TrialState, Where, slq_from_plain, slq_to_plain, step_data, step_model, step_seed,
     step_sparsity,
@@ -85,11 +86,14 @@ def run_steps(cell: Cell, where: Where, steps: tuple[str, ...], *, device: str =
 
 
 def run_cell(cell: Cell, where: Where, *, device: str = "cpu", report: Report | None = None,
-             hvp_backend_factory: Callable[..., Any] | None = None, backend: str = "serial") -> dict[str, Any]:
+             hvp_backend_factory: Callable[..., Any] | None = None, backend: str = "serial",
+             reserved: Reserved | None = None) -> dict[str, Any]:
     """Run one cell end to end and write its tables (trials last); returns the trials row.
 
-    Never raises for a problem of the cell itself (that becomes status "failed"); interrupts
-    (KeyboardInterrupt, SIGKILL) leave no trials file, so the cell is redone by the next run.
+    `reserved`: what the backend holds for the cell, for its cost columns (`sweeps.cost`; default:
+    one CPU, and the whole GPU on CUDA). Never raises for a problem of the cell itself (that becomes
+    status "failed"); interrupts (KeyboardInterrupt, SIGKILL) leave no trials file, so the cell is
+    redone by the next run.
     """
     started = provenance.utc_now()
     t0 = time.perf_counter()
@@ -110,9 +114,11 @@ def run_cell(cell: Cell, where: Where, *, device: str = "cpu", report: Report | 
         log.debug("traceback of cell %s", cell.cell_id, exc_info=True)
         _try_sparsity(st)
     st.row.update(phase_columns(st))
-    st.row.update(status=status, error=error, total_seconds=time.perf_counter() - t0,
+    total = time.perf_counter() - t0
+    st.row.update(status=status, error=error, total_seconds=total,
                   started_at=started, finished_at=provenance.utc_now(),
-                  **provenance.provenance(device, backend))
+                  **provenance.provenance(device, backend),
+                  **(reserved or reserved_by_serial(1, device)).columns(total))
     for rows in st.tables.values():
         for r in rows:
             r.update(cell_id=cell.cell_id, sweep=cell.sweep)

@@ -27,7 +27,7 @@ from pruning.hvp import LocalHVPBackend
 from pruning.lomp import limit_iterations
 from pruning.slq import SLQResult, slq
 from pruning.sparsity import sparsity_report
-from pruning.train import TrainConfig, TrainResult, seed_everything, train
+from pruning.train import TrainConfig, TrainResult, run_length, seed_everything, train
 from sweeps.dense_cache import DENSE_ITEM, DenseCache, dense_fields, key_of
 from sweeps.cells import Cell, LimitPrune, PointPrune, hashed_config
 
@@ -88,6 +88,13 @@ class TrialState:
         if self.report is not None:
             self.report({"cell_id": self.cell.cell_id, **values})
 
+    def progress_of(self, phase: str) -> Callable[[dict[str, Any]], None] | None:
+        """The progress callback of a pruning loop (`slq`, `pruning_curve`: they throttle it) that
+        reports under `phase`; None without a backend to tell, so the loop does not even count."""
+        if self.report is None:
+            return None
+        return lambda values: self.progress(phase=phase, **values)
+
 
 # ----------------------------------------------------------------------------- training
 
@@ -97,13 +104,16 @@ def epoch_rows(phase: str, epochs: list[dict[str, Any]]) -> list[dict[str, Any]]
     return [{"phase": phase, **{k: e.get(k) for k in keep}} for e in epochs]
 
 
-def reporter(st: TrialState, phase: str) -> Callable[[dict[str, Any]], None] | None:
-    """The per-epoch callback of a training phase: forwards plain metrics to `report`."""
+def reporter(st: TrialState, phase: str, cfg: TrainConfig) -> Callable[[dict[str, Any]], None] | None:
+    """The per-epoch callback of a training phase: forwards plain metrics to `report`, with the
+    run's number of epochs (`epochs`: the record's `epoch` counts from 0)."""
     if st.report is None:
         return None
+    _, epochs = run_length(cfg, len(st.train_split))
 
     def on_epoch(record: dict[str, Any]) -> None:
-        st.progress(phase=phase, **{k: v for k, v in record.items() if isinstance(v, (int, float, str))})
+        st.progress(phase=phase, epochs=epochs,
+                    **{k: v for k, v in record.items() if isinstance(v, (int, float, str))})
 
     return on_epoch
 
@@ -120,7 +130,7 @@ def train_phase(st: TrialState, model: nn.Module, cfg: TrainConfig, phase: str, 
     the row's accuracy and loss); raises Diverged on NaN/inf."""
     with st.clock("train"):
         result = train(model, st.train_split, st.test_split, cfg, device=st.device, seed=st.cell.seed,
-                       on_epoch=reporter(st, phase))
+                       on_epoch=reporter(st, phase, cfg))
     st.tables["epochs"] += epoch_rows(phase, result.epochs)
     if metrics:
         set_metrics(st.row, result)
@@ -162,7 +172,7 @@ def dense_entry(st: TrialState) -> dict[str, Any]:
         net.load_state_dict(st.init_state)
         phase = "lomp" if cfg.l1 else "dense"
         r = train(net, st.train_split, st.test_split, cfg, device=st.device, seed=st.cell.seed,
-                  on_epoch=reporter(st, phase))
+                  on_epoch=reporter(st, phase, cfg))
         metrics = {"status": r.status, "seconds": float(r.seconds), "batch_losses": list(r.batch_losses)}
         for k in ("test_acc", "test_loss", "train_acc", "train_loss"):
             metrics[k] = float(getattr(r, k))
@@ -230,7 +240,7 @@ def run_slq(st: TrialState, model: nn.Module, until: Callable[[SLQResult], bool]
     data = slq_split(st)
     if not h.adaptive:
         return slq(model, torch.nn.functional.cross_entropy, data, probes=h.probes, iterations=h.iterations,
-                   seed=st.cell.seed, backend=backend, device=st.device)
+                   seed=st.cell.seed, backend=backend, device=st.device, progress=st.progress_of("slq"))
 
     def checked(partial: SLQResult) -> bool:
         done = until is None or until(partial)
@@ -240,7 +250,8 @@ def run_slq(st: TrialState, model: nn.Module, until: Callable[[SLQResult], bool]
 
     return slq(model, torch.nn.functional.cross_entropy, data, probes=h.probes, iterations=h.max_iterations,
                seed=st.cell.seed, backend=backend, device=st.device, until=checked,
-               min_iterations=limit_iterations(st.cell.model), check_every=AUTO_CHECK_EVERY)
+               min_iterations=limit_iterations(st.cell.model), check_every=AUTO_CHECK_EVERY,
+               progress=st.progress_of("slq"))
 
 
 def record_slq(st: TrialState, r: SLQResult, which: str) -> None:
@@ -249,6 +260,25 @@ def record_slq(st: TrialState, r: SLQResult, which: str) -> None:
     st.row.update(r.summary())
     st.row["slq_max_iterations"] = r.info.get("max_iterations")
     st.row["hessian_model"] = which
+
+
+def dense_key(cell: Cell) -> str:
+    """The dense-cache key of the dense model `cell` starts from (or compares with)."""
+    return key_of(_dense_fields(cell))
+
+
+def limit_stop_key(p: LimitPrune) -> dict[str, Any]:
+    """What the stopping rule of `iterations: auto` reads besides the model (a limit cell's dense
+    SLQ is cached under it)."""
+    return {k: p.layout()[k] for k in ("eigen_policy", "zero_tol", "resolution_tol", "epsilon", "epsilon_source")}
+
+
+def dense_slq_item(cell: Cell, stop_key: dict[str, Any] | None = None) -> str:
+    """The dense cache's file name of the dense model's SLQ under `cell`'s settings."""
+    h = {k: v for k, v in cell.hessian.layout().items() if k != "models"}
+    if cell.hessian.adaptive:
+        h["stop"] = stop_key or {}
+    return f"slq-{key_of({**h, 'seed': cell.seed})}.pt"
 
 
 def dense_slq(st: TrialState, until: Callable[[SLQResult], bool] | None = None,
@@ -261,10 +291,7 @@ def dense_slq(st: TrialState, until: Callable[[SLQResult], bool] | None = None,
         dense_entry(st)
     cache = DenseCache(st.where.storage)
     entry = cache.load(st.dense_key, DENSE_ITEM)
-    h = {k: v for k, v in st.cell.hessian.layout().items() if k != "models"}
-    if st.cell.hessian.adaptive:
-        h["stop"] = stop_key or {}
-    item = f"slq-{key_of({**h, 'seed': st.cell.seed})}.pt"
+    item = dense_slq_item(st.cell, stop_key)
 
     def compute() -> dict[str, Any]:
         dense = build(st)

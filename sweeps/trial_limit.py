@@ -26,7 +26,8 @@ from pruning.lomp import LimitRound, limit_round
 from pruning.slq import SLQResult
 from pruning.sparsity import EffectiveMaskEvaluator
 from sweeps.trial_common import (
-    Diverged, TrialState, dense_entry, dense_slq, hvp_backend, record_slq, run_slq, train_phase, use_dense,
+    Diverged, TrialState, dense_entry, dense_slq, hvp_backend, limit_stop_key, record_slq, run_slq, train_phase,
+    use_dense,
 )
 
 
@@ -36,7 +37,7 @@ def _round(st: TrialState, model: nn.Module, spectrum: Callable[[nn.Module, Call
     p, cfg = st.limit, st.cell.train
     return limit_round(model, st.train_split, st.test_split, p.rule(), spectrum=spectrum, l1=p.lomp_l1,
                        l1_scope=cfg.l1_scope, batch_size=cfg.batch_size, seed=st.cell.seed, start=start,
-                       device=st.device, clock=st.clock)
+                       device=st.device, clock=st.clock, progress=st.progress_of("curve"))
 
 
 def step_limit(st: TrialState) -> None:
@@ -45,8 +46,7 @@ def step_limit(st: TrialState) -> None:
     the stopping rule reads) and may use the backend's distributed HVPs."""
     p = st.limit
     use_dense(st, dense_entry(st))
-    stop_key = {k: p.layout()[k] for k in ("eigen_policy", "zero_tol", "resolution_tol", "epsilon", "epsilon_source")}
-    result = _round(st, st.model, lambda _model, until: dense_slq(st, until, stop_key))
+    result = _round(st, st.model, lambda _model, until: dense_slq(st, until, limit_stop_key(p)))
     st.limit_round = result
     record_slq(st, result.spectrum, "dense")
     st.row.update(limit.limit_columns(result.prediction, result.actual))

@@ -48,6 +48,7 @@ from ray import tune
 from sweeps import store
 from sweeps.backends.base import RayOptions, RunSummary, pending_cells
 from sweeps.cells import Cell
+from sweeps.cost import Reserved, reserved_by_bundles, trial_bundles
 from sweeps.hvp_ray import RayHVPFactory, WorkerResources, device_from_ray
 from sweeps.paths import is_uri, tune_root
 from sweeps.trial import Where, one_line, run_cell
@@ -89,7 +90,7 @@ def config_cell_id(config: Mapping[str, Any]) -> str | None:
 
 def cell_trainable(config: dict[str, Any], *, cells: Mapping[str, dict[str, Any]], where: Where,
                    hessian_workers: int, worker_resources: WorkerResources,
-                   run_fn: Callable[..., dict[str, Any]] = run_cell) -> None:
+                   run_fn: Callable[..., dict[str, Any]] = run_cell, reserved: Reserved | None = None) -> None:
     """One Tune trial = one cell: rebuild the Cell, run it (it writes its Parquet), report the outcome.
 
     A cell that is already done (a restored experiment, a retry after the row was written) returns
@@ -109,7 +110,7 @@ def cell_trainable(config: dict[str, Any], *, cells: Mapping[str, dict[str, Any]
     factory = RayHVPFactory(hessian_workers, worker_resources) if hessian_workers > 1 else None
     try:
         row = run_fn(cell, where, device=device_from_ray(), report=_report, hvp_backend_factory=factory,
-                     backend="ray")
+                     backend="ray", reserved=reserved)
     finally:
         if factory is not None:
             factory.close()
@@ -180,6 +181,8 @@ class ProgressCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get(FINAL):
             self.finish(result["cell_id"])
+        elif (cell := self.cells.get(result.get("cell_id"))) is not None and self.progress is not None:
+            self.progress.cell_progress(cell, result)  # where a long cell is; every report to the trackers
 
     def finish(self, cell_id: str) -> None:
         cell = self.cells.get(cell_id)
@@ -199,13 +202,6 @@ def local_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-def trial_bundles(cpus: float, gpus: float, hessian_workers: int) -> list[dict[str, float]]:
-    """One placement-group bundle for the trial, one per HVP worker (each the trial's own CPUs/GPUs)."""
-    one = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
-    extra = hessian_workers if hessian_workers > 1 else 0
-    return [dict(one) for _ in range(1 + extra)]
 
 
 def placement_problems(bundles: list[dict[str, float]], num_cpus: float, num_gpus: float) -> list[str]:
@@ -317,7 +313,8 @@ class RayBackend:
         `Tuner.restore`, with every cell of the spec)."""
         fn = tune.with_parameters(cell_trainable, cells={c.cell_id: c.to_dict() for c in cells}, where=where,
                                   hessian_workers=self.hessian_workers,
-                                  worker_resources=WorkerResources(self.cpus, self.gpus), run_fn=self.run_fn)
+                                  worker_resources=WorkerResources(self.cpus, self.gpus), run_fn=self.run_fn,
+                                  reserved=reserved_by_bundles(self.bundles()))
         return tune.with_resources(fn, self.placement())
 
     def tuner(self, cells: Sequence[Cell], where: Where, callback: ProgressCallback) -> tune.Tuner:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from sweeps.backends.base import RayOptions, RunSummary, pending_cells
+from sweeps.cost import reserved_by_serial
 from sweeps.trial import run_cell
 
 if TYPE_CHECKING:
@@ -61,7 +62,9 @@ class SerialBackend:
         try:
             for cell in todo:
                 progress.started(cell)
-                row = run_cell(cell, where, device=self.device, backend=self.name)
+                row = run_cell(cell, where, device=self.device, backend=self.name,
+                               report=lambda values, cell=cell: progress.cell_progress(cell, values),
+                               reserved=reserved_by_serial(self.threads or torch.get_num_threads(), self.device))
                 progress.finished(cell, row)
                 if row["status"] == "failed":
                     summary.failed.append(cell.cell_id)

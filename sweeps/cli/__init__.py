@@ -3,7 +3,8 @@
     prunetune validate SPEC [--backend serial|ray] [Ray options]   every problem, one line each (exit 2)
     prunetune run SPEC [--backend serial|ray] [--storage ROOT] [Ray options]
     prunetune resume NAME_OR_PATH [--storage ROOT] [Ray options]
-    prunetune status NAME_OR_PATH [--storage ROOT]                 exit 1 when cells failed
+    prunetune estimate SPEC [--slots N] [--json]                  CPU-/GPU-hours and wall time, before a run
+    prunetune status NAME_OR_PATH [--storage ROOT]                 exit 1 when cells failed; cost so far
     prunetune demo [--storage ROOT]                    the packaged demo sweep on digits, CPU, minutes
     prunetune prune --pruner P --sparsity S [--option K=V ...]    one model pruned once; nothing stored
     prunetune tables | plot | limit-report NAME_OR_PATH [...]     analysis of stored sweeps
@@ -24,11 +25,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from sweeps.cli import analysis, data, prune, run, status
+from sweeps.cli import analysis, data, estimate, prune, run, status
 from sweeps.cli.common import Exit, Parser, UserError
 from sweeps.parse import SpecError
 
-COMMANDS = (run, status, prune, analysis, data)  # each registers its subcommands, in help order
+COMMANDS = (run, estimate, status, prune, analysis, data)  # each registers its subcommands, in help order
 
 
 def build_parser() -> argparse.ArgumentParser:

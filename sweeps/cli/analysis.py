@@ -19,7 +19,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
     write_tables(sweeps, names, args.format, out=args.out, strict=args.strict,
                  levels=parse_floats(args.levels, "levels"), sparsities=parse_floats(args.sparsities, "sparsities"),
                  stream=sys.stdout, use_cache=not args.no_cache, auto_levels=args.levels == "auto",
-                 wide=args.wide)
+                 wide=args.wide, cost=args.cost)
     return Exit.OK
 
 
@@ -75,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--wide", action="store_true",
                    help="limit table: every column (bands, bounds, resolution numbers, ε), not only what a "
                         "reader decides from")
+    t.add_argument("--cost", action="store_true",
+                   help="accuracy and compression tables: add what each pruner's cells cost (CPU- and "
+                        "GPU-hours: reserved resources × wall time, failed cells included)")
     t.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("plot", help="PNG figures of one or more sweeps")

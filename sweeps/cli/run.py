@@ -8,6 +8,7 @@ refuse before its first cell, `validate` refuses, with the same lines.
 from __future__ import annotations
 
 import argparse
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sweeps.cli.common import Exit, add_backend_arguments, add_storage, add_swee
 from sweeps.paths import default_storage, locate_sweep
 from sweeps.runner import closing_lines, preflight, run_spec, stored_spec
 from sweeps.spec import Spec, load_spec
+from sweeps.trackers import TRACKERS, Tracker, make_trackers
 
 def demo_spec_path() -> Path:
     """The packaged demo spec (sweeps/configs/demo.yaml), also inside an installed wheel."""
@@ -49,9 +51,19 @@ def _shape(spec: Spec) -> str:
             f"{max(len(spec.sparsity), 1)} sparsities × {len(spec.target)} targets × {len(spec.seed)} seeds")
 
 
+def trackers_of(args: argparse.Namespace, spec: Spec) -> list[Tracker]:
+    """The `--tracker`s, built before anything runs (a missing package is one line, exit 2); says
+    where each one logs."""
+    trackers = make_trackers(args.tracker or (), spec.name, spec.storage)
+    for t in trackers:
+        print(f"tracker {t.name}: {t.where}", file=sys.stderr)
+    return trackers
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     spec, options = checked_spec(args)
-    return cells_exit(closing_lines(spec, run_spec(spec, options=options)))
+    trackers = trackers_of(args, spec)
+    return cells_exit(closing_lines(spec, run_spec(spec, options=options, trackers=trackers)))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -62,10 +74,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
         from sweeps.resume import resume  # imports Ray: only when a Ray sweep is resumed
 
         preflight(spec, options)
-        summary_ = resume(spec, options=options)
+        summary_ = resume(spec, options=options, trackers=trackers_of(args, spec))
     else:
-        summary_ = run_spec(spec)
+        summary_ = run_spec(spec, trackers=trackers_of(args, spec))
     return cells_exit(closing_lines(spec, summary_))
+
+
+def add_tracker(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracker", action="append", choices=tuple(TRACKERS), default=None,
+                        help="also log every cell as a run of this experiment tracker (repeatable; configured by "
+                             "its own variables: MLFLOW_TRACKING_URI, WANDB_PROJECT/WANDB_MODE; tensorboard writes "
+                             "<storage>/<sweep>/_tensorboard); needs pip install 'prunetune[tracking]'")
 
 
 def demo_summary(spec: Spec) -> str:
@@ -95,6 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("spec", help="the sweep's YAML spec")
     add_storage(r)
     add_backend_arguments(r)
+    add_tracker(r)
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("resume", help="continue a stored sweep after a crash or Ctrl-C (failed and "
@@ -102,6 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_sweep(c)
     add_storage(c)
     add_backend_arguments(c)
+    add_tracker(c)
     c.set_defaults(func=cmd_resume)
 
     v = sub.add_parser("validate", help="check a spec completely, as run would (same flags); start nothing")
