@@ -1,6 +1,6 @@
 """One-shot GPU check: everything in prunetune that needs CUDA, in one run, one Markdown report.
 
-    PYTHONPATH=. python bench/gpu_check.py --out DIR [--wheels .whl] [--budget 480]
+    PYTHONPATH=. python bench/gpu_check.py --out DIR [--wheels .whl] [--budget 540]
     make gpu-check [GPU_CHECK_OUT=DIR]
 
 For the day a GPU is lent: the machine needs Python ≥ 3.11 with torch (CUDA build), pandas,
@@ -20,7 +20,15 @@ recorded as PASS / FAIL / SKIP with its seconds and the tail of its output:
 4. `slq`: bench/slq_vs_pyhessian.py --device cuda --repeats 1 (ours vs PyHessian, same probes and
    iterations, one round each to fit the budget);
 5. `throughput`: pruning.train vs a bare loop (bench/train_throughput.py's two loops) for
-   LeNet-300-100 and ResNet-18 on CUDA, samples/s.
+   LeNet-300-100 and ResNet-18 on CUDA, samples/s;
+6. `packing`: what packing cells on one GPU buys — K = 1, 2, 4, 8 LeNet-300-100 cells (90% random
+   masks, synthetic 28×28 data, batch 100) trained at once by K processes sharing the GPU, against
+   one at a time, and the same K models trained as one `torch.func` ensemble (vmap over stacked
+   weights and masks, each model with its own batch order), in cells per GPU-hour;
+7. `estimate-probe`: `prunetune estimate SPEC --device cuda --save-probe` for the GPU configs
+   (sweeps/configs/pruning_limit.yaml, effective_sparsity.yaml: data sets that are not on the GPU
+   machine are timed on synthetic stand-ins of the same shape), so that `prunetune estimate SPEC
+   --probe FILE` can cost a GPU sweep on any machine.
 
 The report is `DIR/gpu_check.md`; the exit status is 1 if a step failed. Without CUDA it prints one
 line and exits 2, writing nothing. `--device cpu --quick` runs the same plumbing on a CPU (smaller
@@ -150,10 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="folder of the Markdown report (gpu_check.md)")
     ap.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="carried wheels (PyHessian)")
-    ap.add_argument("--budget", type=float, default=480.0, help="seconds for all steps (default 8 minutes)")
+    ap.add_argument("--budget", type=float, default=540.0, help="seconds for all steps (default 9 minutes)")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="smaller settings (to check this script on a CPU)")
-    ap.add_argument("--step", choices=("masks", "throughput"), help=argparse.SUPPRESS)
+    ap.add_argument("--step", choices=("masks", "throughput", "packing", "packing-worker"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     import torch
@@ -167,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.step == "throughput":
         print(throughput_step(args.device, args.quick))
+        return 0
+    if args.step == "packing":
+        print(packing_step(args.device, args.quick, args.out))
+        return 0
+    if args.step == "packing-worker":
+        packing_worker(args.device, args.worker, args.steps, Path(args.out))
         return 0
 
     start, environ, py = time.monotonic(), env(args.wheels), sys.executable
@@ -197,6 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(run("throughput", [py, __file__, "--out", str(args.out), "--step", "throughput", "--device",
                                         args.device, *(["--quick"] if args.quick else [])], left(60), environ,
                          render=lambda p: p.stdout))
+        steps.append(run("packing", [py, __file__, "--out", str(tmp / "packing"), "--step", "packing", "--device",
+                                     args.device, *(["--quick"] if args.quick else [])], left(90), environ,
+                         render=lambda p: p.stdout))
+        for name in ("demo",) if args.quick else PROBED_SPECS:
+            probe = Path(args.out) / f"probe-{name}.json"
+            steps.append(run(f"estimate-probe {name}", [
+                py, "-m", "sweeps.cli", "estimate", str(ROOT / "sweeps" / "configs" / f"{name}.yaml"), "--device",
+                args.device, "--storage", str(tmp / "estimate"), "--save-probe", str(probe), "--slots", "1"],
+                left(90), environ,
+                render=lambda p, probe=probe: f"probe written to `{probe}`; use it with `prunetune estimate SPEC "
+                                              f"--probe {probe.name}`\n\n```\n{p.stdout.strip()}\n```"))
     path = report(args.out, steps, header)
     print(f"gpu-check: {sum(s.status == 'PASS' for s in steps)}/{len(steps)} steps passed in "
           f"{time.monotonic() - start:.0f} s; report {path}")
@@ -276,6 +303,168 @@ def throughput_step(device: str, quick: bool) -> str:
         rows.append(f"| {name} | synthetic {'×'.join(map(str, opts['input_shape']))}, {len(tr)} | {batch} | "
                     f"{bare_sps:.0f} | {our_sps:.0f} | {our_sps / bare_sps:.3f} |")
     return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------- packing cells on one GPU
+
+
+PACK_SIZES = (1, 2, 4, 8)
+PACK_BATCH = 100
+PACK_SPARSITY = 0.9
+PROBED_SPECS = ("pruning_limit", "effective_sparsity")  # GPU configs whose probe the report keeps
+
+
+def pack_data(n: int, seed: int = 0):
+    """Synthetic 28×28 images in 10 classes (timing does not depend on pixel values)."""
+    from pruning import data
+
+    tr, _ = data.load("synthetic", input_shape=(1, 28, 28), num_classes=10, n_train=n, n_test=100, seed=seed)
+    return tr
+
+
+def pack_model(seed: int):
+    """A LeNet-300-100 cell's model: seeded init, a 90% random mask (a pruned cell trains masked)."""
+    import torch
+
+    from pruning import masks as masks_lib
+    from pruning import models
+
+    torch.manual_seed(seed)
+    model = models.build("lenet300100", input_shape=(1, 28, 28), num_classes=10)
+    g = torch.Generator().manual_seed(seed)
+    masks = {n: (torch.rand(m.weight.shape, generator=g) >= PACK_SPARSITY).float()
+             for n, m in masks_lib.prunable_layers(model)}
+    return model, masks
+
+
+def batch_orders(k: int, n: int, steps: int, seed: int = 0):
+    """(k, steps, batch) sample indices: each model its own shuffled order, epoch after epoch."""
+    import torch
+
+    out = []
+    for j in range(k):
+        g = torch.Generator().manual_seed(seed * 1000 + j)
+        idx = torch.cat([torch.randperm(n, generator=g) for _ in range(-(-steps * PACK_BATCH // n))])
+        out.append(idx[: steps * PACK_BATCH].view(steps, PACK_BATCH))
+    return torch.stack(out)
+
+
+def train_separately(models_and_masks, x, y, orders, *, lr: float = 0.05, momentum: float = 0.9):
+    """The oracle: each model trained alone by plain SGD on its own batch order, masked weights."""
+    import torch
+    from torch.func import functional_call
+
+    out = []
+    for (model, masks), order in zip(models_and_masks, orders):
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+        mask = {f"{n}.weight": m.to(x.device) for n, m in masks.items()}
+        opt = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum)
+        for idx in order:
+            masked = {n: p * mask[n] if n in mask else p for n, p in params.items()}
+            loss = torch.nn.functional.cross_entropy(functional_call(model, masked, (x[idx],)), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out.append({n: p.detach() for n, p in params.items()})
+    return out
+
+
+def train_ensemble(models_and_masks, x, y, orders, *, lr: float = 0.05, momentum: float = 0.9):
+    """The K models as one: weights and masks stacked (torch.func.stack_module_state), one vmapped
+    forward over (K, batch) inputs drawn from each model's own order, one backward of the summed
+    losses (the models share nothing, so each gets its own gradient), one SGD step on the stacks."""
+    import copy
+
+    import torch
+    from torch.func import functional_call, stack_module_state, vmap
+
+    models = [m for m, _ in models_and_masks]
+    params, buffers = stack_module_state(models)
+    params = {n: p.detach().clone().to(x.device).requires_grad_(True) for n, p in params.items()}
+    mask = {f"{n}.weight": torch.stack([ms[n] for _, ms in models_and_masks]).to(x.device)
+            for n in models_and_masks[0][1]}
+    base = copy.deepcopy(models[0]).to("meta")
+    opt = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum)
+
+    def one(p, b, xb, yb):
+        return torch.nn.functional.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
+
+    losses = vmap(one)
+    for step in range(orders.shape[1]):
+        idx = orders[:, step]                                       # (K, batch)
+        masked = {n: p * mask[n] if n in mask else p for n, p in params.items()}
+        loss = losses(masked, buffers, x[idx], y[idx]).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return [{n: p[j].detach() for n, p in params.items()} for j in range(len(models))]
+
+
+def packing_worker(device: str, worker: int, steps: int, folder: Path) -> None:
+    """One cell's training in its own process: set up, say ready, wait for go, train, say when."""
+    import torch
+
+    tr = pack_data(60_000 if steps > 100 else 2_000)
+    x, y = tr.tensors(torch.device(device))
+    model, masks = pack_model(worker)
+    orders = batch_orders(1, len(tr), steps, seed=worker)
+    train_separately([(model.to(device), masks)], x, y, orders[:, :2].to(device))  # warm-up (CUDA context, kernels)
+    (folder / f"ready-{worker}").touch()
+    while not (folder / "go").exists():
+        time.sleep(0.01)
+    start = time.time()
+    train_separately([(model, masks)], x, y, orders.to(device))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    (folder / f"done-{worker}").write_text(f"{start} {time.time()}")
+
+
+def packing_step(device: str, quick: bool, out: Path) -> str:
+    """Cells per GPU-hour: K processes at once vs one at a time vs one K-model torch.func ensemble."""
+    import torch
+
+    sizes = (1, 2) if quick else PACK_SIZES
+    steps = 20 if quick else 1_200   # 2 epochs of 60,000 images at batch 100
+    folder = Path(out)
+    rows = ["| K | how | wall s | cells per GPU-hour | vs one at a time |", "|---|---|---|---|---|"]
+    one_at_a_time = None
+    for k in sizes:
+        run_dir = folder / f"k{k}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        procs = [subprocess.Popen([sys.executable, __file__, "--out", str(run_dir), "--step", "packing-worker",
+                                   "--device", device, "--worker", str(j), "--steps", str(steps)], cwd=ROOT,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)}) for j in range(k)]
+        while len(list(run_dir.glob("ready-*"))) < k:
+            if any(p.poll() not in (None, 0) for p in procs):
+                raise SystemExit(f"packing: a worker of K={k} failed before it was ready")
+            time.sleep(0.05)
+        (run_dir / "go").touch()
+        for p in procs:
+            if p.wait() != 0:
+                raise SystemExit(f"packing: a worker of K={k} failed")
+        spans = [tuple(map(float, (run_dir / f"done-{j}").read_text().split())) for j in range(k)]
+        wall = max(e for _, e in spans) - min(s for s, _ in spans)
+        rate = k / wall * 3600
+        one_at_a_time = one_at_a_time or rate  # K = 1 is the baseline
+        rows.append(f"| {k} | {k} process{'es' if k > 1 else ''} | {wall:.2f} | {rate:,.0f} | {rate / one_at_a_time:.2f}× |")
+    dev = torch.device(device)
+    tr = pack_data(60_000 if not quick else 2_000)
+    x, y = tr.tensors(dev)
+    for k in sizes:
+        cells = [pack_model(j) for j in range(k)]
+        orders = batch_orders(k, len(tr), steps).to(dev)
+        train_ensemble(cells, x, y, orders[:, :2])  # warm-up
+        t0 = time.perf_counter()
+        train_ensemble(cells, x, y, orders)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        rate = k / wall * 3600
+        rows.append(f"| {k} | torch.func ensemble | {wall:.2f} | {rate:,.0f} | {rate / one_at_a_time:.2f}× |")
+    note = (f"\n\nEach cell: LeNet-300-100 with a {PACK_SPARSITY:.0%} random mask, {steps} SGD steps of batch "
+            f"{PACK_BATCH} on synthetic 28×28 data (device {device}). Process start-up and CUDA initialization are "
+            "excluded (workers wait at a barrier); wall = first start to last finish.")
+    return "\n".join(rows) + note
 
 
 if __name__ == "__main__":

@@ -351,12 +351,12 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _best(fn: Callable[[], Any], device: torch.device, *, quick: float = 0.2) -> float:
-    """The fastest of a few runs when one is quick (noise on a shared machine only adds time), one
-    run when it is not."""
+def _typical(fn: Callable[[], Any], device: torch.device, *, quick: float = 0.2) -> float:
+    """The median of three runs when one is quick, one run when it is not. The median, not the
+    minimum: the estimate predicts what cells will record on this machine, other load included."""
     t = _timed(fn, device)
     if t < quick:
-        t = min(t, *(_timed(fn, device) for _ in range(2)))
+        t = statistics.median([t, *(_timed(fn, device) for _ in range(2))])
     return t
 
 
@@ -427,25 +427,25 @@ class Bench:
         return load + build + check + write
 
     def step(self, u: Unit) -> float:
-        """Seconds per optimizer step: a few steps to warm up, then enough to take ~0.3 s."""
+        """Seconds per optimizer step: a few steps to warm up, then the median of five rounds of
+        ~0.2 s each (a shared machine's load comes and goes within a second)."""
         model, tr, _ = self.net(u, masked=u.get("masked"))
         cfg = TrainConfig(batch_size=u.get("batch_size"), l1=1e-5 if u.get("l1") else 0.0,
                           l1_scope=u.get("l1_scope"), bf16=u.get("bf16"), augment=u.get("augment"), eval_every=0)
 
         def run(k: int) -> float:
             c = dataclasses.replace(cfg, iterations=k)
-            return _timed(lambda: train(model, tr, None, c, device=self.device), self.device)
+            return _timed(lambda: train(model, tr, None, c, device=self.device), self.device) / k
 
-        per = run(3) / 3
-        k = int(min(200, max(5, 0.3 / max(per, 1e-6))))
-        return run(k) / k
+        k = int(min(200, max(3, 0.2 / max(run(3), 1e-6))))
+        return statistics.median(run(k) for _ in range(5))
 
     def eval(self, u: Unit) -> float:
         model, tr, te = self.net(u)
         split = tr if u.get("split") == "train" else te
         go = lambda: evaluate(model, split, device=self.device, batch_size=u.get("batch_size"))  # noqa: E731
         go()
-        return _best(go, self.device)
+        return _typical(go, self.device)
 
     def prune(self, u: Unit) -> float:
         """One call of the pruner on a fresh model (IMP with no-op retraining: counted apart);
@@ -455,13 +455,13 @@ class Bench:
 
         def once(opts: dict[str, Any]) -> float:
             times: list[float] = []
-            while len(times) < (1 if times and times[0] >= 0.2 else 3):  # as `_best`
+            while len(times) < (1 if times and times[0] >= 0.2 else 3):  # as `_typical`
                 model, tr, _ = self.net(u)  # a fresh model each time (pruning changes it), built untimed
                 extra = {"train_fn": lambda m: None, "rewind_state": model.state_dict()} if name == "imp" else {}
                 data = tr if PRUNERS[name].needs_data else None
                 times.append(_timed(lambda: prune(model, name, u.get("sparsity"), target=u.get("target"), data=data,
                                                   seed=0, **opts, **extra), self.device))
-            return min(times)
+            return statistics.median(times)
 
         if knob is None:
             return once(options)
@@ -514,7 +514,7 @@ class Bench:
         ev = EffectiveMaskEvaluator(model, input_shape=tr.input_shape, dtype=torch.float32)
         m = masks.get_masks(model)
         ev.effective_sparsity(m)
-        return _best(lambda: ev.effective_sparsity(m), self.device)
+        return _typical(lambda: ev.effective_sparsity(m), self.device)
 
 
 def _knob(pruner: str, options: Mapping[str, Any]) -> tuple[str | None, list[tuple[int, dict[str, Any]]]]:

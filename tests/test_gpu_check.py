@@ -65,3 +65,39 @@ def test_the_cli_and_the_serial_backend_run_without_ray(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "1 done, 0 failed" in run.stderr
     assert python("bench/gpu_check.py", "--help", env=env).returncode == 0
+
+
+def test_the_torch_func_ensemble_trains_each_model_as_if_alone():
+    """The packing step's ensemble (stacked weights and masks, vmap, each model its own batch order)
+    against the oracle: each model trained alone by the same SGD on the same batches."""
+    import torch
+
+    torch.manual_seed(0)
+    tr = gpu_check.pack_data(300)
+    x, y = tr.tensors()
+    cells = [gpu_check.pack_model(j) for j in range(3)]
+    orders = gpu_check.batch_orders(3, len(tr), 7)
+    assert orders.shape == (3, 7, gpu_check.PACK_BATCH)
+    assert not torch.equal(orders[0], orders[1])  # each model its own order
+    together = gpu_check.train_ensemble(cells, x, y, orders)
+    alone = gpu_check.train_separately(cells, x, y, orders)
+    for a, b, (model, masks) in zip(together, alone, cells):
+        assert a.keys() == b.keys()
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+            assert not torch.equal(a[name], dict(model.named_parameters())[name].detach())  # it trained
+    first = next(iter(together[0]))
+    assert not torch.allclose(together[0][first], together[1][first])  # different inits and orders stay apart
+
+
+@pytest.mark.slow  # subprocesses importing torch
+def test_packing_step_plumbing_on_cpu(tmp_path):
+    p = python("bench/gpu_check.py", "--out", str(tmp_path), "--step", "packing", "--device", "cpu", "--quick")
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split("|")[1:3] for r in rows] == [[" 1 ", " 1 process "], [" 2 ", " 2 processes "],
+                                                 [" 1 ", " torch.func ensemble "], [" 2 ", " torch.func ensemble "]]
+    for r in rows:
+        wall, rate = (float(c.strip().replace(",", "")) for c in r.split("|")[3:5])
+        assert wall > 0 and rate > 0
+    assert rows[0].rstrip().endswith("| 1.00× |")

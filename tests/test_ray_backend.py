@@ -136,7 +136,7 @@ def recording_run_fn(log_dir, wait_for):
     """A stand-in for run_cell: records Ray's GPU ids and the device it was given, waits until
     `wait_for` trials have started (a barrier: it only passes if they run concurrently), writes a row."""
 
-    def run_fn(cell, where, *, device, report, hvp_backend_factory, backend):
+    def run_fn(cell, where, *, device, report, hvp_backend_factory, backend, reserved):
         from sweeps import store as st
         from sweeps.trial import identity_columns
 
@@ -221,7 +221,7 @@ def test_trials_are_named_by_cell_id_and_failures_are_named(fake_gpus, tmp_path)
 
 COMPARE_SKIP = {"train_seconds", "prune_seconds", "hessian_seconds", "total_seconds", "started_at",
                 "finished_at", "prunetune_version", "git_commit", "torch_version", "ray_version", "device",
-                "host", "backend"}
+                "host", "backend", "reserved_cpus", "reserved_gpus", "cpu_hours", "gpu_hours"}
 
 
 def comparable(row):
@@ -253,6 +253,9 @@ def test_serial_and_ray_write_the_same_trials_rows(fake_gpus, tmp_path):
         s = store.trial_row(serial_spec.storage, "rt", cell.cell_id)
         r = store.trial_row(ray_spec.storage, "rt", cell.cell_id)
         assert s["backend"] == "serial" and r["backend"] == "ray" and r["device"] == "cpu"
+        # cost: the serial cell held its one thread; the Ray trial its bundle and the 2 HVP workers'
+        assert (s["reserved_cpus"], s["reserved_gpus"], r["reserved_cpus"], r["reserved_gpus"]) == (1, 0, 3, 0)
+        assert r["cpu_hours"] == pytest.approx(3 * r["total_seconds"] / 3600, rel=1e-12) and r["gpu_hours"] == 0
         s, r = comparable(s), comparable(r)
         assert s.keys() == r.keys()
         for k in s:
