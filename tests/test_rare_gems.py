@@ -38,7 +38,7 @@ def flat(mask_dict) -> torch.Tensor:
 def test_registry_entry():
     info = PRUNERS["rare_gems"]
     assert (info.when, info.protocol, info.needs_data, info.needs_l1_training) == ("init", "train", True, False)
-    assert list(info.option_defaults) == ["epochs", "iter_period", "lr", "momentum", "score_l2", "batch_size"]
+    assert list(info.option_defaults) == ["epochs", "iter_period", "lr", "momentum", "score_l2", "batch_size", "bias"]
 
 
 def test_signed_constant_is_the_he_std_with_the_init_sign():
