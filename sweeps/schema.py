@@ -120,6 +120,7 @@ TRIALS = pa.schema(
         ("actual_removed_frac_loss", pa.float64()),  # training loss ≤ dense training loss + ε
         ("actual_kept_frac_loss", pa.float64()),
         ("actual_effective_removed_frac_loss", pa.float64()),
+        ("finetune_recipe", pa.string()),    # rare_gems: `protocol: recipe` that trained the mined mask
         # cost (sweeps/cost.py): what the backend reserved for the cell × its wall time (total_seconds)
         ("reserved_cpus", pa.float64()),     # CPUs held for the cell (Ray: every bundle, HVP workers included)
         ("reserved_gpus", pa.float64()),     # GPUs held for the cell (serial on CUDA: the whole GPU)
