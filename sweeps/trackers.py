@@ -17,7 +17,7 @@ each trial's reports), so a tracker sees the same thing wherever cells run:
 Each tool reads its own configuration: MLflow `MLFLOW_TRACKING_URI` (default ./mlruns), one
 experiment per sweep; W&B `WANDB_PROJECT` (default: the sweep's name), `WANDB_MODE` (`offline`
 needs no network), `WANDB_DIR`, `WANDB_ENTITY`; TensorBoard has no such variables, so its event
-files go to `<storage>/<sweep>/_tensorboard/<cell>` (a hidden name: no result reader looks there;
+files (written by tensorboardX, which Ray Tune already installs: no extra package) go to `<storage>/<sweep>/_tensorboard/<cell>` (a hidden name: no result reader looks there;
 `./tensorboard/<sweep>` for an object-store sweep), printed when the sweep starts.
 
 Why not Tune's own `MLflowLoggerCallback`/`WandbLoggerCallback`: they log a trial's Tune config,
@@ -28,7 +28,8 @@ automatic TensorBoard files of each trial stay where Tune writes them, under `<s
 A resumed sweep does not duplicate runs: finished cells never start again, and a cell that was
 interrupted while running continues its own run (MLflow: the run tagged with its cell_id; W&B:
 the run id made from the sweep and the cell_id, `resume="allow"`; TensorBoard: its directory
-starts afresh). The packages are the optional extra `tracking`; the core never imports them.
+starts afresh). MLflow and W&B are the optional extra `tracking` (mlflow-skinny with SQLAlchemy and Alembic for a
+local sqlite store, wandb); the core never imports them.
 """
 
 from __future__ import annotations
@@ -64,13 +65,17 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
+# the pip package of each tracker's module (what the one-line error tells to install)
+PIP_NAME = {"mlflow": "mlflow-skinny", "wandb": "wandb", "tensorboardX": "tensorboardX"}
+
+
 def _require(module: str, tracker: str) -> Any:
     """The tracking package, or a one-line ValueError saying how to get it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ValueError(f"--tracker {tracker}: the {module} package is not installed; "
-                         "pip install 'prunetune[tracking]' (or pip install " + module + ")") from None
+        raise ValueError(f"--tracker {tracker}: the {module} package is not installed; pip install "
+                         f"'prunetune[tracking]' (or pip install {PIP_NAME.get(module, module)})") from None
 
 
 def params(cell: Cell) -> dict[str, Any]:
@@ -223,9 +228,7 @@ class TensorBoardTracker:
     name = "tensorboard"
 
     def __init__(self, sweep: str, storage: str) -> None:
-        module = _require("torch.utils.tensorboard", self.name)
-        _require("tensorboard", self.name)
-        self.SummaryWriter = module.SummaryWriter
+        self.SummaryWriter = _require("tensorboardX", self.name).SummaryWriter
         self.root = paths.tensorboard_root(storage, sweep)
         self.writers: dict[str, Any] = {}
         self.steps = _Steps()
@@ -261,7 +264,7 @@ class TensorBoardTracker:
         for k, v in final.items():
             w.add_scalar(f"final/{k}", v, 0)
         hparams = {k: v for k, v in params(cell).items() if isinstance(v, (int, float, str, bool))}
-        w.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
+        w.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()}, name="hparams")  # a subfolder
         w.close()
 
     def close(self) -> None:
