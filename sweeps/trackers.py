@@ -14,10 +14,11 @@ each trial's reports), so a tracker sees the same thing wherever cells run:
                              effective sparsity, the limit columns, cost), then the run ends
     close()                  runs still open (an interrupted sweep) end as killed
 
-Each tool reads its own configuration: MLflow `MLFLOW_TRACKING_URI` (default ./mlruns), one
-experiment per sweep; W&B `WANDB_PROJECT` (default: the sweep's name), `WANDB_MODE` (`offline`
-needs no network), `WANDB_DIR`, `WANDB_ENTITY`; TensorBoard has no such variables, so its event
-files (written by tensorboardX, which Ray Tune already installs: no extra package) go to `<storage>/<sweep>/_tensorboard/<cell>` (a hidden name: no result reader looks there;
+Each tool reads its own configuration: MLflow `MLFLOW_TRACKING_URI` (MLflow 3's default: sqlite
+./mlflow.db), one experiment per sweep; W&B `WANDB_PROJECT` (default: the sweep's name), `WANDB_MODE`
+(`offline` needs no network), `WANDB_DIR`, `WANDB_ENTITY`; TensorBoard has no such variables, so its
+event files (written by tensorboardX, which Ray Tune already installs: no extra package) go to
+`<storage>/<sweep>/_tensorboard/<cell>` (a hidden name: no result reader looks there;
 `./tensorboard/<sweep>` for an object-store sweep), printed when the sweep starts.
 
 Why not Tune's own `MLflowLoggerCallback`/`WandbLoggerCallback`: they log a trial's Tune config,
