@@ -8,9 +8,9 @@ Three loops of a cell, LeNet-300-100 on digits (1,437 training images), one torc
 * training (`pruning.train.train`, 3 epochs): `on_epoch` forwarding each epoch's record to a serial
   sweep's `sweeps.progress.Progress` (its per-cell line throttle, a tracker-less sweep) — what
   `sweeps.trial_common.reporter` does;
-* SLQ (`pruning.slq.slq`, 4 probes × 64 Lanczos steps): `progress` at its default period (a clock
+* SLQ (`pruning.slq.slq`, 2 probes × 32 Lanczos steps): `progress` at its default period (a clock
   read per step, a report every 2 s) and at period 0 (a report every step: the worst case);
-* the one-shot pruning curve (`pruning.lomp.pruning_curve`, 20 points): `progress` at period 0.
+* the one-shot pruning curve (`pruning.lomp.pruning_curve`, 10 points): `progress` at period 0.
 
 Rounds alternate off / on so that the load of a shared machine hits both alike; the figure is the
 median over rounds of on/off (1.00 = free; noise on a loaded 2-core machine is a few percent either
@@ -64,7 +64,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = models.build("lenet300100", input_shape=tr.input_shape, num_classes=tr.num_classes)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    epochs, probes, steps, points = (1, 2, 8, 4) if args.quick else (3, 4, 64, 20)
+    epochs, probes, steps, points = (1, 2, 8, 4) if args.quick else (3, 2, 32, 10)
 
     spec = build_spec({"name": "bench", "model": "lenet300100", "dataset": "digits", "pruner": ["dense"], "seed": 0})
     [cell] = expand(spec)
@@ -83,26 +83,26 @@ def main() -> None:
     loss = torch.nn.functional.cross_entropy
     sink: list[dict] = []
     grid = [i / points for i in range(points)]
-    rows = [
-        ("training, every epoch to the serial progress", *paired(lambda: train_with(None), lambda: train_with(to_progress),
-                                                                  repeats)),
-        ("SLQ, progress every 2 s (default)", *paired(
-            lambda: slq(model, loss, tr, probes=probes, iterations=steps, seed=0),
-            lambda: slq(model, loss, tr, probes=probes, iterations=steps, seed=0, progress=sink.append), repeats)),
-        ("SLQ, a report every step", *paired(
-            lambda: slq(model, loss, tr, probes=probes, iterations=steps, seed=0),
-            lambda: slq(model, loss, tr, probes=probes, iterations=steps, seed=0, progress=sink.append,
-                        progress_every=0.0), repeats)),
-        ("curve, a report every point", *paired(
-            lambda: pruning_curve(model, tr, te, grid),
-            lambda: pruning_curve(model, tr, te, grid, progress=sink.append, progress_every=0.0), repeats)),
+    cases = [
+        ("training, every epoch to the serial progress", lambda: train_with(None), lambda: train_with(to_progress)),
+        ("SLQ, progress every 2 s (default)",
+         lambda: slq(model, loss, tr, probes=probes, iterations=steps, seed=0),
+         lambda: slq(model, loss, tr, probes=probes, iterations=steps, seed=0, progress=sink.append)),
+        ("SLQ, a report every step",
+         lambda: slq(model, loss, tr, probes=probes, iterations=steps, seed=0),
+         lambda: slq(model, loss, tr, probes=probes, iterations=steps, seed=0, progress=sink.append,
+                     progress_every=0.0)),
+        ("curve, a report every point",
+         lambda: pruning_curve(model, tr, te, grid),
+         lambda: pruning_curve(model, tr, te, grid, progress=sink.append, progress_every=0.0)),
     ]
     print(f"LeNet-300-100 on digits, 1 thread, {repeats} rounds; training {epochs} epochs, SLQ {probes} probes × "
           f"{steps} steps, curve {points} points\n")
     print("| loop | without (s) | with (s) | with / without (median of rounds) |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, off, on, ratio in rows:
-        print(f"| {name} | {off:.3f} | {on:.3f} | {ratio:.3f} |")
+    print("| --- | ---: | ---: | ---: |", flush=True)
+    for name, off, on in cases:  # a row as soon as it is measured
+        t_off, t_on, ratio = paired(off, on, repeats)
+        print(f"| {name} | {t_off:.3f} | {t_on:.3f} | {ratio:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
