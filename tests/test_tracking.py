@@ -88,7 +88,8 @@ def wandb_records(path: str) -> list:
 
 
 def wandb_runs(wandb_dir: Path) -> list[dict]:
-    """Each offline attempt: run id, name, group, config, history rows, summary, exit code."""
+    """Each offline attempt, in the order they started: run id, name, group, config, history rows,
+    summary, exit code (folder names hold only the second an attempt started)."""
     runs = []
     for f in sorted(glob.glob(str(wandb_dir / "wandb" / "offline-run-*" / "run-*.wandb"))):
         run: dict = {"history": [], "summary": {}, "config": {}}
@@ -96,6 +97,7 @@ def wandb_runs(wandb_dir: Path) -> list[dict]:
             kind = r.WhichOneof("record_type")
             if kind == "run":
                 run.update(id=r.run.run_id, name=r.run.display_name, group=r.run.run_group,
+                           started=r.run.start_time.ToNanoseconds(),
                            project=r.run.project, config={i.key: yaml.safe_load(i.value_json) for i in r.run.config.update})
             elif kind == "history":
                 run["history"].append({i.key or "/".join(i.nested_key): yaml.safe_load(i.value_json)
@@ -105,7 +107,7 @@ def wandb_runs(wandb_dir: Path) -> list[dict]:
             elif kind == "exit":
                 run["exit"] = r.exit.exit_code
         runs.append(run)
-    return runs
+    return sorted(runs, key=lambda run: run["started"])  # attempts in the order they started
 
 
 # ----------------------------------------------------------------------------- a serial sweep, then a resume
@@ -199,7 +201,7 @@ def test_a_resumed_sweep_adds_no_run_for_a_finished_cell(tracked) -> None:
 
 def test_wandb_offline_runs_carry_the_axes_history_and_final_row(tracked) -> None:
     cells, rows = tracked["cells"], tracked["rows"]
-    last = {a["id"]: a for a in wandb_runs(tracked["tmp"])}  # the last attempt of each run (sorted by time)
+    last = {a["id"]: a for a in wandb_runs(tracked["tmp"])}  # the last attempt of each run
     for cell in cells:
         run, row = last[run_id(cell)], rows[cell.cell_id]
         assert (run["name"], run["group"], run["project"]) == (cell.label, "tr", "tr")
