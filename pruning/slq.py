@@ -73,8 +73,18 @@ def basis_bytes(batch_probes: int, iterations: int, dim: int, dtype: torch.dtype
 
 
 def _available_bytes(device: torch.device) -> int:
+    """Memory a new allocation can have: the GPU's free memory, or on Linux MemAvailable (free pages
+    plus the page cache the kernel gives back on demand: reading a data set fills that cache, and
+    counting only free pages refused bases that fit); elsewhere the free pages."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
@@ -479,9 +489,10 @@ def slq(
         if until is not None:
             info.update(adaptive=True, max_iterations=iterations)
 
-        def result(alphas: np.ndarray, betas: np.ndarray, steps: np.ndarray, ids: np.ndarray) -> SLQResult:
+        def result(alphas: np.ndarray, betas: np.ndarray, steps: np.ndarray, ids: np.ndarray, *,
+                   partial: bool = False) -> SLQResult:
             depth = alphas.shape[1]
-            nodes, weights = ritz(alphas, betas, steps, depth)
+            nodes, weights = ritz(alphas, betas, steps, depth, fast=partial)  # a check's partial: eigenvalues only
             seconds = time.perf_counter() - t_start
             return SLQResult(
                 nodes=nodes, weights=weights, steps=steps, probe_ids=ids, dim=dim, full_dim=full_dim,
@@ -498,7 +509,7 @@ def slq(
             if until is not None and start == 0:
                 def stop(k: int, a: np.ndarray, b: np.ndarray, st: np.ndarray) -> bool:
                     due = k >= min_iterations and (k - min_iterations) % check_every == 0
-                    return due and bool(until(result(a, b, np.minimum(st, k), ids)))
+                    return due and bool(until(result(a, b, np.minimum(st, k), ids, partial=True)))
             a, b, s = lanczos(lambda q: mean_hvp(op, q.T).T, V0, depth,
                               basis_dtype=dtype, basis_device=basis_device, pin=pin, stop=stop)
             depth = a.shape[1]

@@ -68,6 +68,20 @@ class TrainConfig:
         d["milestones"] = list(self.milestones)
         return d
 
+    def describe(self) -> str:
+        """The recipe in one line (`SGD lr 0.01 constant, momentum 0.9, weight decay 0, batch 128,
+        200 epochs`): what a row names when the training matters to reading it."""
+        length = f"{self.iterations} steps" if self.iterations is not None else f"{self.epochs} epochs"
+        schedule = self.schedule
+        if self.schedule == "multistep":
+            schedule += f" ×{self.gamma:g} at {', '.join(str(m) for m in self.milestones)} {self.step_unit}s"
+        if self.warmup:
+            schedule += f" after {self.warmup} {self.step_unit}s of warm-up"
+        decay = f"{self.weight_decay:g}" + (" on kernels" if self.decay == "kernels" else "")
+        l1 = f", L1 {self.l1:g} over {self.l1_scope}" if self.l1 else ""
+        return (f"SGD lr {self.lr:g} {schedule}, momentum {self.momentum:g}{' nesterov' if self.nesterov else ''}, "
+                f"weight decay {decay}{l1}, batch {self.batch_size}, {length}")
+
 
 @dataclass
 class TrainResult:

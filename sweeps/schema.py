@@ -120,6 +120,7 @@ TRIALS = pa.schema(
         ("actual_removed_frac_loss", pa.float64()),  # training loss ≤ dense training loss + ε
         ("actual_kept_frac_loss", pa.float64()),
         ("actual_effective_removed_frac_loss", pa.float64()),
+        ("finetune_recipe", pa.string()),    # rare_gems: `protocol: recipe` that trained the mined mask
         # plugins (pruning.plugins): the module that registered the cell's pruner, model or data set
         # and its version (the distribution's, else sha256 of its source); null for a built-in
         ("pruner_plugin", pa.string()),

@@ -29,12 +29,30 @@ def step_obtain(st: TrialState) -> None:
     if PRUNERS[cell.pruner].when == "init":
         st.model.to(st.device)
         _prune(st)
+        if cell.pruner in FINETUNE_NAMED:
+            st.row["finetune_recipe"] = finetune_recipe(st)
         _after_prune(st, rewind_to=st.init_state)  # "train" (the default) and "rewind" coincide at init
         return
     use_dense(st, dense_entry(st))
     extra, rewind_to = ({}, st.init_state) if cell.pruner != "imp" else _imp_options(st)
     _prune(st, **extra)
     _after_prune(st, rewind_to=rewind_to)
+
+
+# Pruners whose rows name the recipe that trained their mask: Rare Gems' own paper fine-tunes with its
+# own recipe, a sweep with the cell's `train` section, and a comparison must say which it was.
+FINETUNE_NAMED = ("rare_gems",)
+
+
+def finetune_recipe(st: TrialState) -> str:
+    """`protocol: the training recipe` of what follows pruning, e.g. `train: SGD lr 0.1 cosine, …`."""
+    protocol = st.cell.protocol
+    if protocol == "none":
+        return "none: no training after pruning"
+    cfg = st.train_config(epochs=st.point.finetune_epochs, iterations=None) if protocol == "finetune" \
+        else st.cell.train
+    biases = "" if st.point.options.get("bias", True) else "; bias-free (biases zeroed and frozen)"
+    return f"{protocol}: {cfg.describe()} (the cell's train section){biases}"
 
 
 def _prune(st: TrialState, **extra: Any) -> PruneResult:

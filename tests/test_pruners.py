@@ -226,6 +226,33 @@ def test_grasp_old_behaviour_is_temperature_1_unbalanced_bit_for_bit():
     assert not torch.equal(default, want)
 
 
+def test_grasp_reinit_scores_a_xavier_copy_and_one_draw():
+    """reinit: the scores are those of a copy whose Linear weights are xavier_normal draws from a
+    generator seeded with the seed (the model keeps its weights); batches: 1 with 10 per class is the
+    reference's single draw."""
+    from pruning import data as data_lib
+    from pruning.pruners.common import current_keep, order_from_scores
+
+    train, _ = data_lib.load("synthetic", input_shape=(1, 2, 3), num_classes=3, n_train=90, n_test=16)
+    model = mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = plan_for(model, "grasp", 0.5, data=train, seed=3, batches=1, reinit=True).order
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is untouched
+    # oracle: the same copy re-initialized by hand, scored on the same one balanced draw
+    clone = scoring_copy(model)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in clone.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(nn.init.xavier_normal_(torch.empty(m.weight.shape), generator=g))
+    draw = grasp_mod.class_balanced_batches(train, num_classes=3, per_class=10, count=1, seed=3,
+                                            device=torch.device("cpu"))
+    want = order_from_scores(Layout.of(model), -grasp_scores(clone, draw, temperature=200.0), current_keep(model), 3)
+    assert torch.equal(got, want.order)
+    assert not torch.equal(got, plan_for(model, "grasp", 0.5, data=train, seed=3, batches=1).order)
+    assert PRUNERS["grasp"].make_options({}).reinit is False  # the default keeps what cells computed
+
+
 def test_class_balanced_batches_hold_exactly_k_of_each_class():
     from pruning import data as data_lib
 

@@ -139,7 +139,7 @@ def small(option: str) -> st.SearchStrategy:
     """Valid-looking values, small where a value is a cost (rounds, epochs, batches)."""
     return {"rounds": st.integers(1, 3), "batches": st.integers(1, 2), "batch_size": st.integers(1, 16),
             "samples_per_class": st.integers(1, 3), "epochs": st.integers(2, 4), "iter_period": st.integers(1, 2),
-            "temperature": st.floats(0.5, 300), "rate": st.floats(0.1, 0.9), "balanced": st.booleans(),
+            "temperature": st.floats(0.5, 300), "rate": st.floats(0.1, 0.9), "balanced": st.booleans(), "reinit": st.booleans(), "bias": st.booleans(),
             "lr": st.floats(0, 0.5), "momentum": st.floats(0, 0.99), "score_l2": st.floats(0, 1e-3)}[option]
 
 

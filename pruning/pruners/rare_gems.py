@@ -170,6 +170,8 @@ class GemMinerOptions:
     momentum: float = option(0.9, "SGD momentum of the scores", ge=0, lt=1)
     score_l2: float = option(1e-4, "λ of λ Σ s² on the scores; 0 turns the regularizer off", ge=0)
     batch_size: int = option(128, "images per batch of a Split", ge=1)
+    bias: bool = option(True, "keep the model's biases; false: zero them and keep them at zero through mining "
+                        "and fine-tuning, as the authors' models have none (their layers are built bias-free)")
 
     def __post_init__(self) -> None:
         validate(self, rule(self.epochs >= self.iter_period + 1, "epochs",
@@ -192,6 +194,7 @@ def mine(
     momentum: float = DEFAULTS.momentum,
     score_l2: float = DEFAULTS.score_l2,
     batch_size: int = DEFAULTS.batch_size,
+    bias: bool = DEFAULTS.bias,
 ) -> Mined:
     """Run Gem-Miner on a copy of `model` (the model itself is not changed); see `prune_rare_gems`."""
     check_count("epochs", epochs)
@@ -207,6 +210,8 @@ def mine(
     device = device_of(model)
     layout = Layout.of(model)
     clone = scoring_copy(model)
+    if not bias:
+        drop_biases(clone)
     constants = [signed_constant(p.detach()) for p in prunable_params(clone)]
     weights = flatten(dict(zip(layout.names, constants)))
     initial = torch.rand(layout.n, generator=torch.Generator().manual_seed(seed), dtype=weights.dtype)
@@ -236,6 +241,7 @@ def prune_rare_gems(
     momentum: float = DEFAULTS.momentum,
     score_l2: float = DEFAULTS.score_l2,
     batch_size: int = DEFAULTS.batch_size,
+    bias: bool = DEFAULTS.bias,
 ) -> OrderPlan:
     """Rare Gems at initialization; leaves `model` at its signed-constant weights (module docstring).
 
@@ -245,9 +251,24 @@ def prune_rare_gems(
     - `lr` (0.1), `momentum` (0.9): SGD on the scores, cosine schedule over `epochs`, no weight decay.
     - `score_l2` (1e-4): λ of λ Σ s²; 0 turns the regularizer off (their VGG-16 config uses 1e-6).
     - `batch_size` (128): for a `Split`; an iterable of (x, y) batches is one epoch as given.
+    - `bias` (True): False zeroes the biases of the prunable layers and freezes them (requires_grad
+      False), in the mining copy and in `model`, so the fine-tune trains a bias-free net as the
+      authors' models are. (The default "train" protocol fine-tunes that; "rewind" would copy the
+      initialization's biases back, still frozen.)
     """
     found = mine(model, sparsity, data=data, seed=seed, epochs=epochs, iter_period=iter_period, lr=lr,
-                 momentum=momentum, score_l2=score_l2, batch_size=batch_size)
+                 momentum=momentum, score_l2=score_l2, batch_size=batch_size, bias=bias)
     masks_lib.copy_weights(model, {f"{name}.weight" if name else "weight": w
                                    for name, w in found.weights.items()})
+    if not bias:
+        drop_biases(model)
     return found.plan
+
+
+def drop_biases(model: nn.Module) -> None:
+    """Zero the bias of every prunable layer and freeze it: a bias-free layer, as the authors build."""
+    with torch.no_grad():
+        for _, module in masks_lib.prunable_layers(model):
+            if module.bias is not None:
+                module.bias.zero_()
+                module.bias.requires_grad_(False)
