@@ -366,7 +366,10 @@ def test_a_plugin_pruner_model_and_data_set_in_a_serial_sweep(registries, tmp_pa
         builtin = rows[(rows.pruner == "magnitude/global") & (rows.target == target)].iloc[0]
         for column in ("direct_sparsity", "effective_sparsity", "test_acc", "test_loss", "dense_test_acc"):
             assert mine[column] == builtin[column], (target, column)
-        assert mine["effective_sparsity"] <= 0.8 if target == "effective" else mine["direct_sparsity"] == 0.8
+        if target == "effective":
+            assert mine["effective_sparsity"] <= 0.8
+        else:  # k = N − round(0.2 N) of N = 16·24 + 24·3 = 456 weights
+            assert mine["direct_sparsity"] == (456 - round(0.2 * 456)) / 456
     plugin = rows[rows.pruner != "magnitude/global"]
     assert set(plugin["pruner_plugin"]) == {"lab_plugin"} and set(plugin["pruner_plugin_version"]) == {source_hash(path)}
     assert rows["magnitude/global" == rows.pruner]["pruner_plugin"].isna().all()
@@ -397,8 +400,9 @@ def test_a_changed_plugin_version_is_recorded_and_warned_about(registries, tmp_p
                    train={"epochs": 1, "batch_size": 64})
     rows = lab_rows(spec).sort_values("sparsity")
     assert rows["pruner_plugin_version"].tolist() == [old, new]  # the 0.5 cell was not run again
-    warning = (f"warning: sweep 'lab': pruner 'absw' has results of 2 plugin versions (lab_plugin {old}: 1 cell, "
-               f"lab_plugin {new}: 1 cell); its rows compare different code as one method")
+    first, second = sorted((old, new))  # the versions are listed sorted
+    warning = (f"warning: sweep 'lab': pruner 'absw' has results of 2 plugin versions (lab_plugin {first}: 1 cell, "
+               f"lab_plugin {second}: 1 cell); its rows compare different code as one method")
     for argv in (["status", "lab"], ["tables", "lab", "--table", "accuracy"], ["plot", "lab", "--out", str(tmp_path / "f")]):
         assert main([*argv, "--storage", spec.storage]) == 0
         err = capsys.readouterr().err
@@ -436,3 +440,54 @@ def test_the_ray_backend_ships_the_plugin_to_its_workers(registries, tmp_path):
     serial_rows = lab_rows(serial)
     for column in ("cell_id", "direct_sparsity", "effective_sparsity", "test_acc", "pruner_plugin_version"):
         assert ray_rows[column].tolist() == serial_rows[column].tolist(), column
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_ray_start_cluster_runs_a_plugin_that_exists_only_in_the_jobs_working_directory(registries, tmp_path,
+                                                                                           monkeypatch, capsys):
+    """`ray start` head + worker on 127.0.0.1 (tests/ray_nodes.py: own ports, own temp dirs, exactly
+    the processes they started are ended); `ray job submit --working-dir <dir>` with the plugin and
+    the spec in that directory and nowhere else. The head has no CPU for trials, so every trial runs
+    on the worker node, whose Python finds the plugin only in the job's unpacked working directory."""
+    import subprocess
+
+    from ray_nodes import LocalCluster
+    from sweeps.cli import main
+
+    job_dir = tmp_path / "job"
+    path = write_plugin(job_dir)
+    (job_dir / "spec.yaml").write_text(yaml.safe_dump(spec_raw(
+        name="labjob", model="tiny_mlp", dataset="blobs", pruner=["absw/igq", "absw"], sparsity=[0.8],
+        target=["effective"], train={"epochs": 1, "batch_size": 64})))
+    storage = str(tmp_path / "res")
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        no_plugin = subprocess.run([sys.executable, "-c", "import lab_plugin"], env=cluster.env,
+                                   cwd=cluster.tmp, capture_output=True, text=True)
+        assert "No module named 'lab_plugin'" in no_plugin.stderr  # not on the nodes' path
+        cluster.start_head(num_cpus=0)
+        cluster.add_worker(num_cpus=1)
+        job = subprocess.run(cluster.ray_cmd("job", "submit", "--address", cluster.dashboard_url, "--working-dir",
+                                             ".", "--", "prunetune", "run", "spec.yaml", "--backend", "ray",
+                                             "--storage", storage),
+                             env=cluster.env, cwd=job_dir, capture_output=True, text=True, timeout=600)
+    log = job.stdout + job.stderr
+    (tmp_path / "job.log").write_text(log)
+    assert job.returncode == 0, log[-4000:]
+    assert "sweep 'labjob': 2 done, 0 failed, 0 already done" in log
+    from analysis.load import load_table
+
+    rows = load_table("labjob", "trials", storage=storage, use_cache=False)
+    assert sorted(rows["pruner"]) == ["absw", "absw/igq"] and set(rows["status"]) == {"ok"}
+    assert set(rows["backend"]) == {"ray"} and (rows["effective_sparsity"] <= 0.8).all()
+    for role in ("pruner", "model", "dataset"):  # the worker's copy: the same file, the same version
+        assert set(rows[f"{role}_plugin"]) == {"lab_plugin"}
+        assert set(rows[f"{role}_plugin_version"]) == {source_hash(path)}
+    # `status` (and `resume`) read the stored spec, whose plugins must be importable here: from the
+    # job's directory they are (the current directory is searched), from elsewhere one line says so
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "labjob", "--storage", storage]) == 2
+    assert capsys.readouterr().err.strip() == f"error: plugins: no module 'lab_plugin' on the Python path or in {tmp_path}"
+    monkeypatch.chdir(job_dir)
+    assert main(["status", "labjob", "--storage", storage]) == 0
+    assert "2 cells — 2 done, 0 diverged, 0 failed, 0 pending" in capsys.readouterr().out
