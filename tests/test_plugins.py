@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,6 +319,51 @@ def test_entry_point_plugins_are_discovered_like_pytest_plugins(registries, tmp_
         build_spec(spec_raw(plugins=None, pruner=["ep_absw"]), storage=str(tmp_path / "r"))
     assert e.value.problems == ["plugins: entry point 'bad' = 'ptlab_missing' (distribution ptlab 0.3.0) failed to "
                                 "load: ModuleNotFoundError: No module named 'ptlab_missing'"]
+
+
+@pytest.mark.slow
+def test_a_pip_installed_package_is_discovered_by_its_entry_point(tmp_path):
+    """A real installation: a package with a `prunetune.plugins` entry point built by setuptools and
+    installed by pip (offline, into a directory of its own); a fresh `prunetune run` of a spec that
+    does not name it finds its pruner, model and data set, and its rows record the package's version."""
+    import subprocess
+
+    from analysis.load import load_table
+
+    project = tmp_path / "ptlab_src"
+    write_plugin(project / "ptlab", "__init__", LAB.replace('"absw"', '"pip_absw"').replace('"tiny_mlp"', '"pip_mlp"')
+                 .replace('"blobs"', '"pip_blobs"').replace('"absw/igq"', '"pip_absw/igq"')
+                 .replace('"absw/after"', '"pip_absw/after"'))
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        '[project]\nname = "ptlab"\nversion = "1.2.0"\n\n'
+        '[project.entry-points."prunetune.plugins"]\nlab = "ptlab"\n\n'
+        '[tool.setuptools]\npackages = ["ptlab"]\n')
+    site = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+                          "--no-build-isolation", "--target", str(site), str(project)],
+                         capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    assert (site / "ptlab-1.2.0.dist-info" / "entry_points.txt").read_text().split() == [
+        "[prunetune.plugins]", "lab", "=", "ptlab"]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_raw(name="piplab", plugins=None, pruner=["pip_absw/igq"], model="pip_mlp",
+                                            dataset="pip_blobs", train={"epochs": 1, "batch_size": 64})))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}:{site}", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(spec), "--storage", str(tmp_path / "r")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [row] = load_table("piplab", "trials", storage=str(tmp_path / "r"), use_cache=False).to_dict("records")
+    assert row["status"] == "ok" and row["pruner"] == "pip_absw/igq"
+    assert {k: row[f"{k}_plugin"] for k in ("pruner", "model", "dataset")} == dict.fromkeys(
+        ("pruner", "model", "dataset"), "ptlab")
+    assert {row[f"{k}_plugin_version"] for k in ("pruner", "model", "dataset")} == {"1.2.0"}  # the package's
+    # without the installation, the same spec names unknown things: one line per field
+    env["PYTHONPATH"] = str(root)
+    bad = subprocess.run([sys.executable, "-m", "sweeps.cli", "validate", str(spec)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "error: model: unknown 'pip_mlp'" in bad.stderr, bad.stderr
 
 
 # ----------------------------------------------------------------------------- sweeps
