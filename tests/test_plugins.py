@@ -187,6 +187,66 @@ def test_a_plugin_model_and_data_set_build_and_load(registries, tmp_path):
     assert models.MODELS["tiny_mlp"].doc == "Flatten, 24 hidden ReLU units, the classifier"
 
 
+# ----------------------------------------------------------------------------- the example and the README
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def readme_plugin_code() -> str:
+    """The Python block of the README's plugin section."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Bring your own pruner, model or data set (plugins)"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("\n```\n")]
+
+
+def check_fisher_against_snip(name: str) -> None:
+    """Fisher on one batch scores ½ (g w)², SNIP on the same batch |g w|: the same ranking, so the same
+    masks, direct and effective, globally (`name`) and inside IGQ's counts (`name`/igq vs random/snip
+    is not IGQ: checked against the layer counts of random/igq instead)."""
+    g = torch.Generator().manual_seed(0)
+    split = data.Split("toy", torch.randn(64, 1, 2, 3, generator=g), torch.arange(64) % 3, 3, (0.0,), (1.0,))
+    for kind in ("direct", "effective"):
+        a, b = mlp(seed=6), mlp(seed=6)
+        prune(a, name, 0.7, target=kind, data=split, seed=2, batches=1, batch_size=16)
+        prune(b, "snip", 0.7, target=kind, data=split, seed=2, batches=1, batch_size=16)
+        assert torch.equal(flat(masks.get_masks(a)), flat(masks.get_masks(b))), (name, kind)
+    a, b = mlp(seed=6), mlp(seed=6)
+    prune(a, f"{name}/igq", 0.7, data=split, seed=2)
+    prune(b, "random/igq", 0.7, seed=2)
+    assert [int(m.sum()) for m in masks.get_masks(a).values()] == [int(m.sum()) for m in masks.get_masks(b).values()]
+    with pytest.raises(ValueError, match=rf"^pruner '{name}': batches: 0; expected an integer ≥ 1$"):
+        prune(mlp(), name, 0.5, data=split, batches=0)
+
+
+def test_the_example_plugin_and_its_spec(registries):
+    """examples/fisher_sweep.yaml validates (its plugin found beside it) into the grid the README
+    describes, and the plugin's Fisher scores rank as SNIP's on one batch."""
+    from sweeps.cells import expand
+    from sweeps.spec import load_spec
+
+    spec = load_spec(EXAMPLES / "fisher_sweep.yaml", storage="/tmp/unused")
+    cells = expand(spec)
+    assert spec.plugins == ("fisher_pruner",) and len(cells) == 62
+    assert {c.pruner for c in cells} == {"dense", "fisher", "fisher/igq", "random/igq", "snip", "synflow"}
+    assert {c.target for c in cells} == {"direct", "effective"}
+    assert PRUNERS["fisher"].plugin.module == "fisher_pruner" and PRUNERS["fisher/igq"].quota == "igq"
+    assert PRUNERS["fisher"].plugin.version == source_hash(EXAMPLES / "fisher_pruner.py")
+    check_fisher_against_snip("fisher")
+
+
+def test_the_readme_plugin_code_runs_as_shown(registries, tmp_path):
+    """The README's code as a user's file (its names changed, the example's are taken)."""
+    from pruning.plugins import import_modules
+
+    code = readme_plugin_code()
+    assert 'register_pruner("fisher", fisher_scores' in code
+    write_plugin(tmp_path, "readme_lab", code.replace('"fisher', '"readme_fisher'))
+    assert import_modules(["readme_lab"], [tmp_path]) == []
+    assert PRUNERS["readme_fisher"].plugin.module == "readme_lab"
+    check_fisher_against_snip("readme_fisher")
+
+
 # ----------------------------------------------------------------------------- specs
 
 
