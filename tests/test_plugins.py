@@ -305,6 +305,27 @@ def test_spec_plugins_are_imported_before_validation_and_problems_are_one_line(r
                                 "built-in pruner; register yours under another name"]
 
 
+def test_prunetune_prune_takes_a_plugin_module(registries, tmp_path, monkeypatch, capsys):
+    """`prunetune prune --plugin MODULE`: the module's names become choices of --pruner, --model and
+    --dataset (looked for in the current directory); without it they are unknown, in one line."""
+    from sweeps.cli import main
+
+    write_plugin(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    argv = ["prune", "--model", "tiny_mlp", "--dataset", "blobs", "--pruner", "absw/igq", "--sparsity", "0.8",
+            "--target", "effective", "--option", "power=2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: argument --pruner: invalid choice: 'absw/igq' (choose from ") and "\n" not in err
+    assert main([*argv, "--plugin", "no_such_lab"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: plugins: no module 'no_such_lab' on the Python path or in {tmp_path}"
+    assert main([*argv, "--plugin", "lab_plugin"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("absw/igq on tiny_mlp/blobs, effective target 0.8:")
+    effective = float(out.split("effective sparsity ")[1].split()[0])
+    assert 0.7 < effective <= 0.8
+
+
 def test_plugin_options_enter_the_cell_id_in_full(registries, tmp_path):
     """A built-in's option at its original default is left out of the id; every option of a plugin
     is hashed with its resolved value, so a plugin that changes a default gets new ids."""
