@@ -19,6 +19,8 @@ import pytest
 
 from pruning import data, models, pruners
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # examples/fisher_pruner.py is a plugin too
+
 LAB = '''
 """A lab's methods: a pruner, a model and a data set registered for prunetune."""
 
@@ -110,10 +112,10 @@ def registries(monkeypatch):
     for registry, before in saved:
         registry.clear()
         registry.update(before)
-    tmp = Path(tempfile.gettempdir()).resolve()
-    for name in set(sys.modules) - modules:  # the plugins the test imported (they live in tmp)
+    homes = (Path(tempfile.gettempdir()).resolve(), EXAMPLES)
+    for name in set(sys.modules) - modules:  # the plugins the test imported (in tmp, or the example)
         file = getattr(sys.modules[name], "__file__", None)
-        if file and Path(file).resolve().is_relative_to(tmp):
+        if file and any(Path(file).resolve().is_relative_to(home) for home in homes):
             del sys.modules[name]
     sys.path[:] = path
     entry_point_problems.cache_clear()

@@ -26,7 +26,7 @@ from torch.func import functional_call, grad
 from pruning import data, masks, models
 from pruning.options import option, validate
 from pruning.pruners import PRUNERS, plan_for, prune, register_pruner
-from plugin_fixtures import LAB, registries, source_hash, write_plugin  # noqa: F401  (fixture)
+from plugin_fixtures import EXAMPLES, LAB, registries, source_hash, write_plugin  # noqa: F401  (fixture)
 from test_pruners import batches, flat, mlp, mlp_effective_sparsity
 
 
@@ -189,8 +189,6 @@ def test_a_plugin_model_and_data_set_build_and_load(registries, tmp_path):
 
 # ----------------------------------------------------------------------------- the example and the README
 
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def readme_plugin_code() -> str:
