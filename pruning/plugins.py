@@ -184,7 +184,8 @@ def import_modules(names: Sequence[str], search: Sequence[str | Path] = ()) -> l
         except ModuleNotFoundError as e:
             if e.name is not None and (name == e.name or name.startswith(f"{e.name}.")):
                 where = ", ".join(str(Path(d).resolve()) for d in search)
-                problems.append(f"plugins: no module {name!r} on the Python path{f' or in {where}' if where else ''}")
+                problems.append(f"plugins: no module {name!r} on the Python path{f' or in {where}' if where else ''} "
+                                f"(add its directory to PYTHONPATH, or run where it lies)")
             else:
                 problems.append(f"plugins: module {name!r} failed to import: {_first_line(e)}")
         except Exception as e:  # a plugin's own error (a duplicate name, a bad option class, a typo)

@@ -316,7 +316,8 @@ def test_prunetune_prune_takes_a_plugin_module(registries, tmp_path, monkeypatch
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: argument --pruner: invalid choice: 'absw/igq' (choose from ") and "\n" not in err
     assert main([*argv, "--plugin", "no_such_lab"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: plugins: no module 'no_such_lab' on the Python path or in {tmp_path}"
+    assert capsys.readouterr().err.strip() == (f"error: plugins: no module 'no_such_lab' on the Python path or in "
+                                               f"{tmp_path} (add its directory to PYTHONPATH, or run where it lies)")
     assert main([*argv, "--plugin", "lab_plugin"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("absw/igq on tiny_mlp/blobs, effective target 0.8:")
@@ -612,7 +613,8 @@ def test_a_ray_start_cluster_runs_a_plugin_that_exists_only_in_the_jobs_working_
     # job's directory they are (the current directory is searched), from elsewhere one line says so
     monkeypatch.chdir(tmp_path)
     assert main(["status", "labjob", "--storage", storage]) == 2
-    assert capsys.readouterr().err.strip() == f"error: plugins: no module 'lab_plugin' on the Python path or in {tmp_path}"
+    assert capsys.readouterr().err.strip() == (f"error: plugins: no module 'lab_plugin' on the Python path or in "
+                                               f"{tmp_path} (add its directory to PYTHONPATH, or run where it lies)")
     monkeypatch.chdir(job_dir)
     assert main(["status", "labjob", "--storage", storage]) == 0
     assert "2 cells — 2 done, 0 diverged, 0 failed, 0 pending" in capsys.readouterr().out
