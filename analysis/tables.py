@@ -18,6 +18,7 @@ user-facing name is the same everywhere); `sections` turns them into display fra
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -247,6 +248,41 @@ LIMIT_DERIVED: list[str] = ["predicted_kept_frac", *(f"actual_kept_frac_{r}" for
                             *(f"delta_removed_pp_{r}" for r in LIMIT_RULES), *(f"in_band_{r}" for r in LIMIT_RULES)]
 
 
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def config_axes(rows: pd.DataFrame, shown: Sequence[str]) -> pd.DataFrame:
+    """The resolved-config fields (dotted spec paths: `train.epochs`, `hessian.max_samples`) whose
+    values differ among `rows`, one column each — the axes of a grid that the `shown` columns
+    (model, seed, …) do not tell apart. A field that only restates a shown column (`data.seed`
+    moving with `seed`, `train.l1` with `lomp_l1`) is left out. Empty without a `config` column.
+
+    Why: the cells of a convergence study differ only by training length; without this the limit
+    table showed them as one model and seed four times, and the summary pooled them as seeds."""
+    if "config" not in rows.columns or rows.empty:
+        return pd.DataFrame(index=rows.index)
+    flat = pd.DataFrame([_flat(json.loads(c)) if isinstance(c, str) else {} for c in rows["config"]],
+                        index=rows.index)
+    known = [rows[c].astype(str) for c in shown if c in rows.columns]
+    axes = {}
+    for field in flat.columns:
+        values = flat[field].astype(str)
+        if values.nunique(dropna=False) < 2 or field.split(".")[-1] in shown:
+            continue
+        if any((values.groupby(k).nunique() == 1).all() and (k.groupby(values).nunique() == 1).all()
+               for k in known):
+            continue  # the same partition as a shown column: it restates it
+        axes[field] = flat[field]
+    return pd.DataFrame(axes, index=rows.index)
+
+
 def limit_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Per model/dataset/seed: the predicted limit (ours and the authors' estimator), how far it is
     resolved, its bands, and the actual limit under every rule (strict, tol, loss).
@@ -257,7 +293,10 @@ def limit_table(trials: pd.DataFrame) -> pd.DataFrame:
     Rows of older files lack the newer columns (loss rule, authors' estimate, spread): blank there.
     """
     _require(trials, [*LIMIT_KEYS, "seed", *LIMIT_COLUMNS], "trials")
-    out = ok_rows(trials, kind="limit", columns=_with_sweep([*LIMIT_KEYS, "seed", *LIMIT_COLUMNS], trials)).copy()
+    extra = ["config"] if "config" in trials.columns else []
+    out = ok_rows(trials, kind="limit", columns=_with_sweep([*LIMIT_KEYS, "seed", *LIMIT_COLUMNS, *extra], trials))
+    axes = config_axes(out, [*LIMIT_KEYS, "seed", "sweep"])
+    out = pd.concat([out[[*LIMIT_KEYS]], axes, out.drop(columns=[*LIMIT_KEYS, *extra])], axis=1)
     out["predicted_kept_frac"] = 1.0 - out["predicted_removed_frac"].astype(float)
     for rule in LIMIT_RULES:
         out[f"actual_kept_frac_{rule}"] = 1.0 - out[f"actual_removed_frac_{rule}"].astype(float)
@@ -266,7 +305,12 @@ def limit_table(trials: pd.DataFrame) -> pd.DataFrame:
         kept = out[f"actual_kept_frac_{rule}"].astype(float)
         inside = (kept >= out["band_kept_frac_low"].astype(float)) & (kept <= out["band_kept_frac_high"].astype(float))
         out[f"in_band_{rule}"] = inside.where(kept.notna() & out["band_kept_frac_low"].notna(), pd.NA).astype("boolean")
-    return out.sort_values([*GROUP, "seed"], kind="stable", na_position="last").reset_index(drop=True)
+    return out.sort_values([*GROUP, *axes.columns, "seed"], kind="stable", na_position="last").reset_index(drop=True)
+
+
+def limit_axes(per_seed: pd.DataFrame) -> list[str]:
+    """The config-axis columns `limit_table` added (dotted spec paths)."""
+    return [c for c in per_seed.columns if "." in c]
 
 
 LIMIT_SUMMARY_COLUMNS: list[str] = [
@@ -281,7 +325,8 @@ def limit_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
     """Mean and std (ddof=1) over seeds of `limit_table`'s numbers, per model/dataset/configuration,
     and how many of the seeds' predictions are flagged unresolved (`n_unresolved`)."""
     rows = []
-    for key, g in per_seed.groupby(LIMIT_KEYS, dropna=False, sort=True):
+    keys = [*LIMIT_KEYS, *limit_axes(per_seed)]
+    for key, g in per_seed.groupby(keys, dropna=False, sort=True):
         flags = g["predicted_unresolved"]
         row = list(key) + [int(len(np.unique(replicate_ids(g)))), int(flags.fillna(False).astype(bool).sum())]
         for c in LIMIT_SUMMARY_COLUMNS:
@@ -289,7 +334,7 @@ def limit_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
             row += [mean, std]
         rows.append(row)
     stats = [f"{c}_{s}" for c in LIMIT_SUMMARY_COLUMNS for s in ("mean", "std")]
-    return pd.DataFrame(rows, columns=[*LIMIT_KEYS, "n_seeds", "n_unresolved", *stats])
+    return pd.DataFrame(rows, columns=[*keys, "n_seeds", "n_unresolved", *stats])
 
 
 # ----------------------------------------------------------------------------- 4. LOMP vs baselines
@@ -523,13 +568,14 @@ def limit_sections(per_seed: pd.DataFrame, summary: pd.DataFrame, *, wide: bool 
     if per_seed.empty:
         return []
     pooled = "sweep" in per_seed.columns and per_seed["sweep"].nunique(dropna=False) > 1
-    ids = [*GROUP, *(["sweep"] if pooled else []), "seed"]
+    axes = limit_axes(per_seed)
+    ids = [*GROUP, *axes, *(["sweep"] if pooled else []), "seed"]
     seed = pd.DataFrame({c: _text(per_seed[c], (lambda v: "" if pd.isna(v) else str(int(v))) if c == "seed" else None)
                          for c in ids})
     for column, fmt in LIMIT_SEED_DISPLAY + (LIMIT_SEED_WIDE if wide else []):
         seed[column] = _text(per_seed[column], fmt)
     summ = pd.DataFrame({c: _text(summary[c], _general if c == "lomp_l1" else None)
-                         for c in [*GROUP, "lomp_l1", "eigen_policy", "epsilon_source", "n_seeds", "n_unresolved"]})
+                         for c in [*GROUP, *axes, "lomp_l1", "eigen_policy", "epsilon_source", "n_seeds", "n_unresolved"]})
     shown = ["predicted_removed_frac", "predicted_removed_frac_authors", "actual_removed_frac_strict",
              "actual_removed_frac_tol", "actual_removed_frac_loss"]
     if wide:
@@ -595,7 +641,7 @@ TABLE_SPECS: dict[str, TableSpec] = {
                           _build_accuracy, lambda t, wide=False: accuracy_sections(t["accuracy"])),
     "compression": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", *VIEWS, *PLUGIN_COLUMNS)},
                              _build_compression, lambda t, wide=False: compression_sections(t["compression"])),
-    "limit": TableSpec({"trials": (*SELECT, *LIMIT_KEYS, "seed", *LIMIT_COLUMNS)},
+    "limit": TableSpec({"trials": (*SELECT, *LIMIT_KEYS, "seed", *LIMIT_COLUMNS, "config")},
                        _build_limit, lambda t, wide=False: limit_sections(t["limit"], t["limit_summary"], wide=wide)),
     "lomp": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", "test_acc", "cell_id", *PLUGIN_COLUMNS),
                        "curves": ("cell_id", "sweep", "removed_frac", "test_acc")},
