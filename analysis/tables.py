@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis import plugins
+
 DEFAULT_LEVELS: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
 VIEWS: tuple[str, ...] = ("direct_compression", "effective_compression")
 GROUP: list[str] = ["model", "dataset"]
@@ -161,7 +163,8 @@ def accuracy_at_compression(trials: pd.DataFrame, levels: Sequence[float] = DEFA
     Columns: model, dataset, pruner, target, view ("direct_compression" | "effective_compression"),
     level (the compression), mean, std (over seeds, ddof=1), n_seeds (seeds with support),
     seeds_total (distinct seeds of the model/dataset over all cells, failed ones included), rank
-    (1 = best mean within model/dataset/view/level). Only status == "ok" point cells count.
+    (1 = best mean within model/dataset/view/level), and pruner_plugin, model_plugin, dataset_plugin
+    (the module that registered a plugin's name, else None). Only status == "ok" point cells count.
     """
     _require(trials, [*GROUP, *ROW, "seed", "test_acc", *VIEWS], "trials")
     _check_levels(levels, "levels", low=1.0)
@@ -176,7 +179,7 @@ def accuracy_at_compression(trials: pd.DataFrame, levels: Sequence[float] = DEFA
         return _empty([*GROUP, *ROW, "view", "level", "mean", "std", "n_seeds", "seeds_total", "rank"])
     out = out.merge(_seeds_per_group(trials), on=GROUP, how="left")
     out["rank"] = _rank(out, [*GROUP, "view", "level"])
-    return out
+    return plugins.with_modules(out, trials)
 
 
 def auto_levels(trials: pd.DataFrame) -> list[float]:
@@ -212,7 +215,7 @@ def compression_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Achieved direct and effective compression per model/dataset/pruner/target/requested sparsity.
 
     Median and min–max over the seeds of status == "ok" point cells; `inf` (a disconnected net) is
-    kept as inf and counted in n_disconnected.
+    kept as inf and counted in n_disconnected; `<role>_plugin` names a plugin's module (else None).
     """
     _require(trials, [*GROUP, *ROW, "sparsity", "seed", *VIEWS], "trials")
     keys = [*GROUP, *ROW, "sparsity"]
@@ -224,7 +227,7 @@ def compression_table(trials: pd.DataFrame) -> pd.DataFrame:
         spec.update({f"{view}_{stat}": (view, stat) for stat in ("median", "min", "max")})
     spec["n_disconnected"] = ("n_disconnected", "sum")
     out = points.groupby(keys, dropna=False, sort=True).agg(**spec).reset_index()
-    return out.astype({"n_seeds": int, "n_disconnected": int})
+    return plugins.with_modules(out.astype({"n_seeds": int, "n_disconnected": int}), trials)
 
 
 # ----------------------------------------------------------------------------- 3. pruning limit
@@ -391,7 +394,7 @@ def lomp_table(trials: pd.DataFrame, curves: pd.DataFrame | None = None,
     out = out.sort_values([*GROUP, "pruner", "sparsity"], key=lambda s: s.map(order) if s.name == "pruner" else s,
                           kind="stable").reset_index(drop=True)
     out["rank"] = _rank(out, [*GROUP, "sparsity"])
-    return out
+    return plugins.with_modules(out, trials, roles=("model", "dataset"))
 
 
 # ----------------------------------------------------------------------------- display
@@ -474,13 +477,23 @@ def pruner_label(name: object) -> str:
     return f"{name} (extra)" if name in EXTRA_PRUNERS else str(name)
 
 
+def _display_names(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Model, data set and pruner as display tables show them: a plugin's marked `(plugin)`
+    (`analysis.plugins`), the extra pruners `(extra)`."""
+    out = tidy.assign(model=plugins.labelled(tidy, "model"), dataset=plugins.labelled(tidy, "dataset"))
+    if "pruner" in tidy.columns:
+        out["pruner"] = [plugins.label(p, m) if isinstance(m, str) and m else pruner_label(p)
+                         for p, m in zip(tidy["pruner"], tidy.get("pruner_plugin", pd.Series(None, index=tidy.index)))]
+    return out
+
+
 def accuracy_sections(tidy: pd.DataFrame) -> list[Section]:
     """One table per model/dataset and view: rows pruner/target, columns compression levels.
 
     Cells: 'mean ± std [rank]' in percent; '(n=k/K)' when only k of the K seeds support the cell.
     """
-    tidy = tidy.assign(target=tidy["target"].astype(object).where(tidy["target"].notna(), ""),
-                       pruner=tidy["pruner"].map(pruner_label))
+    tidy = _display_names(tidy)
+    tidy = tidy.assign(target=tidy["target"].astype(object).where(tidy["target"].notna(), ""))
     tidy = tidy.rename(columns={"level": "compression"})
     return _pivot_sections(
         tidy, lambda k: f"test_acc (%) at matched {k[2]} — {k[0]} / {k[1]}  [rank]", [*GROUP, "view"],
@@ -490,9 +503,9 @@ def accuracy_sections(tidy: pd.DataFrame) -> list[Section]:
 def compression_sections(tidy: pd.DataFrame) -> list[Section]:
     """Median [min–max] of both compressions per requested sparsity; ∞ with the disconnected count."""
     sections = []
-    for key, g in tidy.groupby(GROUP, dropna=False, sort=False):
+    for key, g in _display_names(tidy).groupby(GROUP, dropna=False, sort=False):
         frame = pd.DataFrame({
-            "pruner": g["pruner"].map(pruner_label), "target": g["target"].astype(object).fillna("").astype(str),
+            "pruner": g["pruner"], "target": g["target"].astype(object).fillna("").astype(str),
             "sparsity": g["sparsity"].map(fmt_level), "n_seeds": g["n_seeds"].astype(str)})
         for view in VIEWS:
             frame[view] = [_range(m, lo, hi) for m, lo, hi in
@@ -578,7 +591,7 @@ def limit_sections(per_seed: pd.DataFrame, summary: pd.DataFrame, *, wide: bool 
 
 def lomp_sections(tidy: pd.DataFrame) -> list[Section]:
     return _pivot_sections(
-        tidy, lambda k: f"test_acc (%) at fixed sparsity — LOMP vs baselines — {k[0]} / {k[1]}  [rank]",
+        _display_names(tidy), lambda k: f"test_acc (%) at fixed sparsity — LOMP vs baselines — {k[0]} / {k[1]}  [rank]",
         GROUP, ["pruner"], "sparsity", _acc_cell)
 
 
@@ -600,6 +613,7 @@ class TableSpec:
 
 
 SELECT: tuple[str, ...] = ("status", "kind", "sweep")           # what ok_rows and replicate_ids read
+PLUGIN_COLUMNS: tuple[str, ...] = plugins.MODULE_COLUMNS          # plugin names are marked in display tables
 AUTO_LEVEL_COLUMNS: tuple[str, ...] = (*SELECT, "sparsity", "direct_compression")  # auto_levels
 
 
@@ -623,13 +637,13 @@ def _build_lomp(frames: dict[str, pd.DataFrame], levels: Sequence[float] | None 
 
 
 TABLE_SPECS: dict[str, TableSpec] = {
-    "accuracy": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "seed", "test_acc", *VIEWS)},
+    "accuracy": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "seed", "test_acc", *VIEWS, *PLUGIN_COLUMNS)},
                           _build_accuracy, lambda t, wide=False: accuracy_sections(t["accuracy"])),
-    "compression": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", *VIEWS)},
+    "compression": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", *VIEWS, *PLUGIN_COLUMNS)},
                              _build_compression, lambda t, wide=False: compression_sections(t["compression"])),
     "limit": TableSpec({"trials": (*SELECT, *LIMIT_KEYS, "seed", *LIMIT_COLUMNS, "config")},
                        _build_limit, lambda t, wide=False: limit_sections(t["limit"], t["limit_summary"], wide=wide)),
-    "lomp": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", "test_acc", "cell_id"),
+    "lomp": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", "test_acc", "cell_id", *PLUGIN_COLUMNS),
                        "curves": ("cell_id", "sweep", "removed_frac", "test_acc")},
                       _build_lomp, lambda t, wide=False: lomp_sections(t["lomp"])),
 }
@@ -643,6 +657,8 @@ def columns_needed(names: Sequence[str], *, auto_levels: bool = False) -> dict[s
             needed.setdefault(table, {}).update(dict.fromkeys(columns))
     if auto_levels:
         needed.setdefault("trials", {}).update(dict.fromkeys(AUTO_LEVEL_COLUMNS))
+    if "trials" in needed:  # which plugin version made each row: `tables` warns about a mix
+        needed["trials"].update(dict.fromkeys((*plugins.COLUMNS, *GROUP, "pruner")))
     return {table: list(columns) for table, columns in needed.items()}
 
 

@@ -112,7 +112,8 @@ def run_cell(cell: Cell, where: Where, *, device: str = "cpu", report: Report | 
     st.row.update(phase_columns(st))
     st.row.update(status=status, error=error, total_seconds=time.perf_counter() - t0,
                   started_at=started, finished_at=provenance.utc_now(),
-                  **provenance.provenance(device, backend))
+                  **provenance.provenance(device, backend),
+                  **provenance.plugin_columns(cell.pruner, cell.model, cell.dataset))
     for rows in st.tables.values():
         for r in rows:
             r.update(cell_id=cell.cell_id, sweep=cell.sweep)

@@ -1,10 +1,16 @@
-"""`prunetune status`: done / diverged / failed / pending cells of a stored sweep (exit 1 if any failed)."""
+"""`prunetune status`: done / diverged / failed / pending cells of a stored sweep (exit 1 if any failed);
+a warning when its finished rows mix versions of a plugin (`analysis.plugins`)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
+import pandas as pd
+
+from analysis.plugins import COLUMNS as PLUGIN_COLUMNS
+from analysis.plugins import mixed_versions
 from sweeps import store
 from sweeps.cells import expand
 from sweeps.cli.common import add_storage, add_sweep, cells_exit
@@ -15,10 +21,13 @@ from sweeps.runner import stored_spec
 def sweep_status(ref: SweepRef) -> dict[str, Any]:
     """done / diverged / failed (with errors) / pending cell ids of a stored sweep."""
     spec = stored_spec(ref)
-    out: dict[str, Any] = {"done": [], "diverged": [], "failed": {}, "pending": [], "total": 0}
+    out: dict[str, Any] = {"done": [], "diverged": [], "failed": {}, "pending": [], "total": 0, "warnings": []}
+    rows = []
     for cell in expand(spec):
         out["total"] += 1
         row = store.trial_row(ref.storage, ref.sweep, cell.cell_id)
+        if row is not None:
+            rows.append({k: row.get(k) for k in ("sweep", "status", "pruner", "model", "dataset", *PLUGIN_COLUMNS)})
         if row is None:
             out["pending"].append(cell.cell_id)
         elif row["status"] == "failed":
@@ -27,6 +36,8 @@ def sweep_status(ref: SweepRef) -> dict[str, Any]:
             out["diverged"].append(cell.cell_id)
         else:
             out["done"].append(cell.cell_id)
+    out["warnings"] = mixed_versions(pd.DataFrame(rows, columns=["sweep", "status", "pruner", "model", "dataset",
+                                                                 *PLUGIN_COLUMNS]))
     return out
 
 
@@ -37,6 +48,8 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{len(s['diverged'])} diverged, {len(s['failed'])} failed, {len(s['pending'])} pending")
     for cid, err in s["failed"].items():
         print(f"  failed {cid} {err}")
+    for line in s["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     return cells_exit(not s["failed"])
 
 
