@@ -14,6 +14,7 @@ from typing import TextIO
 import pandas as pd
 import pyarrow.fs as pafs
 
+from analysis import plugins
 from analysis import tables as T
 from analysis.load import load_table, resolve
 from sweeps.paths import Sweeps
@@ -67,6 +68,7 @@ def write_tables(sweeps: Sweeps, names: Sequence[str], fmt: str, *, out: str | N
                          f" (asked for {', '.join(names)})")
     frames = load_frames(sweeps, T.columns_needed(names, auto_levels=auto_levels, cost=cost), strict=strict,
                          use_cache=use_cache)
+    warn_mixed_plugins(frames["trials"])
     written = []
     if auto_levels:
         levels = T.auto_levels(frames["trials"])
@@ -87,6 +89,15 @@ def write_tables(sweeps: Sweeps, names: Sequence[str], fmt: str, *, out: str | N
             written.append(path)
             print(f"wrote {path}", file=stream)
     return written
+
+
+def warn_mixed_plugins(trials: pd.DataFrame, stream: TextIO | None = None) -> list[str]:
+    """Print (to stderr) and return one warning per plugin name whose rows in one sweep come from
+    different versions of its plugin (`analysis.plugins.mixed_versions`)."""
+    lines = plugins.mixed_versions(trials)
+    for line in lines:
+        print(f"warning: {line}", file=stream or sys.stderr)
+    return lines
 
 
 def write_limit_report(frames: dict[str, pd.DataFrame], out: str, stream: TextIO) -> list[str]:

@@ -18,12 +18,15 @@ user-facing name is the same everywhere); `sections` turns them into display fra
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from analysis import plugins
 
 DEFAULT_LEVELS: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
 VIEWS: tuple[str, ...] = ("direct_compression", "effective_compression")
@@ -160,7 +163,8 @@ def accuracy_at_compression(trials: pd.DataFrame, levels: Sequence[float] = DEFA
     Columns: model, dataset, pruner, target, view ("direct_compression" | "effective_compression"),
     level (the compression), mean, std (over seeds, ddof=1), n_seeds (seeds with support),
     seeds_total (distinct seeds of the model/dataset over all cells, failed ones included), rank
-    (1 = best mean within model/dataset/view/level). Only status == "ok" point cells count.
+    (1 = best mean within model/dataset/view/level), and pruner_plugin, model_plugin, dataset_plugin
+    (the module that registered a plugin's name, else None). Only status == "ok" point cells count.
     """
     _require(trials, [*GROUP, *ROW, "seed", "test_acc", *VIEWS], "trials")
     _check_levels(levels, "levels", low=1.0)
@@ -175,7 +179,7 @@ def accuracy_at_compression(trials: pd.DataFrame, levels: Sequence[float] = DEFA
         return _empty([*GROUP, *ROW, "view", "level", "mean", "std", "n_seeds", "seeds_total", "rank"])
     out = out.merge(_seeds_per_group(trials), on=GROUP, how="left")
     out["rank"] = _rank(out, [*GROUP, "view", "level"])
-    return out
+    return plugins.with_modules(out, trials)
 
 
 def auto_levels(trials: pd.DataFrame) -> list[float]:
@@ -211,7 +215,7 @@ def compression_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Achieved direct and effective compression per model/dataset/pruner/target/requested sparsity.
 
     Median and min–max over the seeds of status == "ok" point cells; `inf` (a disconnected net) is
-    kept as inf and counted in n_disconnected.
+    kept as inf and counted in n_disconnected; `<role>_plugin` names a plugin's module (else None).
     """
     _require(trials, [*GROUP, *ROW, "sparsity", "seed", *VIEWS], "trials")
     keys = [*GROUP, *ROW, "sparsity"]
@@ -223,7 +227,7 @@ def compression_table(trials: pd.DataFrame) -> pd.DataFrame:
         spec.update({f"{view}_{stat}": (view, stat) for stat in ("median", "min", "max")})
     spec["n_disconnected"] = ("n_disconnected", "sum")
     out = points.groupby(keys, dropna=False, sort=True).agg(**spec).reset_index()
-    return out.astype({"n_seeds": int, "n_disconnected": int})
+    return plugins.with_modules(out.astype({"n_seeds": int, "n_disconnected": int}), trials)
 
 
 # ----------------------------------------------------------------------------- cost (--cost)
@@ -274,6 +278,41 @@ LIMIT_DERIVED: list[str] = ["predicted_kept_frac", *(f"actual_kept_frac_{r}" for
                             *(f"delta_removed_pp_{r}" for r in LIMIT_RULES), *(f"in_band_{r}" for r in LIMIT_RULES)]
 
 
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def config_axes(rows: pd.DataFrame, shown: Sequence[str]) -> pd.DataFrame:
+    """The resolved-config fields (dotted spec paths: `train.epochs`, `hessian.max_samples`) whose
+    values differ among `rows`, one column each — the axes of a grid that the `shown` columns
+    (model, seed, …) do not tell apart. A field that only restates a shown column (`data.seed`
+    moving with `seed`, `train.l1` with `lomp_l1`) is left out. Empty without a `config` column.
+
+    Why: the cells of a convergence study differ only by training length; without this the limit
+    table showed them as one model and seed four times, and the summary pooled them as seeds."""
+    if "config" not in rows.columns or rows.empty:
+        return pd.DataFrame(index=rows.index)
+    flat = pd.DataFrame([_flat(json.loads(c)) if isinstance(c, str) else {} for c in rows["config"]],
+                        index=rows.index)
+    known = [rows[c].astype(str) for c in shown if c in rows.columns]
+    axes = {}
+    for field in flat.columns:
+        values = flat[field].astype(str)
+        if values.nunique(dropna=False) < 2 or field.split(".")[-1] in shown:
+            continue
+        if any((values.groupby(k).nunique() == 1).all() and (k.groupby(values).nunique() == 1).all()
+               for k in known):
+            continue  # the same partition as a shown column: it restates it
+        axes[field] = flat[field]
+    return pd.DataFrame(axes, index=rows.index)
+
+
 def limit_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Per model/dataset/seed: the predicted limit (ours and the authors' estimator), how far it is
     resolved, its bands, and the actual limit under every rule (strict, tol, loss).
@@ -284,7 +323,10 @@ def limit_table(trials: pd.DataFrame) -> pd.DataFrame:
     Rows of older files lack the newer columns (loss rule, authors' estimate, spread): blank there.
     """
     _require(trials, [*LIMIT_KEYS, "seed", *LIMIT_COLUMNS], "trials")
-    out = ok_rows(trials, kind="limit", columns=_with_sweep([*LIMIT_KEYS, "seed", *LIMIT_COLUMNS], trials)).copy()
+    extra = ["config"] if "config" in trials.columns else []
+    out = ok_rows(trials, kind="limit", columns=_with_sweep([*LIMIT_KEYS, "seed", *LIMIT_COLUMNS, *extra], trials))
+    axes = config_axes(out, [*LIMIT_KEYS, "seed", "sweep"])
+    out = pd.concat([out[[*LIMIT_KEYS]], axes, out.drop(columns=[*LIMIT_KEYS, *extra])], axis=1)
     out["predicted_kept_frac"] = 1.0 - out["predicted_removed_frac"].astype(float)
     for rule in LIMIT_RULES:
         out[f"actual_kept_frac_{rule}"] = 1.0 - out[f"actual_removed_frac_{rule}"].astype(float)
@@ -293,7 +335,12 @@ def limit_table(trials: pd.DataFrame) -> pd.DataFrame:
         kept = out[f"actual_kept_frac_{rule}"].astype(float)
         inside = (kept >= out["band_kept_frac_low"].astype(float)) & (kept <= out["band_kept_frac_high"].astype(float))
         out[f"in_band_{rule}"] = inside.where(kept.notna() & out["band_kept_frac_low"].notna(), pd.NA).astype("boolean")
-    return out.sort_values([*GROUP, "seed"], kind="stable", na_position="last").reset_index(drop=True)
+    return out.sort_values([*GROUP, *axes.columns, "seed"], kind="stable", na_position="last").reset_index(drop=True)
+
+
+def limit_axes(per_seed: pd.DataFrame) -> list[str]:
+    """The config-axis columns `limit_table` added (dotted spec paths)."""
+    return [c for c in per_seed.columns if "." in c]
 
 
 LIMIT_SUMMARY_COLUMNS: list[str] = [
@@ -308,7 +355,8 @@ def limit_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
     """Mean and std (ddof=1) over seeds of `limit_table`'s numbers, per model/dataset/configuration,
     and how many of the seeds' predictions are flagged unresolved (`n_unresolved`)."""
     rows = []
-    for key, g in per_seed.groupby(LIMIT_KEYS, dropna=False, sort=True):
+    keys = [*LIMIT_KEYS, *limit_axes(per_seed)]
+    for key, g in per_seed.groupby(keys, dropna=False, sort=True):
         flags = g["predicted_unresolved"]
         row = list(key) + [int(len(np.unique(replicate_ids(g)))), int(flags.fillna(False).astype(bool).sum())]
         for c in LIMIT_SUMMARY_COLUMNS:
@@ -316,7 +364,7 @@ def limit_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
             row += [mean, std]
         rows.append(row)
     stats = [f"{c}_{s}" for c in LIMIT_SUMMARY_COLUMNS for s in ("mean", "std")]
-    return pd.DataFrame(rows, columns=[*LIMIT_KEYS, "n_seeds", "n_unresolved", *stats])
+    return pd.DataFrame(rows, columns=[*keys, "n_seeds", "n_unresolved", *stats])
 
 
 # ----------------------------------------------------------------------------- 4. LOMP vs baselines
@@ -376,7 +424,7 @@ def lomp_table(trials: pd.DataFrame, curves: pd.DataFrame | None = None,
     out = out.sort_values([*GROUP, "pruner", "sparsity"], key=lambda s: s.map(order) if s.name == "pruner" else s,
                           kind="stable").reset_index(drop=True)
     out["rank"] = _rank(out, [*GROUP, "sparsity"])
-    return out
+    return plugins.with_modules(out, trials, roles=("model", "dataset"))
 
 
 # ----------------------------------------------------------------------------- display
@@ -459,13 +507,23 @@ def pruner_label(name: object) -> str:
     return f"{name} (extra)" if name in EXTRA_PRUNERS else str(name)
 
 
+def _display_names(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Model, data set and pruner as display tables show them: a plugin's marked `(plugin)`
+    (`analysis.plugins`), the extra pruners `(extra)`."""
+    out = tidy.assign(model=plugins.labelled(tidy, "model"), dataset=plugins.labelled(tidy, "dataset"))
+    if "pruner" in tidy.columns:
+        out["pruner"] = [plugins.label(p, m) if isinstance(m, str) and m else pruner_label(p)
+                         for p, m in zip(tidy["pruner"], tidy.get("pruner_plugin", pd.Series(None, index=tidy.index)))]
+    return out
+
+
 def accuracy_sections(tidy: pd.DataFrame) -> list[Section]:
     """One table per model/dataset and view: rows pruner/target, columns compression levels.
 
     Cells: 'mean ± std [rank]' in percent; '(n=k/K)' when only k of the K seeds support the cell.
     """
-    tidy = tidy.assign(target=tidy["target"].astype(object).where(tidy["target"].notna(), ""),
-                       pruner=tidy["pruner"].map(pruner_label))
+    tidy = _display_names(tidy)
+    tidy = tidy.assign(target=tidy["target"].astype(object).where(tidy["target"].notna(), ""))
     tidy = tidy.rename(columns={"level": "compression"})
     return _pivot_sections(
         tidy, lambda k: f"test_acc (%) at matched {k[2]} — {k[0]} / {k[1]}  [rank]", [*GROUP, "view"],
@@ -475,9 +533,9 @@ def accuracy_sections(tidy: pd.DataFrame) -> list[Section]:
 def compression_sections(tidy: pd.DataFrame) -> list[Section]:
     """Median [min–max] of both compressions per requested sparsity; ∞ with the disconnected count."""
     sections = []
-    for key, g in tidy.groupby(GROUP, dropna=False, sort=False):
+    for key, g in _display_names(tidy).groupby(GROUP, dropna=False, sort=False):
         frame = pd.DataFrame({
-            "pruner": g["pruner"].map(pruner_label), "target": g["target"].astype(object).fillna("").astype(str),
+            "pruner": g["pruner"], "target": g["target"].astype(object).fillna("").astype(str),
             "sparsity": g["sparsity"].map(fmt_level), "n_seeds": g["n_seeds"].astype(str)})
         for view in VIEWS:
             frame[view] = [_range(m, lo, hi) for m, lo, hi in
@@ -561,13 +619,14 @@ def limit_sections(per_seed: pd.DataFrame, summary: pd.DataFrame, *, wide: bool 
     if per_seed.empty:
         return []
     pooled = "sweep" in per_seed.columns and per_seed["sweep"].nunique(dropna=False) > 1
-    ids = [*GROUP, *(["sweep"] if pooled else []), "seed"]
+    axes = limit_axes(per_seed)
+    ids = [*GROUP, *axes, *(["sweep"] if pooled else []), "seed"]
     seed = pd.DataFrame({c: _text(per_seed[c], (lambda v: "" if pd.isna(v) else str(int(v))) if c == "seed" else None)
                          for c in ids})
     for column, fmt in LIMIT_SEED_DISPLAY + (LIMIT_SEED_WIDE if wide else []):
         seed[column] = _text(per_seed[column], fmt)
     summ = pd.DataFrame({c: _text(summary[c], _general if c == "lomp_l1" else None)
-                         for c in [*GROUP, "lomp_l1", "eigen_policy", "epsilon_source", "n_seeds", "n_unresolved"]})
+                         for c in [*GROUP, *axes, "lomp_l1", "eigen_policy", "epsilon_source", "n_seeds", "n_unresolved"]})
     shown = ["predicted_removed_frac", "predicted_removed_frac_authors", "actual_removed_frac_strict",
              "actual_removed_frac_tol", "actual_removed_frac_loss"]
     if wide:
@@ -583,7 +642,7 @@ def limit_sections(per_seed: pd.DataFrame, summary: pd.DataFrame, *, wide: bool 
 
 def lomp_sections(tidy: pd.DataFrame) -> list[Section]:
     return _pivot_sections(
-        tidy, lambda k: f"test_acc (%) at fixed sparsity — LOMP vs baselines — {k[0]} / {k[1]}  [rank]",
+        _display_names(tidy), lambda k: f"test_acc (%) at fixed sparsity — LOMP vs baselines — {k[0]} / {k[1]}  [rank]",
         GROUP, ["pruner"], "sparsity", _acc_cell)
 
 
@@ -606,6 +665,7 @@ class TableSpec:
 
 
 SELECT: tuple[str, ...] = ("status", "kind", "sweep")           # what ok_rows and replicate_ids read
+PLUGIN_COLUMNS: tuple[str, ...] = plugins.MODULE_COLUMNS          # plugin names are marked in display tables
 AUTO_LEVEL_COLUMNS: tuple[str, ...] = (*SELECT, "sparsity", "direct_compression")  # auto_levels
 
 
@@ -629,15 +689,15 @@ def _build_lomp(frames: dict[str, pd.DataFrame], levels: Sequence[float] | None 
 
 
 TABLE_SPECS: dict[str, TableSpec] = {
-    "accuracy": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "seed", "test_acc", *VIEWS)},
+    "accuracy": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "seed", "test_acc", *VIEWS, *PLUGIN_COLUMNS)},
                           _build_accuracy, lambda t, wide=False: accuracy_sections(t["accuracy"]),
                           cost_keys=(*GROUP, *ROW)),
-    "compression": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", *VIEWS)},
+    "compression": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", *VIEWS, *PLUGIN_COLUMNS)},
                              _build_compression, lambda t, wide=False: compression_sections(t["compression"]),
                              cost_keys=(*GROUP, *ROW, "sparsity")),
-    "limit": TableSpec({"trials": (*SELECT, *LIMIT_KEYS, "seed", *LIMIT_COLUMNS)},
+    "limit": TableSpec({"trials": (*SELECT, *LIMIT_KEYS, "seed", *LIMIT_COLUMNS, "config")},
                        _build_limit, lambda t, wide=False: limit_sections(t["limit"], t["limit_summary"], wide=wide)),
-    "lomp": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", "test_acc", "cell_id"),
+    "lomp": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", "test_acc", "cell_id", *PLUGIN_COLUMNS),
                        "curves": ("cell_id", "sweep", "removed_frac", "test_acc")},
                       _build_lomp, lambda t, wide=False: lomp_sections(t["lomp"])),
 }
@@ -654,6 +714,8 @@ def columns_needed(names: Sequence[str], *, auto_levels: bool = False, cost: boo
                                                                   *COST_COLUMNS)))
     if auto_levels:
         needed.setdefault("trials", {}).update(dict.fromkeys(AUTO_LEVEL_COLUMNS))
+    if "trials" in needed:  # which plugin version made each row: `tables` warns about a mix
+        needed["trials"].update(dict.fromkeys((*plugins.COLUMNS, *GROUP, "pruner")))
     return {table: list(columns) for table, columns in needed.items()}
 
 

@@ -17,6 +17,7 @@ one line naming the expected path and how to fetch it.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import os
@@ -28,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pruning.options import defaults, option, validate
+from pruning.options import OptionError, defaults, option, validate
+from pruning.plugins import Origin, caller_origin, refuse_taken
 
 DEFAULT_ROOT = "./data"
 _CACHE_LIMIT_BYTES = 2 << 30  # normalized float copies above this stay uint8 and normalize per batch
@@ -231,16 +233,18 @@ class FashionOptions:
 
 @dataclass(frozen=True)
 class DataInfo:
-    """What a data set is, known without reading it (spec validation needs shapes up front)."""
+    """What a data set is, known without reading it (spec validation needs shapes up front; a
+    plugin that does not say is read once to learn them)."""
 
-    input_shape: tuple[int, int, int]
-    num_classes: int
+    input_shape: tuple[int, int, int] | None
+    num_classes: int | None
     loader: Callable[..., tuple[Split, Split]]
     doc: str
     embedded: bool = False  # ships with an installed package; needs no root
     train_size: int | None = None  # training samples (known without reading: step counts at validation)
     options: type = SeedOptions  # the loader's options dataclass (`seed` fixes the split)
     smallest_class: int | None = None  # training samples of its rarest class; None: count them (embedded sets)
+    plugin: Origin | None = None  # where a registered data set came from; None for the built-ins
 
     @property
     def option_defaults(self) -> dict:
@@ -513,6 +517,43 @@ DATASETS: dict[str, DataInfo] = {
 }
 
 
+BUILTIN: frozenset[str] = frozenset(DATASETS)  # the names `register_dataset` can never take
+
+
+def register_dataset(name: str, load: Callable[..., tuple[Split, Split]], *, options: type = SeedOptions,
+                     input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
+                     train_size: int | None = None, doc: str | None = None) -> DataInfo:
+    """Register a data set from a user's code: `load(*, root, seed, **options) -> (train, test)` Splits.
+
+    `options`: the loader's options, a frozen dataclass of `pruning.options.option` fields with
+    defaults (default `SeedOptions`: one `seed` of the split), set in a spec's `data.options`.
+    `input_shape` (C, H, W) and `num_classes` let a spec be validated without reading the data;
+    when not given, the first validation loads it once (default options) to learn them. A name taken
+    already (a built-in, an earlier plugin) is a one-line ValueError. Returns the registry entry."""
+    refuse_taken("dataset", name, DATASETS, BUILTIN)
+    if not callable(load):
+        raise ValueError(f"dataset {name!r}: load {load!r} is not callable")
+    if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        raise ValueError(f"dataset {name!r}: options {options!r}: expected a frozen dataclass of "
+                         "pruning.options.option fields")
+    try:
+        validate(options())
+    except (OptionError, TypeError) as e:
+        raise ValueError(f"dataset {name!r}: the default options are refused: {e}") from None
+    if input_shape is not None and (len(input_shape) != 3 or any(int(d) < 1 for d in input_shape)):
+        raise ValueError(f"dataset {name!r}: input_shape {tuple(input_shape)}: expected (channels, height, width)")
+    if num_classes is not None and int(num_classes) < 2:
+        raise ValueError(f"dataset {name!r}: num_classes {num_classes}: must be ≥ 2")
+    origin = caller_origin()
+    first = (doc or load.__doc__ or "").strip().splitlines()
+    info = DataInfo(tuple(int(d) for d in input_shape) if input_shape is not None else None,  # type: ignore[arg-type]
+                    int(num_classes) if num_classes is not None else None, load,
+                    first[0] if first else f"plugin data set of {origin.module}", train_size=train_size,
+                    options=options, plugin=origin)
+    DATASETS[name] = info
+    return info
+
+
 def get(name: str) -> DataInfo:
     if name not in DATASETS:
         raise ValueError(f"dataset {name!r}: choose from {', '.join(sorted(DATASETS))}")
@@ -525,6 +566,9 @@ def info(name: str, **options) -> tuple[tuple[int, int, int], int]:
     if name == "synthetic":
         o = {**d.option_defaults, **options}  # defaults from the one declaration (SyntheticOptions)
         return tuple(o["input_shape"]), int(o["num_classes"])  # type: ignore[return-value]
+    if d.input_shape is None or d.num_classes is None:  # a plugin that did not say: read it once
+        train_split, _ = load(name, **{**d.option_defaults, **options})
+        return train_split.input_shape, int(train_split.num_classes)
     return d.input_shape, d.num_classes
 
 
@@ -548,7 +592,13 @@ def smallest_class(name: str, **options) -> int:
 
 def load(name: str, *, root: str | os.PathLike | None = None, seed: int = 0, **options) -> tuple[Split, Split]:
     """(train, test) splits of data set `name`; `root` defaults to $PRUNETUNE_DATA or ./data."""
-    return get(name).loader(root=root, seed=seed, **options)
+    d = get(name)
+    splits = d.loader(root=root, seed=seed, **options)
+    if d.plugin is not None and not (isinstance(splits, (tuple, list)) and len(splits) == 2
+                                     and all(isinstance(s, Split) for s in splits)):
+        raise ValueError(f"dataset {name!r}: its loader returned {type(splits).__name__}; expected "
+                         "(train, test), two pruning.data.Split")
+    return splits
 
 
 def _download_torchvision(cls_name: str) -> Callable[[str], None]:

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from pruning.plugins import Origin, caller_origin, refuse_taken
+
 Shape = tuple[int, int, int]
 
 
@@ -43,6 +45,7 @@ class ModelInfo:
     min_hw: int  # smallest H and W the architecture's downsampling allows
     doc: str
     authors: Callable[[Shape, int], nn.Module] | None = None  # variant="authors", where it exists
+    plugin: Origin | None = None  # where a registered model came from; None for the built-ins
 
 
 VARIANTS = ("default", "authors")
@@ -315,6 +318,27 @@ MODELS: dict[str, ModelInfo] = {
 }
 
 
+BUILTIN: frozenset[str] = frozenset(MODELS)  # the names `register_model` can never take
+
+
+def register_model(name: str, build: Callable[[Shape, int], nn.Module], *, min_hw: int = 1,
+                   doc: str | None = None) -> ModelInfo:
+    """Register a model from a user's code: `build(input_shape, num_classes) -> nn.Module`, with
+    `input_shape = (C, H, W)`; `min_hw` is the smallest spatial size it takes (checked up front, as for
+    the built-ins). Its Conv*d and Linear weights are what is pruned. A name taken already (a built-in,
+    an earlier plugin) is a one-line ValueError. Returns the registry entry."""
+    refuse_taken("model", name, MODELS, BUILTIN)
+    if not callable(build):
+        raise ValueError(f"model {name!r}: build {build!r} is not callable")
+    if isinstance(min_hw, bool) or not isinstance(min_hw, int) or min_hw < 1:
+        raise ValueError(f"model {name!r}: min_hw {min_hw!r}: expected an integer ≥ 1")
+    origin = caller_origin()
+    first = (doc or build.__doc__ or "").strip().splitlines()
+    info = ModelInfo(build, min_hw, first[0] if first else f"plugin model of {origin.module}", plugin=origin)
+    MODELS[name] = info
+    return info
+
+
 def check(name: str, input_shape: Sequence[int], variant: str = "default") -> None:
     """Raise ValueError (one line) if `name` is unknown, lacks `variant` or cannot take `input_shape`."""
     if name not in MODELS:
@@ -348,6 +372,8 @@ def build(name: str, *, input_shape: Sequence[int], num_classes: int, variant: s
     info = MODELS[name]
     builder = info.authors if variant == "authors" else info.builder
     model = builder(shape, int(num_classes))  # type: ignore[arg-type, misc]
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {name!r}: its builder returned {type(model).__name__}, not an nn.Module")
     model.input_shape = shape  # read by effective sparsity (all-ones input) and the trial
     model.model_name = name
     model.variant = variant

@@ -16,7 +16,8 @@ not use are not part of it (a `dense` cell has no sparsity options, a cell witho
 probe count), so they cannot split one configuration into several ids.
 
 The hashed layout (`Cell.config()`) is the JSON the ids were first defined on, so ids of cells whose
-fields sit at their original defaults are those of every earlier version.
+fields sit at their original defaults are those of every earlier version. A plugin pruner's or data
+set's own options (`pruning.plugins`) have no original defaults here: all of them are hashed.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pruning.data import BUILTIN as BUILTIN_DATASETS
 from pruning.data import DATASETS
 from pruning.lomp import LimitRule, default_l1, lomp_config
 from pruning.options import parse as parse_options
+from pruning.pruners import BUILTIN as BUILTIN_PRUNERS
 from pruning.pruners import PRUNERS
 from pruning.pruners.imp import rewind_iteration_for
 from pruning.train import TrainConfig
@@ -222,17 +225,28 @@ def hashed_config(cell: Cell) -> dict[str, Any]:
     config.update(_changed({"model_variant": config.pop("model_variant")}, lambda k: k))
     config["train"] = _changed(config["train"], lambda k: f"train.{k}")
     config["hessian"] = _changed(config["hessian"], lambda k: f"hessian.{k}")
-    config["data"] = _changed(config["data"], lambda k: f"data.{cell.dataset}.{k}")
+    config["data"] = _own(cell.dataset not in BUILTIN_DATASETS)(config["data"], lambda k: f"data.{cell.dataset}.{k}")
     prune = config["prune"]
     if cell.kind == "limit":
         config["prune"] = _changed(prune, lambda k: f"prune.{k}")
     else:
-        options = _changed(prune.pop("options"), lambda k: f"prune.{cell.pruner}.{k}")  # rounds too
-        config["prune"] = _changed(prune, lambda k: f"prune.{cell.pruner}.{k}" if k == "rounds"
-                                   else f"prune.{k}")
+        own = _own(cell.pruner not in BUILTIN_PRUNERS)
+        options = own(prune.pop("options"), lambda k: f"prune.{cell.pruner}.{k}")
+        rounds = {"rounds": prune.pop("rounds")} if "rounds" in prune else {}
+        config["prune"] = {**_changed(prune, lambda k: f"prune.{k}"),
+                           **own(rounds, lambda k: f"prune.{cell.pruner}.{k}")}
         if options:
             config["prune"]["options"] = options
     return config
+
+
+def _own(plugin: bool) -> Any:
+    """How a pruner's or a loader's own options enter the id: a built-in's only where they differ
+    from their original defaults (`sweeps.defaults`); a plugin's always, every resolved value. A
+    plugin's defaults are its author's to change at any release, and no table of ours records what
+    they were: hashing them all means a changed default gives new ids, never a silently reused
+    result (a plugin's *code* changing is its version, recorded per row and warned about)."""
+    return (lambda values, key_of: dict(values)) if plugin else _changed
 
 
 def compute_id(cell: Cell) -> str:

@@ -18,6 +18,8 @@ Keys are `section.field` (`train.lr`, `hessian.probes`, `prune.limit_grid`), `pr
 for a pruner's own options (its `rounds` included), `data.<dataset>.<option>` for loader options, and
 `model_variant`.
 The axes (model, dataset, pruner, sparsity, target, seed, kind, protocol) are always hashed.
+Plugins (`pruning.plugins`) have no entries: every option of a plugin pruner or data set is hashed
+with its resolved value (`sweeps.cells._own`), so a plugin that changes a default gets new ids.
 """
 
 from __future__ import annotations

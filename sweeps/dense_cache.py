@@ -50,14 +50,19 @@ def key_of(fields: Mapping[str, Any]) -> str:
 
 
 def dense_fields(*, model: str, dataset: str, data_options: Mapping[str, Any], seed: int,
-                 train: Mapping[str, Any], model_variant: str | None = None) -> dict[str, Any]:
+                 train: Mapping[str, Any], model_variant: str | None = None,
+                 plugins: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Exactly what determines a trained dense model (`train` includes LOMP's `l1`).
 
     The trial passes the cell's *hashed* sections (fields at their original defaults left out, as
-    in the cell id), so a field added to TrainConfig later does not orphan every cached model."""
+    in the cell id), so a field added to TrainConfig later does not orphan every cached model.
+    `plugins`: "module version" of a plugin model or data set (`pruning.plugins`): a new version of
+    either trains a new dense model rather than reusing one its old code trained."""
     out = {"model": model, "dataset": dataset, "data": dict(data_options), "seed": seed, "train": dict(train)}
     if model_variant is not None:
         out["model_variant"] = model_variant
+    if plugins:
+        out["plugins"] = dict(plugins)
     return out
 
 

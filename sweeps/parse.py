@@ -25,7 +25,7 @@ from sweeps.sections import BACKENDS, KINDS, SECTIONS, Spec
 
 TOP_KEYS = ("name", "storage", "kind", "backend", "model", "model_variant", "dataset", "model_dataset", "pruner",
             "sparsity", "compression", "seed", "target", "train", "prune", "hessian", "resources",
-            "data", "grids")
+            "data", "grids", "plugins")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _NO = object()
 
@@ -200,6 +200,21 @@ def section(name: str, raw: Any, problems: list[str]) -> Any:
     return value if value is not None else cls()
 
 
+# ----------------------------------------------------------------------------- plugins
+
+
+def plugin_names(raw: Mapping[str, Any], problems: list[str] | None = None) -> tuple[str, ...]:
+    """`plugins:` — module names (a name or a list of them); a bad entry is one problem line."""
+    value = raw.get("plugins")
+    if value is None:
+        return ()
+    values = value if isinstance(value, list) else [value]
+    bad = [v for v in values if not (isinstance(v, str) and v and all(p.isidentifier() for p in v.split(".")))]
+    if bad and problems is not None:
+        problems.append(f"plugins: {bad[0]!r} is not a module name; expected module names such as my_lab.pruners")
+    return tuple(dict.fromkeys(v for v in values if v not in bad))
+
+
 # ----------------------------------------------------------------------------- the spec
 
 
@@ -250,5 +265,5 @@ def parse_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
         sparsity=sparsities(raw, problems),
         seed=axis(raw, "seed", int, problems, default=(0,)),
         target=axis(raw, "target", str, problems, default=("direct",)),
-        **parts, model_variant=variant, source=source)
+        **parts, model_variant=variant, plugins=plugin_names(raw, problems), source=source)
     return spec, problems

@@ -17,6 +17,12 @@ from pathlib import Path
 
 import torch
 
+from pruning import data as data_lib
+from pruning import models as models_lib
+from pruning import pruners as pruners_lib
+from pruning.plugins import Origin
+from sweeps.schema import PLUGIN_ROLES
+
 _REPO = Path(__file__).resolve().parent.parent
 
 
@@ -78,3 +84,22 @@ def provenance(device: str, backend: str) -> dict[str, object]:
         "host": socket.gethostname(),
         "backend": backend,
     }
+
+
+def plugin_origins(pruner: str, model: str, dataset: str) -> dict[str, Origin]:
+    """role → Origin of each of the names that a plugin registered (built-ins have none), as this
+    process loaded it: the code that really ran the cell."""
+    infos = {"pruner": pruners_lib.PRUNERS.get(pruner), "model": models_lib.MODELS.get(model),
+             "dataset": data_lib.DATASETS.get(dataset)}
+    return {role: info.plugin for role, info in infos.items() if info is not None and info.plugin is not None}
+
+
+def plugin_columns(pruner: str, model: str, dataset: str) -> dict[str, str | None]:
+    """The trials row's `<role>_plugin` and `<role>_plugin_version` columns (null for a built-in)."""
+    origins = plugin_origins(pruner, model, dataset)
+    out: dict[str, str | None] = {}
+    for role in PLUGIN_ROLES:
+        origin = origins.get(role)
+        out[f"{role}_plugin"] = origin.module if origin is not None else None
+        out[f"{role}_plugin_version"] = origin.version if origin is not None else None
+    return out

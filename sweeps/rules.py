@@ -202,7 +202,7 @@ def layer_shapes(model: str, pairs: Sequence[tuple[str, str]], options: Mapping[
 
 def quotas_applicable(spec: Spec) -> list[str]:
     """A quota pruner is defined on each model (uniform_plus needs a conv layer)."""
-    checked = [p for p in _pruners(spec) if p.endswith("/uniform_plus")]
+    checked = [p for p in _pruners(spec) if PRUNERS[p].quota == "uniform_plus"]
     if not checked or pairs_fit(spec) or known_names(spec):
         return []
     out = []
@@ -210,7 +210,7 @@ def quotas_applicable(spec: Spec) -> list[str]:
         shapes = layer_shapes(m, spec.pairs, spec.data.options)  # once per model, not per pruner
         for p in checked:
             try:
-                quotas_lib.check_applicable(p.partition("/")[2], shapes)
+                quotas_lib.check_applicable("uniform_plus", shapes)
             except ValueError as e:
                 out.append(f"pruner: {p!r} on model {m!r}: {e}")
     return out

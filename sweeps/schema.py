@@ -121,6 +121,14 @@ TRIALS = pa.schema(
         ("actual_kept_frac_loss", pa.float64()),
         ("actual_effective_removed_frac_loss", pa.float64()),
         ("finetune_recipe", pa.string()),    # rare_gems: `protocol: recipe` that trained the mined mask
+        # plugins (pruning.plugins): the module that registered the cell's pruner, model or data set
+        # and its version (the distribution's, else sha256 of its source); null for a built-in
+        ("pruner_plugin", pa.string()),
+        ("pruner_plugin_version", pa.string()),
+        ("model_plugin", pa.string()),
+        ("model_plugin_version", pa.string()),
+        ("dataset_plugin", pa.string()),
+        ("dataset_plugin_version", pa.string()),
         # cost (sweeps/cost.py): what the backend reserved for the cell × its wall time (total_seconds)
         ("reserved_cpus", pa.float64()),     # CPUs held for the cell (Ray: every bundle, HVP workers included)
         ("reserved_gpus", pa.float64()),     # GPUs held for the cell (serial on CUDA: the whole GPU)
@@ -128,6 +136,9 @@ TRIALS = pa.schema(
         ("gpu_hours", pa.float64()),         # reserved_gpus × total_seconds / 3600
     ]
 )
+
+# what a registered name can be (the plugin columns above are `<role>_plugin`, `<role>_plugin_version`)
+PLUGIN_ROLES: tuple[str, ...] = ("pruner", "model", "dataset")
 
 LAYERS = pa.schema(
     [

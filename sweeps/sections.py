@@ -30,7 +30,7 @@ BACKENDS = ("serial", "ray")
 DEFAULT_LIMIT_GRID = tuple(round(0.005 * i, 6) for i in range(200))  # removed fractions 0, 0.005, …, 0.995
 L1_SCOPES = ("all", "prunable")
 EPSILON_RECIPES = tuple(_EPSILON_RECIPES)
-SWEEP_WIDE = ("name", "storage", "kind", "backend", "resources")  # one value for all grids of a sweep
+SWEEP_WIDE = ("name", "storage", "kind", "backend", "resources", "plugins")  # one value for all grids of a sweep
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,7 @@ class Spec:
     resources: ResourcesSection
     data: DataSection
     model_variant: str = "default"      # pruning.models.VARIANTS
+    plugins: tuple[str, ...] = ()       # modules imported before validation (pruning.plugins)
     source: str | None = None
     grids: tuple[Spec, ...] = ()        # sub-grids (each a whole Spec); the sweep is their union
 
@@ -169,6 +170,7 @@ class Spec:
     def _dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name, "kind": self.kind, "backend": self.backend,
+            **({"plugins": list(self.plugins)} if self.plugins else {}),
             "model_dataset": [list(p) for p in self.pairs], "pruner": list(self.pruner),
             "seed": list(self.seed), "target": list(self.target), "model_variant": self.model_variant,
         }

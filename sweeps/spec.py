@@ -1,6 +1,7 @@
 """Sweep specs: YAML → a validated `Spec`, every problem found before anything starts.
 
     name: demo
+    plugins: [my_lab.pruners]        # modules that register pruners, models, data sets (optional)
     kind: point                      # point (one sparsity per cell) | limit (LOMP curve per cell)
     model: [lenet300100]
     dataset: digits
@@ -14,7 +15,9 @@
     resources: {cpus: 1, gpus: 0.5}
     data: {root: ./data, options: {}}
 
-`build_spec` is the composition of the jobs, each in its module: `sweeps.parse` turns YAML into the
+`build_spec` is the composition of the jobs, each in its module: the plugins come first (installed
+`prunetune.plugins` entry points and the spec's `plugins:` modules, `pruning.plugins`), so that the
+names they register are known to everything after; `sweeps.parse` turns YAML into the
 sections of `sweeps.sections` (each checks its own fields), `sweeps.rules` checks what the values
 must obey together, `sweeps.grids` makes a `grids:` spec the union of its grids. What a backend
 adds (resources this machine or Ray can never give) is `Backend.check`, asked by
@@ -27,13 +30,16 @@ edit. Each problem is one line naming the field and the allowed values.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from pruning import plugins as plugins_lib
 from sweeps import rules
 from sweeps.grids import build_grids
-from sweeps.parse import SpecError, dump_yaml, parse_spec, read_yaml
+from sweeps.parse import SpecError, dump_yaml, parse_spec, plugin_names, read_yaml
 from sweeps.sections import Spec
 
 
@@ -41,8 +47,10 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
                backend: str | None = None) -> Spec:
     """Validate `raw` (parsed YAML) completely and return the Spec, or raise SpecError with all problems.
 
-    `storage`/`backend` override the spec's (CLI flags).
+    `storage`/`backend` override the spec's (CLI flags). A plugin that cannot be imported, and a
+    name it does not register, fail here with one line (the plugins are imported first).
     """
+    load_plugins(raw, source)
     if isinstance(raw, Mapping) and "grids" in raw:
         return build_grids(raw, build_spec, source=source, storage=storage, backend=backend)
     spec, problems = parse_spec(raw, source=source, storage=storage, backend=backend)
@@ -52,9 +60,31 @@ def build_spec(raw: Any, *, source: str | None = None, storage: str | None = Non
     return spec
 
 
+@functools.cache
+def entry_point_problems() -> tuple[str, ...]:
+    """Import the installed `prunetune.plugins` entry points, once per process (as pytest loads its
+    plugins); their problems, one line each."""
+    return tuple(plugins_lib.load_entry_points())
+
+
+def load_plugins(raw: Any, source: str | None = None) -> tuple[str, ...]:
+    """Import the entry points and the spec's `plugins:` modules (looked for on the Python path, then
+    beside the spec file, then in the current directory); raise SpecError with every problem."""
+    if not isinstance(raw, Mapping):
+        return ()
+    problems = list(entry_point_problems())
+    names = plugin_names(raw, problems)
+    search = [*([Path(source).resolve().parent] if source else []), Path.cwd()]
+    problems += plugins_lib.import_modules(names, search)
+    if problems:
+        raise SpecError(problems)
+    return names
+
+
 def load_spec(path: str | os.PathLike, **overrides: Any) -> Spec:
     """Read and validate the spec at `path` (see `build_spec` for the overrides)."""
     return build_spec(read_yaml(path), source=str(path), **overrides)
 
 
-__all__ = ["Spec", "SpecError", "build_spec", "dump_yaml", "load_spec", "read_yaml"]
+__all__ = ["Spec", "SpecError", "build_spec", "dump_yaml", "entry_point_problems", "load_plugins", "load_spec",
+           "read_yaml"]

@@ -118,6 +118,7 @@ def run_cell(cell: Cell, where: Where, *, device: str = "cpu", report: Report | 
     st.row.update(status=status, error=error, total_seconds=total,
                   started_at=started, finished_at=provenance.utc_now(),
                   **provenance.provenance(device, backend),
+                  **provenance.plugin_columns(cell.pruner, cell.model, cell.dataset),
                   **(reserved or reserved_by_serial(1, device)).columns(total))
     for rows in st.tables.values():
         for r in rows:

@@ -28,6 +28,7 @@ from pruning.lomp import limit_iterations
 from pruning.slq import SLQResult, slq
 from pruning.sparsity import sparsity_report
 from pruning.train import TrainConfig, TrainResult, run_length, seed_everything, train
+from sweeps.provenance import plugin_origins
 from sweeps.dense_cache import DENSE_ITEM, DenseCache, dense_fields, key_of
 from sweeps.cells import Cell, LimitPrune, PointPrune, hashed_config
 
@@ -150,8 +151,10 @@ def build(st: TrialState) -> nn.Module:
 
 def _dense_fields(cell: Cell) -> dict[str, Any]:
     hashed = hashed_config(cell)
+    origins = plugin_origins(cell.pruner, cell.model, cell.dataset)
+    plugins = {role: f"{o.module} {o.version}" for role, o in origins.items() if role in ("model", "dataset")}
     return dense_fields(model=cell.model, dataset=cell.dataset, data_options=hashed["data"], seed=cell.seed,
-                        train=hashed["train"], model_variant=hashed.get("model_variant"))
+                        train=hashed["train"], model_variant=hashed.get("model_variant"), plugins=plugins)
 
 
 def dense_entry(st: TrialState) -> dict[str, Any]:

@@ -188,15 +188,29 @@ FASHION_LIMIT_FIXED_128 = ["300b145520707a48", "dad1a8a6a65f8e5c", "74f3edc072d4
                            "ba2033c467617add", "92c01fe22bf72efa"]
 
 
+# fashion_limit.yaml as it was when limit cells moved to `auto` (10 epochs, 8 probes, 2,000 images)
+FASHION_LIMIT_10_EPOCHS = {
+    "name": "fashion_limit", "kind": "limit", "dataset": "fashion_mnist", "seed": [0, 1, 2],
+    "train": {"epochs": 10, "batch_size": 128, "lr": 0.01, "schedule": "constant", "eval_every": 0},
+    "prune": {"limit_grid": {"linspace": [0.0, 0.98, 50]}},
+    "hessian": {"enabled": True, "models": "dense", "probes": 8, "max_samples": 2000},
+    "resources": {"cpus": 1, "gpus": 0},
+    "grids": [{"model": "lenet300100", "prune": {"lomp_l1": 5.0e-5}}, {"model": "fc5"}],
+}
+FASHION_LIMIT_10_EPOCHS_AUTO = ["67c152530ec33702", "a0e4ea5aa4a8c1b1", "ab026451766aaa67", "f9b017d75b7261fb",
+                                "e358945d83324aad", "6001c3f26b6fceb0"]
+
+
 def test_limit_cells_moved_to_auto_only_where_the_depth_was_left_to_the_default():
     """A limit cell that left the Lanczos depth to the default now computes `iterations: auto`: a new
-    computation, so a new id (fashion_limit, pruning_limit). The same spec with the depth it used to
-    resolve to, written out (128), keeps every old id; nothing stored is reused for auto."""
-    raw = yaml.safe_load((CONFIGS / "fashion_limit.yaml").read_text())
+    computation, so a new id. The same spec with the depth it used to resolve to, written out (128),
+    keeps every old id; nothing stored is reused for auto."""
+    raw = FASHION_LIMIT_10_EPOCHS
     auto = [c.cell_id for c in expand(build_spec(raw, storage="/tmp"))]
     fixed = [c.cell_id for c in expand(build_spec({**raw, "hessian": {**raw["hessian"], "iterations": 128}},
                                                   storage="/tmp"))]
     assert fixed == FASHION_LIMIT_FIXED_128 and not set(auto) & set(fixed)
+    assert auto == FASHION_LIMIT_10_EPOCHS_AUTO
 
 
 def _old_ids(config: str) -> dict[str, str]:

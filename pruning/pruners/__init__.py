@@ -7,6 +7,9 @@ target k = N − round((1 − s)N), or the largest k whose *effective* sparsity 
 sparsities. Keeping "score" and "choose k" apart is what lets all 20 pruners target either kind of
 sparsity with one code path.
 
+`register_pruner` adds a user's score function under a new name (`pruning.plugins`, plugin.py): it
+is then a pruner like the built-ins, for `prune`, specs, `prunetune prune` and the tables.
+
     from pruning.pruners import prune
     result = prune(model, "random/igq", 0.99, target="effective", seed=0)
     result.direct_sparsity, result.effective_sparsity, result.removed_count
@@ -28,8 +31,9 @@ from torch import nn
 from pruning import masks as masks_lib
 from pruning import quotas as quotas_lib
 from pruning import sparsity as sparsity_lib
-from pruning.options import defaults, parse
-from pruning.pruners import dense, grasp, imp, lamp, magnitude, random, rare_gems, snip, synflow
+from pruning.options import OptionError, defaults, parse, validate
+from pruning.plugins import Origin, caller_origin, refuse_taken
+from pruning.pruners import dense, grasp, imp, lamp, magnitude, plugin, random, rare_gems, snip, synflow
 from pruning.pruners.plan import Plan, removal_for
 from pruning.pruners.target import largest_removal
 
@@ -61,6 +65,8 @@ class PrunerInfo:
     fn: Callable[..., Plan] = field(repr=False)
     options: type = NoOptions  # the options dataclass; its field defaults are the pruner's defaults
     delegate: str | None = None  # whose scoped spec options it takes too (random/snip: `prune.options.snip`)
+    quota: str | None = None  # the quota giving its layer counts (random/<q>, magnitude/<q>, a plugin's)
+    plugin: Origin | None = None  # where a registered pruner came from; None for the built-ins
 
     def __post_init__(self) -> None:
         if self.when not in WHEN:
@@ -87,13 +93,13 @@ class PrunerInfo:
 
 
 def _init(name: str, doc: str, fn: Callable[..., Plan], needs_data: bool = False, options: type = NoOptions,
-          delegate: str | None = None) -> PrunerInfo:
-    return PrunerInfo(name, doc, "init", needs_data, "train", False, fn, options, delegate)
+          delegate: str | None = None, quota: str | None = None) -> PrunerInfo:
+    return PrunerInfo(name, doc, "init", needs_data, "train", False, fn, options, delegate, quota)
 
 
 def _after(name: str, doc: str, fn: Callable[..., Plan], protocol: str = "rewind", l1: bool = False,
-           options: type = NoOptions) -> PrunerInfo:
-    return PrunerInfo(name, doc, "after", False, protocol, l1, fn, options)
+           options: type = NoOptions, quota: str | None = None) -> PrunerInfo:
+    return PrunerInfo(name, doc, "after", False, protocol, l1, fn, options, quota=quota)
 
 
 _MASK_QUOTA_OPTIONS = {"snip": snip.SnipOptions, "synflow": synflow.SynflowOptions}  # random/snip, random/synflow
@@ -114,12 +120,12 @@ _ENTRIES: list[PrunerInfo] = [
     *[
         _init(f"random/{q}", f"random survivors per layer; quota: {_QUOTA_DOCS[q]}", random.make(q),
               needs_data=(q == "snip"), options=_MASK_QUOTA_OPTIONS.get(q, NoOptions),
-              delegate=q if q in _MASK_QUOTA_OPTIONS else None)
+              delegate=q if q in _MASK_QUOTA_OPTIONS else None, quota=q)
         for q in quotas_lib.SCHEMES
     ],
     _after("magnitude/global", "smallest |w| of the trained weights, over all layers", magnitude.prune_global),
     *[
-        _after(f"magnitude/{q}", f"smallest |w| per layer; quota: {_QUOTA_DOCS[q]}", magnitude.make(q))
+        _after(f"magnitude/{q}", f"smallest |w| per layer; quota: {_QUOTA_DOCS[q]}", magnitude.make(q), quota=q)
         for q in ("uniform", "uniform_plus", "erk", "igq")
     ],
     _after("lamp", "LAMP scores w_u² / Σ_{v≥u} w_v² per layer, pruned globally (Lee et al.)", lamp.prune_lamp),
@@ -140,6 +146,77 @@ _ENTRIES: list[PrunerInfo] = [
           options=rare_gems.GemMinerOptions),
 ]
 PRUNERS: dict[str, PrunerInfo] = {info.name: info for info in _ENTRIES}
+BUILTIN: frozenset[str] = frozenset(PRUNERS)  # the names `register_pruner` can never take
+# what a pruner function receives besides its options; an option cannot take these names
+_CALL_ARGS = ("model", "sparsity", "data", "seed", *RUNTIME_ARGS)
+
+
+def register_pruner(name: str, scores: plugin.Scores, *, when: str = "init", needs_data: bool,
+                    protocol: str | None = None, quota: str | None = None, options: type = NoOptions,
+                    doc: str | None = None) -> PrunerInfo:
+    """Register a pruner made of a score function; it is then a pruner like the built-ins.
+
+    `scores(model, *, data, seed, **options)` returns one tensor per prunable layer of `model`, in
+    model order (`pruning.masks.prunable_layers`), higher = keep; it gets a copy of the model (see
+    `pruning.pruners.plugin`) and, with `needs_data`, the training Split. `when`: prune at "init" or
+    "after" training the dense model; `protocol` afterwards (default: "train" at init, "rewind"
+    after, as the built-ins); `quota`: None ranks all layers together, a name of `pruning.quotas.QUOTAS`
+    takes each layer's count from that quota. `options`: a frozen dataclass of `pruning.options.option`
+    fields with defaults, checked and passed to `scores` as keywords. A name taken already (a built-in,
+    an earlier plugin) or a bad argument is a one-line ValueError. Returns the registry entry.
+    """
+    refuse_taken("pruner", name, PRUNERS, BUILTIN)
+    if when not in WHEN:
+        raise ValueError(f"pruner {name!r}: when {when!r}: choose from {', '.join(WHEN)}")
+    if not isinstance(needs_data, bool):
+        raise ValueError(f"pruner {name!r}: needs_data {needs_data!r}: expected true or false")
+    if quota is not None and quota not in quotas_lib.QUOTAS:
+        raise ValueError(f"pruner {name!r}: quota {quota!r}: choose from None (a global ranking), "
+                         f"{', '.join(quotas_lib.QUOTAS)}")
+    if not callable(scores):
+        raise ValueError(f"pruner {name!r}: scores {scores!r} is not callable")
+    _check_options_class(name, options)
+    _check_signature(name, scores, options)
+    protocol = protocol if protocol is not None else ("train" if when == "init" else "rewind")
+    first = (doc or inspect.getdoc(scores) or "").strip().splitlines()
+    origin = caller_origin()
+    info = PrunerInfo(name=name, doc=first[0] if first else f"plugin pruner of {origin.module}", when=when,
+                      needs_data=needs_data, protocol=protocol, needs_l1_training=False,
+                      fn=plugin.make(name, scores, quota), options=options, quota=quota, plugin=origin)
+    PRUNERS[name] = info
+    return info
+
+
+def _check_options_class(name: str, options: type) -> None:
+    """A frozen dataclass whose every field has a valid default and a name free for an option."""
+    if not (isinstance(options, type) and dataclasses.is_dataclass(options)
+            and options.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        raise ValueError(f"pruner {name!r}: options {options!r}: expected a frozen dataclass of "
+                         "pruning.options.option fields")
+    for f in dataclasses.fields(options):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"pruner {name!r}: option {f.name!r} has no default; every option needs one")
+        if f.name in _CALL_ARGS or f.name in PRUNERS:
+            raise ValueError(f"pruner {name!r}: option {f.name!r}: the name is taken (by the call or a pruner)")
+    try:
+        validate(options())
+    except OptionError as e:
+        raise ValueError(f"pruner {name!r}: a default option value is refused: {e}") from None
+
+
+def _check_signature(name: str, scores: Callable, options: type) -> None:
+    """`scores` takes the model, `data=`, `seed=` and every option by keyword."""
+    try:
+        params = inspect.signature(scores).parameters
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: its call will say what it does not take
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        needed = ["data", "seed"]
+    else:
+        needed = ["data", "seed", *(f.name for f in dataclasses.fields(options))]
+    if missing := [n for n in needed if n not in params]:
+        raise ValueError(f"pruner {name!r}: scores must be scores(model, *, data, seed, **options); "
+                         f"it takes no {', '.join(repr(n) for n in missing)}")
 
 
 def get(name: str) -> PrunerInfo:
@@ -256,4 +333,5 @@ def _warn_if_disconnected(pruner: str, sparsity: float, report: sparsity_lib.Spa
                       RuntimeWarning, stacklevel=3)
 
 
-__all__ = ["PRUNERS", "NoOptions", "PrunerInfo", "PruneResult", "get", "plan_for", "prune"]
+__all__ = ["BUILTIN", "PRUNERS", "NoOptions", "PrunerInfo", "PruneResult", "get", "plan_for", "prune",
+           "register_pruner"]

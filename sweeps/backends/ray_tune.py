@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray import tune
 
+from pruning import plugins as plugins_lib
 from sweeps import store
 from sweeps.backends.base import RayOptions, RunSummary, pending_cells
 from sweeps.cells import Cell
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINAL = "cell_finished"      # metric of a trial's last report: its cell's trials row is written
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by `ray job submit` for the job's driver: its runtime env
 RUN_PREFIX = "run-"
 
 
@@ -90,14 +93,20 @@ def config_cell_id(config: Mapping[str, Any]) -> str | None:
 
 def cell_trainable(config: dict[str, Any], *, cells: Mapping[str, dict[str, Any]], where: Where,
                    hessian_workers: int, worker_resources: WorkerResources,
-                   run_fn: Callable[..., dict[str, Any]] = run_cell, reserved: Reserved | None = None) -> None:
+                   run_fn: Callable[..., dict[str, Any]] = run_cell, plugins: Sequence[str] = (),
+                   reserved: Reserved | None = None) -> None:
     """One Tune trial = one cell: rebuild the Cell, run it (it writes its Parquet), report the outcome.
+
+    The sweep's plugin modules (and the installed entry points) are imported first, in this worker
+    process, so that the names they register are known here (`plugin_runtime_env` ships them).
 
     A cell that is already done (a restored experiment, a retry after the row was written) returns
     at once: finished cells are never run twice; so does a restored trial whose cell the current
     spec no longer has. A lost HVP worker is re-raised after the failed row is written so that Tune
     retries the trial; the retry's row replaces it.
     """
+    if problems := plugins_lib.load(plugins):
+        raise RuntimeError(f"{problems[0]} (in a Ray worker on {os.uname().nodename})")
     cell_id = config_cell_id(config)
     payload = config.get("cell") or cells.get(cell_id)
     if payload is None:
@@ -226,9 +235,11 @@ class RayBackend:
 
     def __init__(self, *, cpus: float = 1.0, gpus: float = 0.0, hessian_workers: int = 1,
                  options: RayOptions | None = None, callbacks: Sequence[tune.Callback] = (),
-                 run_fn: Callable[..., dict[str, Any]] = run_cell):
-        """Values as `check` and the spec's sections accept them (`run_spec` asks `check` first)."""
+                 run_fn: Callable[..., dict[str, Any]] = run_cell, plugins: Sequence[str] = ()):
+        """Values as `check` and the spec's sections accept them (`run_spec` asks `check` first);
+        `plugins`: the spec's plugin modules, shipped to and imported by every trial."""
         self.cpus, self.gpus, self.hessian_workers = float(cpus), float(gpus), int(hessian_workers)
+        self.plugins = tuple(plugins)
         self.options = options or RayOptions()
         self.callbacks = list(callbacks)
         self.run_fn = run_fn
@@ -251,7 +262,7 @@ class RayBackend:
     @classmethod
     def from_spec(cls, spec: Spec, options: RayOptions | None = None, **kwargs: Any) -> RayBackend:
         return cls(cpus=spec.resources.cpus, gpus=spec.resources.gpus, hessian_workers=_workers(spec),
-                   options=options, **kwargs)
+                   options=options, plugins=spec.plugins, **kwargs)
 
     # -- resources
 
@@ -286,8 +297,9 @@ class RayBackend:
         if ray.is_initialized():
             return False
         address = self.options.cluster_address()
+        runtime_env = plugin_runtime_env(self.plugins)
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
             return True
         num_cpus = self.options.num_cpus if self.options.num_cpus is not None else os.cpu_count() or 1
         num_gpus = self.options.num_gpus if self.options.num_gpus is not None else local_gpus()
@@ -295,7 +307,7 @@ class RayBackend:
         # address="local": a new Ray of our own, even when another one runs on this machine
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                  include_dashboard=self.options.dashboard, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1")
+                 _node_ip_address="127.0.0.1", runtime_env=runtime_env)
         return True
 
     def check_connected(self) -> None:
@@ -314,7 +326,7 @@ class RayBackend:
         fn = tune.with_parameters(cell_trainable, cells={c.cell_id: c.to_dict() for c in cells}, where=where,
                                   hessian_workers=self.hessian_workers,
                                   worker_resources=WorkerResources(self.cpus, self.gpus), run_fn=self.run_fn,
-                                  reserved=reserved_by_bundles(self.bundles()))
+                                  plugins=self.plugins, reserved=reserved_by_bundles(self.bundles()))
         return tune.with_resources(fn, self.placement())
 
     def tuner(self, cells: Sequence[Cell], where: Where, callback: ProgressCallback) -> tune.Tuner:
@@ -343,6 +355,25 @@ class RayBackend:
         with self.session():
             self.results = self.tuner(todo, where, callback).fit()
         return collect(todo, where, self.results, summary, callback)
+
+
+def plugin_runtime_env(plugins: Sequence[str]) -> dict[str, Any] | None:
+    """Ray's runtime environment that brings the spec's plugin modules to every worker of the job.
+
+    Each module not installed as a distribution goes as `py_modules` (its package directory or its
+    `.py` file; an installed one must be installed on every node, like prunetune). Inside a job
+    submitted with `ray job submit --working-dir DIR`, DIR already reaches every worker (and is the
+    driver's current directory, where the spec's plugins are found): modules under it are not sent
+    twice, and nothing is sent when the job's own runtime env has `py_modules` (Ray refuses to
+    merge two)."""
+    job = json.loads(os.environ.get(JOB_CONFIG_ENV, "null") or "null")
+    job_env = (job or {}).get("runtime_env") or {}
+    if "py_modules" in job_env:
+        return None
+    inside = os.getcwd() if job_env.get("working_dir") else None
+    sources = dict.fromkeys(p for name in plugins if (p := plugins_lib.shippable_source(name)) is not None
+                            and not (inside is not None and p.is_relative_to(inside)))
+    return {"py_modules": [str(p) for p in sources]} if sources else None
 
 
 def _workers(spec: Spec) -> int:

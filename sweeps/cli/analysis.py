@@ -8,8 +8,8 @@ import sys
 
 from analysis import tables as T
 from analysis.load import resolve
-from analysis.output import (PLOT_TABLES, default_out, load_frames, parse_floats, write_limit_report,
-                             write_tables)
+from analysis.output import (PLOT_TABLES, default_out, load_frames, parse_floats, warn_mixed_plugins,
+                             write_limit_report, write_tables)
 from sweeps.cli.common import Exit, add_storage, add_sweep
 
 
@@ -28,6 +28,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     sweeps = resolve(args.sweep, args.storage)
     frames = load_frames(sweeps, PLOT_TABLES, strict=args.strict, use_cache=not args.no_cache)
+    warn_mixed_plugins(frames["trials"])
     out = args.out or default_out(sweeps)
     try:
         paths = plot_all(frames, out)

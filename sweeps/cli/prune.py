@@ -9,6 +9,9 @@ the pruned state_dict (masks included, loadable with `pruning.masks.load_state_d
 
 A pruner's options (`--option batches=4`, values read as YAML) are checked by the same declaration
 as a spec's `prune.options.<pruner>` (`PrunerInfo.options`); `--help` lists them per pruner.
+`--plugin MODULE` imports a module that registers pruners, models or data sets (as a spec's
+`plugins:`), so the names it registers are choices of --pruner, --model and --dataset; installed
+`prunetune.plugins` entry points are imported always.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pruning.options import describe, field_help, hints
 from pruning.pruners import PRUNERS, TARGETS
 from sweeps.cells import expand
 from sweeps.cli.common import Exit, UserError, add_data_root, choices_metavar
-from sweeps.spec import build_spec
+from sweeps.spec import build_spec, load_plugins
 from sweeps.trial import Where, run_steps
 
 STEPS = ("seed", "data", "model", "obtain", "sparsity")
@@ -63,12 +66,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune one model to a direct or effective target and "
                        "print its sparsity report (nothing is stored)",
                        epilog=options_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="lenet300100", choices=tuple(MODELS), metavar="MODEL",
-                   help=f"{choices_metavar(tuple(MODELS))} (default lenet300100)")
-    p.add_argument("--dataset", default="digits", choices=tuple(DATASETS), metavar="DATASET",
-                   help=f"{choices_metavar(tuple(DATASETS))} (default digits)")
-    p.add_argument("--pruner", required=True, choices=tuple(PRUNERS), metavar="PRUNER",
-                   help=choices_metavar(tuple(PRUNERS)))
+    # the choices are checked after --plugin is imported (`check_choices`), so a plugin's names count
+    p.add_argument("--model", default="lenet300100", metavar="MODEL",
+                   help=f"{choices_metavar(tuple(MODELS))} or a plugin's (default lenet300100)")
+    p.add_argument("--dataset", default="digits", metavar="DATASET",
+                   help=f"{choices_metavar(tuple(DATASETS))} or a plugin's (default digits)")
+    p.add_argument("--pruner", required=True, metavar="PRUNER",
+                   help=f"{choices_metavar(tuple(PRUNERS))} or a plugin's")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module first: the pruners, models and data sets it registers "
+                        "(repeatable; looked for on the Python path, then in the current directory)")
     p.add_argument("--sparsity", type=float, required=True, help="target sparsity in [0, 1)")
     p.add_argument("--target", choices=TARGETS, default="direct", help="which sparsity the target is")
     p.add_argument("--seed", type=int, default=0)
@@ -83,11 +90,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_prune)
 
 
+def check_choices(args: argparse.Namespace) -> None:
+    """--pruner, --model, --dataset name registered things (the plugins' included), as argparse's
+    `choices` would say it."""
+    for flag, value, registry in (("--pruner", args.pruner, PRUNERS), ("--model", args.model, MODELS),
+                                  ("--dataset", args.dataset, DATASETS)):
+        if value not in registry:
+            raise UserError(f"argument {flag}: invalid choice: {value!r} (choose from "
+                            f"{', '.join(repr(n) for n in registry)})")
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     options = dict(parse_option(o) for o in args.option)
+    plugins = {"plugins": args.plugin} if args.plugin else {}
+    load_plugins(plugins)
+    check_choices(args)
     with tempfile.TemporaryDirectory(prefix="prunetune-prune-") as tmp:
         spec = build_spec({
-            "name": "prune", "model": args.model, "dataset": args.dataset, "pruner": args.pruner,
+            "name": "prune", **plugins, "model": args.model, "dataset": args.dataset, "pruner": args.pruner,
             "sparsity": args.sparsity, "seed": args.seed, "target": args.target,
             "train": {**TRAIN, "epochs": args.epochs},
             "prune": {"protocol": "none", "lomp_l1": args.lomp_l1, "options": {args.pruner: options}},

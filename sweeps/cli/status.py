@@ -1,12 +1,18 @@
 """`prunetune status`: done / diverged / failed / pending cells of a stored sweep (exit 1 if any failed),
-and what it has cost so far and is likely to cost still (`sweeps.cost`)."""
+what it has cost so far and is likely to cost still (`sweeps.cost`), and a warning when its finished
+rows mix versions of a plugin (`analysis.plugins`)."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Any
 
+import pandas as pd
+
+from analysis.plugins import COLUMNS as PLUGIN_COLUMNS
+from analysis.plugins import mixed_versions
 from sweeps import store
 from sweeps.cells import expand
 from sweeps.cli.common import add_storage, add_sweep, cells_exit
@@ -19,7 +25,7 @@ def sweep_status(ref: SweepRef) -> dict[str, Any]:
     """done / diverged / failed (with errors) / pending cell ids of a stored sweep, and its cost
     (`sweeps.cost.SweepCost`: spent so far, the pending cells' estimate)."""
     spec = stored_spec(ref)
-    out: dict[str, Any] = {"done": [], "diverged": [], "failed": {}, "pending": [], "total": 0}
+    out: dict[str, Any] = {"done": [], "diverged": [], "failed": {}, "pending": [], "total": 0, "warnings": []}
     rows, pending = [], []
     for cell in expand(spec):
         out["total"] += 1
@@ -37,6 +43,10 @@ def sweep_status(ref: SweepRef) -> dict[str, Any]:
         else:
             out["done"].append(cell.cell_id)
     out["cost"] = sweep_cost(rows, pending)
+    plugin_rows = [{k: r.get(k) for k in ("sweep", "status", "pruner", "model", "dataset", *PLUGIN_COLUMNS)}
+                   for r in rows]
+    out["warnings"] = mixed_versions(pd.DataFrame(plugin_rows, columns=["sweep", "status", "pruner", "model",
+                                                                        "dataset", *PLUGIN_COLUMNS]))
     return out
 
 
@@ -59,6 +69,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(cost_line(s["cost"]))
     for cid, err in s["failed"].items():
         print(f"  failed {cid} {err}")
+    for line in s["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     return cells_exit(not s["failed"])
 
 
