@@ -14,7 +14,7 @@ Tables (tidy frames; `sections` shows them):
 6. `rounds`: iterative pruning, the predicted and actual limits of each round.
 Figures (`analysis.limit_plots`): the accuracy and test-loss curves with the limit lines (one file
 per model/data set), the crossing s = G(R(s)), the effective sparsity along the curve, the scaling,
-the weight histograms, the sorted Hessian row norms and the rounds. `analysis.cli.write_limit_report`
+the weight histograms, the sorted Hessian row norms and the rounds. `analysis.output.write_limit_report`
 writes both.
 """
 
@@ -56,7 +56,8 @@ def _join(frame: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
 
 EFFECTIVE_PAIRS = (("predicted_removed_frac", "predicted_effective_removed_frac"),
                    ("actual_removed_frac_strict", "actual_effective_removed_frac_strict"),
-                   ("actual_removed_frac_tol", "actual_effective_removed_frac_tol"))
+                   ("actual_removed_frac_tol", "actual_effective_removed_frac_tol"),
+                   ("actual_removed_frac_loss", "actual_effective_removed_frac_loss"))
 
 
 def limit_effective_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -70,7 +71,7 @@ def limit_effective_table(trials: pd.DataFrame) -> pd.DataFrame:
     for direct, effective in EFFECTIVE_PAIRS:
         name = direct.replace("_removed_frac", "")
         out[f"disconnected_pp_{name}"] = 100.0 * (out[effective].astype(float) - out[direct].astype(float))
-    for rule in ("strict", "tol"):
+    for rule in T.LIMIT_RULES:
         out[f"delta_effective_pp_{rule}"] = 100.0 * (out[f"actual_effective_removed_frac_{rule}"].astype(float)
                                                      - out["predicted_effective_removed_frac"].astype(float))
     return out.sort_values([*GROUP, "seed"], kind="stable").reset_index(drop=True)
@@ -171,12 +172,13 @@ def rounds_table(rounds: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     joined = _join(rounds, trials)
     if joined.empty:
         return T._empty([*ID, "round"])
-    for rule in ("strict", "tol"):
+    for rule in T.LIMIT_RULES:
         joined[f"delta_removed_pp_{rule}"] = 100.0 * (joined[f"actual_removed_frac_{rule}"].astype(float)
                                                       - joined["predicted_removed_frac"].astype(float))
     keep = [*ID, "round", "status", "removed_frac_before", "dense_test_acc", "predicted_removed_frac",
-            "actual_removed_frac_strict", "actual_removed_frac_tol", "delta_removed_pp_strict",
-            "delta_removed_pp_tol", "predicted_unresolved", "epsilon", "zero_mass"]
+            "actual_removed_frac_strict", "actual_removed_frac_tol", "actual_removed_frac_loss",
+            "delta_removed_pp_strict", "delta_removed_pp_tol", "delta_removed_pp_loss", "predicted_unresolved",
+            "slq_iterations", "epsilon", "zero_mass"]
     return joined[keep].sort_values([*ID, "round"], kind="stable").reset_index(drop=True)
 
 
@@ -261,8 +263,9 @@ def rounds_sections(tidy: pd.DataFrame) -> list[Section]:
                         "model": None, "dataset": None, "seed": _seed, "round": _seed, "status": None,
                         "removed_frac_before": fmt_frac, "dense_test_acc": fmt_frac,
                         "predicted_removed_frac": fmt_frac, "actual_removed_frac_strict": fmt_frac,
-                        "actual_removed_frac_tol": fmt_frac, "delta_removed_pp_tol": fmt_pp,
-                        "predicted_unresolved": T._yes_no}))]
+                        "actual_removed_frac_tol": fmt_frac, "actual_removed_frac_loss": fmt_frac,
+                        "delta_removed_pp_tol": fmt_pp, "delta_removed_pp_loss": fmt_pp,
+                        "slq_iterations": _seed, "predicted_unresolved": T._yes_no}))]
 
 
 def build(frames: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -278,6 +281,7 @@ def build(frames: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 
 def sections(tidy: Mapping[str, pd.DataFrame]) -> list[Section]:
-    return [*T.limit_sections(tidy["limit"], tidy["limit_summary"]), *effective_sections(tidy["limit_effective"]),
+    return [*T.limit_sections(tidy["limit"], tidy["limit_summary"], wide=True),
+            *effective_sections(tidy["limit_effective"]),
             *scaling_sections(tidy["scaling"]), *tv_sections(tidy["weight_tv"]),
             *hessian_rows_sections(tidy["hessian_rows"]), *rounds_sections(tidy["rounds"])]

@@ -11,7 +11,7 @@ Files are read in a thread pool, a batch per task (pyarrow releases the GIL whil
 filesystems are latency-bound); each worker concatenates its batch by schema, and the few resulting
 tables are merged once with pyarrow's schema promotion. Opening a file costs about a
 millisecond however small it is, so rows already read are kept in a consolidated per-sweep cache
-(`analysis.cache`, under the hidden `<sweep>/_analysis/`) and the next read opens only new or
+(`analysis.read_cache`, under the hidden `<sweep>/_analysis/`) and the next read opens only new or
 changed files.
 """
 
@@ -22,7 +22,6 @@ import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -31,23 +30,18 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from analysis import cache
+from analysis import read_cache
 from sweeps import paths
-from sweeps.paths import SPEC_FILE, STORAGE_ENV, hidden as _hidden, storage_root
+from sweeps.paths import Sweeps, hidden as _hidden, storage_root
 from sweeps.schema import RENAMED, SCHEMAS, TABLES, schema
 
 
-@dataclass(frozen=True)
-class Store:
-    """Where the sweeps to read live: one filesystem and the directory of each sweep on it."""
-
-    filesystem: pafs.FileSystem
-    sweeps: tuple[str, ...]       # sweep directories (filesystem paths), sorted
-    label: str                    # what the user named, for messages
-
-    @property
-    def names(self) -> list[str]:
-        return [_base(p) for p in self.sweeps]
+def resolve(name_or_path: str | os.PathLike | Sweeps, storage: str | os.PathLike | None = None) -> Sweeps:
+    """The sweeps a user means: a name, a sweep directory, a storage root (all its sweeps) or a URI
+    (`sweeps.paths.resolve`, the one resolver every command uses)."""
+    if isinstance(name_or_path, Sweeps):
+        return name_or_path
+    return paths.resolve(name_or_path, storage, tables=TABLES, several=True)
 
 
 def _base(path: str) -> str:
@@ -58,88 +52,20 @@ def _join(*parts: str) -> str:
     return "/".join(p.rstrip("/") for p in parts if p != "")
 
 
-def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path on it, for a URI (s3://, file://, ...) or a local path."""
-    loc = paths.filesystem(location)
-    return loc.fs, loc.base
-
-
 def _children(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
 
 
-def _is_dir(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type == pafs.FileType.Directory
-
-
-def _is_sweep(fs: pafs.FileSystem, path: str) -> bool:
-    return paths.is_sweep_dir(fs, path, TABLES)
-
-
-def _sweeps_under(fs: pafs.FileSystem, root: str) -> list[str]:
-    """The sweep directories directly under a storage root (hidden names skipped)."""
-    dirs = [c.path for c in _children(fs, root)
-            if c.type == pafs.FileType.Directory and not _hidden(c.base_name)]
-    return sorted(d for d in dirs if _is_sweep(fs, d))
-
-
-def _classify(fs: pafs.FileSystem, path: str, label: str) -> Store:
-    """A sweep directory is one sweep; any other directory is a storage root of several."""
-    if not _is_dir(fs, path):
-        raise ValueError(f"{label}: not a directory (give a sweep name, a sweep directory, "
-                         f"a storage root or a pyarrow.fs URI)")
-    if _is_sweep(fs, path):
-        return Store(fs, (path,), label)
-    sweeps = _sweeps_under(fs, path)
-    if not sweeps:
-        raise ValueError(f"{label}: empty store, no sweeps in it (a sweep directory holds "
-                         f"{SPEC_FILE} or one of {', '.join(TABLES)})")
-    return Store(fs, tuple(sweeps), label)
-
-
-def resolve(name_or_path: str | os.PathLike | Store, storage: str | os.PathLike | None = None) -> Store:
-    """Find the sweeps a user means.
-
-    Accepted, in this order: a `pyarrow.fs` URI (``s3://bucket/results/demo``, ``file:///...``) of a
-    sweep or a storage root; a sweep name under the storage root (`storage`, else
-    $PRUNETUNE_STORAGE, else ./results); a local sweep directory or storage root.
-    An unknown name raises ValueError listing the sweeps that do exist.
-    """
-    if isinstance(name_or_path, Store):
-        return name_or_path
-    text = str(name_or_path)
-    if not text:
-        raise ValueError("name_or_path: empty; give a sweep name, a sweep directory, a storage root or a URI")
-    if paths.is_uri(text) or text.startswith("file://"):
-        fs, path = _filesystem(text)
-        return _classify(fs, path, text)
-    root = storage_root(storage)
-    fs, root_path = _filesystem(root)
-    plain_name = "/" not in text and os.sep not in text and text not in (".", "..")
-    if plain_name and not _hidden(text) and _is_dir(fs, _join(root_path, text)) \
-            and _is_sweep(fs, _join(root_path, text)):
-        return Store(fs, (_join(root_path, text),), text)
-    if os.path.isdir(text):
-        local, path = _filesystem(text)
-        return _classify(local, path, text)
-    known = _sweeps_under(fs, root_path) if _is_dir(fs, root_path) else []
-    if known:
-        choices = ", ".join(_base(k) for k in known)
-        raise ValueError(f"sweep {text!r} not found under storage root {root}: choose from {choices}")
-    raise ValueError(f"sweep {text!r} not found: storage root {root} is empty or missing "
-                     f"(set --storage or ${STORAGE_ENV})")
-
-
-def _result_infos(store: Store, sweep_dir: str, table: str) -> list[pafs.FileInfo]:
-    infos = _children(store.filesystem, _join(sweep_dir, table))
+def _result_infos(sweeps: Sweeps, sweep_dir: str, table: str) -> list[pafs.FileInfo]:
+    infos = _children(sweeps.filesystem, _join(sweep_dir, table))
     return sorted((i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
                    and not _hidden(i.base_name)), key=lambda i: i.path)
 
 
-def table_files(store: Store, table: str) -> list[tuple[str, str]]:
+def table_files(sweeps: Sweeps, table: str) -> list[tuple[str, str]]:
     """(sweep name, file path) of every result file of `table`; temp files and caches skipped."""
     schema(table)  # validates the table name
-    return [(_base(d), i.path) for d in store.sweeps for i in _result_infos(store, d, table)]
+    return [(_base(d), i.path) for d in sweeps.dirs for i in _result_infos(sweeps, d, table)]
 
 
 def _read_one(fs: pafs.FileSystem, path: str, columns: Sequence[str] | None) -> pa.Table:
@@ -195,7 +121,7 @@ def _stack(got: list[tuple[str, pa.Table]], sweep: str, keys: dict[str, str | No
         if keys is not None:
             tags = np.repeat(np.array([keys[p] for p, _ in members], dtype=object),
                              [t.num_rows for _, t in members])
-            part = part.append_column(cache.KEY, pa.array(tags, pa.string()))
+            part = part.append_column(read_cache.KEY, pa.array(tags, pa.string()))
         parts.append(part.combine_chunks())
     return parts
 
@@ -236,31 +162,31 @@ def _read_many(fs: pafs.FileSystem, paths: list[str], columns: Sequence[str] | N
     return tables, {path for path, _ in failed}
 
 
-def _read_sweep(store: Store, sweep_dir: str, table: str, *, strict: bool, use_cache: bool,
+def _read_sweep(sweeps: Sweeps, sweep_dir: str, table: str, *, strict: bool, use_cache: bool,
                 columns: Sequence[str] | None) -> list[pa.Table]:
     """The tables of one sweep's files: cached rows of unchanged files plus freshly read ones."""
-    fs, sweep = store.filesystem, _base(sweep_dir)
-    infos = _result_infos(store, sweep_dir, table)
+    fs, sweep = sweeps.filesystem, _base(sweep_dir)
+    infos = _result_infos(sweeps, sweep_dir, table)
     wanted = None if columns is None else list(dict.fromkeys([*columns, "sweep"]))
     if not use_cache:
         return _read_many(fs, [i.path for i in infos], wanted, strict, sweep)[0]
     now = time.time_ns()
-    keys = {i.path: cache.file_key(i, now) for i in infos}
-    loaded = cache.load(fs, sweep_dir, table)
+    keys = {i.path: read_cache.file_key(i, now) for i in infos}
+    loaded = read_cache.load(fs, sweep_dir, table)
     cached, reading = None, wanted
     if loaded is not None:
         cached, cached_columns = loaded
         reading = None if cached_columns is None else sorted(cached_columns)
-        if not cache.covers(cached_columns, wanted):  # start over with both column sets
-            cached, reading = None, cache.widened(cached_columns, wanted)
+        if not read_cache.covers(cached_columns, wanted):  # start over with both column sets
+            cached, reading = None, read_cache.widened(cached_columns, wanted)
     parts: list[pa.Table] = []
     have: set[str] = set()
     changed = loaded is not None and cached is None
     if cached is not None:
         current = pa.array([k for k in keys.values() if k is not None], pa.string())
-        kept = cached.filter(pc.is_in(cached[cache.KEY], value_set=current))
+        kept = cached.filter(pc.is_in(cached[read_cache.KEY], value_set=current))
         changed = kept.num_rows != cached.num_rows          # files vanished or were rewritten
-        have = set(pc.unique(kept[cache.KEY]).to_pylist())
+        have = set(pc.unique(kept[read_cache.KEY]).to_pylist())
         parts.append(kept)
     todo = [i.path for i in infos if keys[i.path] is None or keys[i.path] not in have]
     fresh, failed = _read_many(fs, todo, reading, strict, sweep, keys)
@@ -270,12 +196,19 @@ def _read_sweep(store: Store, sweep_dir: str, table: str, *, strict: bool, use_c
         return []
     whole = pa.concat_tables(parts, promote_options="permissive").combine_chunks()
     if changed:
-        cache.save(fs, sweep_dir, table, whole, reading)
-    return [whole.drop_columns([cache.KEY])]
+        read_cache.save(fs, sweep_dir, table, whole, reading)
+    return [whole.drop_columns([read_cache.KEY])]
 
 
-def _conform(table: pa.Table, central: pa.Schema, columns: Sequence[str] | None) -> pa.Table:
-    """Central columns first (cast to the central type, nulls where absent), then extra columns."""
+def conform(table: pa.Table, central: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
+    """Central columns first (cast to the central type, nulls where absent), then extra columns.
+
+    Why columns the central schema does not know are kept, not dropped: a store is written over
+    weeks by several versions of the engine, and a reader older than a file is exactly the case
+    where a column is unknown; dropping it would hide results the user has, silently, while keeping
+    it costs nothing (Parquet describes itself). Known columns get the central type, so readers of
+    the central schema see one schema whatever wrote the files.
+    """
     wanted = central if columns is None else pa.schema([f for f in central if f.name in columns])
     arrays, fields = [], []
     for f in wanted:
@@ -292,22 +225,22 @@ def _conform(table: pa.Table, central: pa.Schema, columns: Sequence[str] | None)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def read_arrow(name_or_path: str | os.PathLike | Store, table: str, *, strict: bool = False,
+def read_arrow(name_or_path: str | os.PathLike | Sweeps, table: str, *, strict: bool = False,
                storage: str | os.PathLike | None = None, columns: Sequence[str] | None = None,
                use_cache: bool = True) -> pa.Table:
     """`load_table` as a pyarrow Table (what the benchmark and large reads want)."""
     central = schema(table)
-    store = resolve(name_or_path, storage)
-    parts = [t for d in store.sweeps
-             for t in _read_sweep(store, d, table, strict=strict, use_cache=use_cache, columns=columns)]
+    sweeps = resolve(name_or_path, storage)
+    parts = [t for d in sweeps.dirs
+             for t in _read_sweep(sweeps, d, table, strict=strict, use_cache=use_cache, columns=columns)]
     parts = [p for p in parts if p.num_rows]
     if not parts:
-        return _conform(central.empty_table(), central, columns)
+        return conform(central.empty_table(), central, columns)
     merged = pa.concat_tables(parts, promote_options="permissive").combine_chunks()
-    return _conform(merged, central, columns)
+    return conform(merged, central, columns)
 
 
-def load_table(name_or_path: str | os.PathLike | Store, table: str, *, strict: bool = False,
+def load_table(name_or_path: str | os.PathLike | Sweeps, table: str, *, strict: bool = False,
                storage: str | os.PathLike | None = None, columns: Sequence[str] | None = None,
                use_cache: bool = True) -> pd.DataFrame:
     """One table (trials, layers, spectra, curves, epochs) of one or many sweeps as a DataFrame.
@@ -317,19 +250,19 @@ def load_table(name_or_path: str | os.PathLike | Store, table: str, *, strict: b
     a warning and skipped; with `strict=True` it raises ValueError. A sweep without files for
     `table` gives an empty frame with the central columns. `use_cache` keeps a consolidated copy in
     `<sweep>/_analysis/cache/` so that the next read only opens new or changed files
-    (`analysis.cache`).
+    (`analysis.read_cache`).
     """
     return read_arrow(name_or_path, table, strict=strict, storage=storage, columns=columns,
                       use_cache=use_cache).to_pandas()
 
 
-def load_tables(name_or_path: str | os.PathLike | Store, tables: Sequence[str] = TABLES, *,
+def load_tables(name_or_path: str | os.PathLike | Sweeps, tables: Sequence[str] = TABLES, *,
                 strict: bool = False, storage: str | os.PathLike | None = None,
                 use_cache: bool = True) -> dict[str, pd.DataFrame]:
     """Several tables of the same sweeps, resolved once."""
-    store = resolve(name_or_path, storage)
-    return {t: load_table(store, t, strict=strict, use_cache=use_cache) for t in tables}
+    sweeps = resolve(name_or_path, storage)
+    return {t: load_table(sweeps, t, strict=strict, use_cache=use_cache) for t in tables}
 
 
-__all__ = ["Store", "SCHEMAS", "TABLES", "load_table", "load_tables", "read_arrow", "resolve",
+__all__ = ["Sweeps", "SCHEMAS", "TABLES", "conform", "load_table", "load_tables", "read_arrow", "resolve",
            "storage_root", "table_files"]

@@ -204,8 +204,10 @@ def _limit_cells(curves: pd.DataFrame, trials: pd.DataFrame) -> list[tuple[pd.Se
 
 def _limit_lines(ax, row: pd.Series) -> None:
     marks = (("predicted_removed_frac", "predicted", "-", "C3"),
+             ("predicted_removed_frac_authors", "authors' estimator", ":", "C3"),
              ("actual_removed_frac_strict", "actual (strict)", "--", "k"),
-             ("actual_removed_frac_tol", "actual (tolerance)", ":", "k"))
+             ("actual_removed_frac_tol", "actual (tolerance)", ":", "k"),
+             ("actual_removed_frac_loss", "actual (loss)", "-.", "C2"))
     for column, label, style, color in marks:
         value = row.get(column)
         if value is not None and not pd.isna(value):
@@ -245,9 +247,10 @@ def limit_crossing(curves: pd.DataFrame, trials: pd.DataFrame, out: str | os.Pat
 
 def accuracy_vs_sparsity(curves: pd.DataFrame, trials: pd.DataFrame, out: str | os.PathLike) -> str:
     """Test accuracy and test loss of the one-shot pruned LOMP model vs removed fraction, with the
-    limit lines (the paper's Figure of the curves; loss on the right axis where stored).
+    limit lines (the paper's Figure of the curves; losses on the right axis where stored).
 
-    The dense accuracy (dense_test_acc) is the horizontal reference the actual limit is read against.
+    The dense accuracy (dense_test_acc) is the horizontal reference the accuracy rules read against;
+    the training loss with the line dense training loss + ε is what the loss rule reads.
     """
     cells = [(r, g) for r, g in _limit_cells(curves, trials) if g["test_acc"].notna().any()]
     fig, axes = _figure(min(len(cells), MAX_PANELS))
@@ -266,8 +269,15 @@ def accuracy_vs_sparsity(curves: pd.DataFrame, trials: pd.DataFrame, out: str | 
         if "test_loss" in g and g["test_loss"].notna().any():
             top = ax.twinx()  # drawn above `ax`: the legend goes on it, or the loss line crosses it
             line, = top.plot(s, g["test_loss"].to_numpy(float), color="C1", lw=1, ls="-.", label="test_loss")
-            top.set_ylabel("test_loss", color="C1")
+            top.set_ylabel("loss", color="C1")
             handles, labels = handles + [line], labels + ["test_loss (right)"]
+            eps = row.get("epsilon")
+            if "train_loss" in g and g["train_loss"].notna().any() and eps is not None and not pd.isna(eps):
+                train = g["train_loss"].to_numpy(float)
+                line, = top.plot(s, train, color="C2", lw=1, label="train_loss")
+                level = top.axhline(train[0] + float(eps), color="C2", lw=0.8, ls="--")
+                handles += [line, level]
+                labels += ["train_loss (right)", "dense train_loss + ε (right)"]
         top.legend(handles, labels, fontsize=7)
     return _save(fig, out)
 

@@ -229,26 +229,35 @@ def compression_table(trials: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- 3. pruning limit
 
 LIMIT_KEYS: list[str] = [*GROUP, "pruner", "lomp_l1", "eigen_policy", "epsilon_source"]
+# What the limit table reads; each kept_frac column is 1 − its removed_frac column (stored both, as
+# every limit row is, but derived here rather than read).
 LIMIT_COLUMNS: list[str] = [
     "epsilon", "zero_mass",
-    "predicted_removed_frac", "predicted_kept_frac", "band_kept_frac_low", "band_kept_frac_high",
+    "predicted_removed_frac", "band_kept_frac_low", "band_kept_frac_high",
     "trace_bound_removed_frac", "predicted_removed_frac_radau_rule",
-    "actual_removed_frac_strict", "actual_kept_frac_strict", "actual_removed_frac_tol",
-    "actual_kept_frac_tol", "limit_tolerance_pp",
+    "predicted_removed_frac_authors", "predicted_removed_frac_spread", "predicted_removed_frac_se",
+    "predicted_unresolved", "predicted_note", "slq_iterations", "slq_max_iterations",
+    "actual_removed_frac_strict", "actual_removed_frac_tol", "actual_removed_frac_loss", "limit_tolerance_pp",
 ]
-LIMIT_DERIVED: list[str] = ["delta_removed_pp_strict", "delta_removed_pp_tol", "in_band_strict", "in_band_tol"]
+LIMIT_RULES: tuple[str, ...] = ("strict", "tol", "loss")  # pruning.limit.LIMIT_RULES (analysis has no torch)
+LIMIT_DERIVED: list[str] = ["predicted_kept_frac", *(f"actual_kept_frac_{r}" for r in LIMIT_RULES),
+                            *(f"delta_removed_pp_{r}" for r in LIMIT_RULES), *(f"in_band_{r}" for r in LIMIT_RULES)]
 
 
 def limit_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per model/dataset/seed: the predicted limit, its bands, and the actual limit under both rules.
+    """Per model/dataset/seed: the predicted limit (ours and the authors' estimator), how far it is
+    resolved, its bands, and the actual limit under every rule (strict, tol, loss).
 
     delta_removed_pp_* = 100 · (actual_removed_frac_* − predicted_removed_frac): percentage points
     of removed fraction by which the real network went further (+) or less far (−) than predicted.
     in_band_* tells whether the actual kept fraction lies in the kinematic band (our derivation).
+    Rows of older files lack the newer columns (loss rule, authors' estimate, spread): blank there.
     """
     _require(trials, [*LIMIT_KEYS, "seed", *LIMIT_COLUMNS], "trials")
     out = ok_rows(trials, kind="limit", columns=_with_sweep([*LIMIT_KEYS, "seed", *LIMIT_COLUMNS], trials)).copy()
-    for rule in ("strict", "tol"):
+    out["predicted_kept_frac"] = 1.0 - out["predicted_removed_frac"].astype(float)
+    for rule in LIMIT_RULES:
+        out[f"actual_kept_frac_{rule}"] = 1.0 - out[f"actual_removed_frac_{rule}"].astype(float)
         out[f"delta_removed_pp_{rule}"] = 100.0 * (out[f"actual_removed_frac_{rule}"].astype(float)
                                                   - out["predicted_removed_frac"].astype(float))
         kept = out[f"actual_kept_frac_{rule}"].astype(float)
@@ -259,22 +268,25 @@ def limit_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 LIMIT_SUMMARY_COLUMNS: list[str] = [
     "predicted_removed_frac", "predicted_kept_frac", "band_kept_frac_low", "band_kept_frac_high",
-    "trace_bound_removed_frac", "actual_removed_frac_strict", "actual_removed_frac_tol",
-    "delta_removed_pp_strict", "delta_removed_pp_tol", "epsilon", "zero_mass",
+    "trace_bound_removed_frac", "predicted_removed_frac_authors", "actual_removed_frac_strict",
+    "actual_removed_frac_tol", "actual_removed_frac_loss", "delta_removed_pp_strict", "delta_removed_pp_tol",
+    "delta_removed_pp_loss", "epsilon", "zero_mass", "slq_iterations",
 ]
 
 
 def limit_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std (ddof=1) over seeds of `limit_table`'s numbers, per model/dataset/configuration."""
+    """Mean and std (ddof=1) over seeds of `limit_table`'s numbers, per model/dataset/configuration,
+    and how many of the seeds' predictions are flagged unresolved (`n_unresolved`)."""
     rows = []
     for key, g in per_seed.groupby(LIMIT_KEYS, dropna=False, sort=True):
-        row = list(key) + [int(len(np.unique(replicate_ids(g))))]
+        flags = g["predicted_unresolved"]
+        row = list(key) + [int(len(np.unique(replicate_ids(g)))), int(flags.fillna(False).astype(bool).sum())]
         for c in LIMIT_SUMMARY_COLUMNS:
             mean, std, _ = _mean_std(g[c].to_numpy(float))
             row += [mean, std]
         rows.append(row)
     stats = [f"{c}_{s}" for c in LIMIT_SUMMARY_COLUMNS for s in ("mean", "std")]
-    return pd.DataFrame(rows, columns=[*LIMIT_KEYS, "n_seeds", *stats])
+    return pd.DataFrame(rows, columns=[*LIMIT_KEYS, "n_seeds", "n_unresolved", *stats])
 
 
 # ----------------------------------------------------------------------------- 4. LOMP vs baselines
@@ -467,37 +479,55 @@ def _yes_no(v: object) -> str:
     return "" if pd.isna(v) else ("yes" if v else "no")
 
 
+def _count(v: object) -> str:
+    return "" if pd.isna(v) else str(int(v))
+
+
+# What a reader decides from (shown by default): the prediction, the authors' estimate of it, the
+# actual limit under each rule, the differences, the Lanczos depth and whether s* is resolved.
 LIMIT_SEED_DISPLAY: list[tuple[str, Callable[[float], str] | None]] = [
-    ("predicted_removed_frac", fmt_frac), ("predicted_kept_frac", fmt_frac),
-    ("band_kept_frac_low", fmt_frac), ("band_kept_frac_high", fmt_frac),
+    ("predicted_removed_frac", fmt_frac), ("predicted_removed_frac_authors", fmt_frac),
+    ("actual_removed_frac_strict", fmt_frac), ("actual_removed_frac_tol", fmt_frac),
+    ("actual_removed_frac_loss", fmt_frac),
+    ("delta_removed_pp_strict", fmt_pp), ("delta_removed_pp_tol", fmt_pp), ("delta_removed_pp_loss", fmt_pp),
+    ("slq_iterations", _count), ("predicted_unresolved", _yes_no),
+]
+# The rest, with --wide: bands and bounds (our derivations), the resolution numbers, ε and the rules.
+LIMIT_SEED_WIDE: list[tuple[str, Callable[[float], str] | None]] = [
+    ("predicted_kept_frac", fmt_frac), ("band_kept_frac_low", fmt_frac), ("band_kept_frac_high", fmt_frac),
     ("trace_bound_removed_frac", fmt_frac), ("predicted_removed_frac_radau_rule", fmt_frac),
-    ("actual_removed_frac_strict", fmt_frac), ("actual_kept_frac_strict", fmt_frac),
-    ("actual_removed_frac_tol", fmt_frac), ("actual_kept_frac_tol", fmt_frac),
-    ("delta_removed_pp_strict", fmt_pp), ("delta_removed_pp_tol", fmt_pp),
-    ("in_band_strict", _yes_no), ("limit_tolerance_pp", _general), ("epsilon", _general),
-    ("epsilon_source", None), ("eigen_policy", None), ("zero_mass", fmt_frac),
+    ("predicted_removed_frac_spread", fmt_frac), ("predicted_removed_frac_se", fmt_frac),
+    ("slq_max_iterations", _count), ("actual_kept_frac_strict", fmt_frac), ("actual_kept_frac_tol", fmt_frac),
+    ("actual_kept_frac_loss", fmt_frac), ("in_band_strict", _yes_no), ("limit_tolerance_pp", _general),
+    ("epsilon", _general), ("epsilon_source", None), ("eigen_policy", None), ("zero_mass", fmt_frac),
+    ("predicted_note", None),
 ]
 
 
-def limit_sections(per_seed: pd.DataFrame, summary: pd.DataFrame) -> list[Section]:
-    """Per-seed rows, then the mean ± std summary over seeds (headers are the Parquet columns)."""
+def limit_sections(per_seed: pd.DataFrame, summary: pd.DataFrame, *, wide: bool = False) -> list[Section]:
+    """Per-seed rows, then the mean ± std summary over seeds (headers are the Parquet columns);
+    `wide` adds the bands, bounds, resolution numbers and rules (LIMIT_SEED_WIDE)."""
     if per_seed.empty:
         return []
     pooled = "sweep" in per_seed.columns and per_seed["sweep"].nunique(dropna=False) > 1
     ids = [*GROUP, *(["sweep"] if pooled else []), "seed"]
     seed = pd.DataFrame({c: _text(per_seed[c], (lambda v: "" if pd.isna(v) else str(int(v))) if c == "seed" else None)
                          for c in ids})
-    for column, fmt in LIMIT_SEED_DISPLAY:
+    for column, fmt in LIMIT_SEED_DISPLAY + (LIMIT_SEED_WIDE if wide else []):
         seed[column] = _text(per_seed[column], fmt)
     summ = pd.DataFrame({c: _text(summary[c], _general if c == "lomp_l1" else None)
-                         for c in [*GROUP, "lomp_l1", "eigen_policy", "epsilon_source", "n_seeds"]})
-    for c in ("predicted_removed_frac", "predicted_kept_frac", "trace_bound_removed_frac",
-              "actual_removed_frac_strict", "actual_removed_frac_tol", "zero_mass"):
+                         for c in [*GROUP, "lomp_l1", "eigen_policy", "epsilon_source", "n_seeds", "n_unresolved"]})
+    shown = ["predicted_removed_frac", "predicted_removed_frac_authors", "actual_removed_frac_strict",
+             "actual_removed_frac_tol", "actual_removed_frac_loss"]
+    if wide:
+        shown += ["predicted_kept_frac", "trace_bound_removed_frac", "zero_mass", "slq_iterations"]
+    for c in shown:
         summ[c] = [fmt_mean_std(m, s) for m, s in zip(summary[f"{c}_mean"], summary[f"{c}_std"])]
-    for c in ("delta_removed_pp_strict", "delta_removed_pp_tol"):
+    for rule in LIMIT_RULES:
+        c = f"delta_removed_pp_{rule}"
         summ[c] = [fmt_mean_std(m, s, fmt_pp) for m, s in zip(summary[f"{c}_mean"], summary[f"{c}_std"])]
-    return [Section("pruning limit per seed (band and trace bound: our derivations)", seed),
-            Section("pruning limit over seeds (mean ± std)", summ)]
+    title = "pruning limit per seed" + (" (band and trace bound: our derivations)" if wide else "")
+    return [Section(title, seed), Section("pruning limit over seeds (mean ± std)", summ)]
 
 
 def lomp_sections(tidy: pd.DataFrame) -> list[Section]:
@@ -520,7 +550,7 @@ class TableSpec:
 
     needs: dict[str, tuple[str, ...]]
     build: Callable[..., dict[str, pd.DataFrame]]
-    show: Callable[[dict[str, pd.DataFrame]], list[Section]]
+    show: Callable[..., list[Section]]  # (tidy, *, wide) → sections; `wide` adds the rarely read columns
 
 
 SELECT: tuple[str, ...] = ("status", "kind", "sweep")           # what ok_rows and replicate_ids read
@@ -548,14 +578,14 @@ def _build_lomp(frames: dict[str, pd.DataFrame], levels: Sequence[float] | None 
 
 TABLE_SPECS: dict[str, TableSpec] = {
     "accuracy": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "seed", "test_acc", *VIEWS)},
-                          _build_accuracy, lambda t: accuracy_sections(t["accuracy"])),
+                          _build_accuracy, lambda t, wide=False: accuracy_sections(t["accuracy"])),
     "compression": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", *VIEWS)},
-                             _build_compression, lambda t: compression_sections(t["compression"])),
+                             _build_compression, lambda t, wide=False: compression_sections(t["compression"])),
     "limit": TableSpec({"trials": (*SELECT, *LIMIT_KEYS, "seed", *LIMIT_COLUMNS)},
-                       _build_limit, lambda t: limit_sections(t["limit"], t["limit_summary"])),
+                       _build_limit, lambda t, wide=False: limit_sections(t["limit"], t["limit_summary"], wide=wide)),
     "lomp": TableSpec({"trials": (*SELECT, *GROUP, *ROW, "sparsity", "seed", "test_acc", "cell_id"),
                        "curves": ("cell_id", "sweep", "removed_frac", "test_acc")},
-                      _build_lomp, lambda t: lomp_sections(t["lomp"])),
+                      _build_lomp, lambda t, wide=False: lomp_sections(t["lomp"])),
 }
 
 
@@ -587,8 +617,8 @@ def build(name: str, frames: dict[str, pd.DataFrame], *, levels: Sequence[float]
     return TABLE_SPECS[name].build(frames, levels=levels, sparsities=sparsities)
 
 
-def sections(name: str, tidy: dict[str, pd.DataFrame]) -> list[Section]:
-    return TABLE_SPECS[name].show(tidy)
+def sections(name: str, tidy: dict[str, pd.DataFrame], *, wide: bool = False) -> list[Section]:
+    return TABLE_SPECS[name].show(tidy, wide=wide)
 
 
 # ----------------------------------------------------------------------------- renderers
@@ -637,14 +667,15 @@ def csv(frame: pd.DataFrame) -> str:
 FORMATS: tuple[str, ...] = ("md", "csv", "latex")
 
 
-def render(name: str, tidy: dict[str, pd.DataFrame], fmt: str = "md") -> str:
-    """Table `name` as text: md and latex show the display sections, csv the tidy frames."""
+def render(name: str, tidy: dict[str, pd.DataFrame], fmt: str = "md", *, wide: bool = False) -> str:
+    """Table `name` as text: md and latex show the display sections (`wide`: every column of the
+    limit table, not only what a reader decides from), csv the tidy frames (always every column)."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: choose from {', '.join(FORMATS)}")
     if fmt == "csv":
         parts = [csv(frame) if len(tidy) == 1 else f"# {key}\n{csv(frame)}" for key, frame in tidy.items()]
         return "\n".join(parts)
-    secs = sections(name, tidy)
+    secs = sections(name, tidy, wide=wide)
     if not secs:
         return f"{name}: no rows (no finished cells of this kind)\n" if fmt == "md" else f"% {name}: no rows\n"
     if fmt == "md":

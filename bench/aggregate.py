@@ -97,7 +97,7 @@ def timed(fn):
 
 
 def age(paths: list[Path]) -> None:
-    """Backdate the generated files: files younger than analysis.cache.RACY_NS are never cached."""
+    """Backdate the generated files: files younger than analysis.read_cache.RACY_NS are never cached."""
     past = time.time() - 3600
     for p in paths:
         os.utime(p, (past, past))

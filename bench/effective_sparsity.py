@@ -1,6 +1,6 @@
 """Benchmark: one effective-mask evaluation vs one forward+backward of the real model (batch 1).
 
-Why this baseline: the pruners' effective-target bisection (ALGORITHMS.md §3) evaluates ~⌈log2 N⌉
+Why this baseline: the pruners' effective-target bisection (docs/algorithms.md §3) evaluates ~⌈log2 N⌉
 candidate masks; its cost should be a small multiple of what training spends on one step of one
 sample. Everything is measured in the same run, interleaved (baseline, evaluation, baseline, ...) so
 that load from other processes hits both alike; medians of `--repeats`.

@@ -112,11 +112,11 @@ def demo_table(tmp: Path, device: str) -> str:
     """Mean test accuracy per pruner and sparsity, bf16 off vs on, and what each sweep cost."""
     import pandas as pd
 
-    from sweeps import store
+    from analysis.load import read_arrow
 
     frames = {}
     for kind in ("fp32", "bf16"):
-        df = store.read_table(str(tmp / "results"), f"demo_{device}_{kind}", "trials").to_pandas()
+        df = read_arrow(f"demo_{device}_{kind}", "trials", storage=str(tmp / "results"), use_cache=False).to_pandas()
         frames[kind] = df
     lines = []
     for kind, df in frames.items():

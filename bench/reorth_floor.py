@@ -4,7 +4,7 @@
     OMP_WAIT_POLICY=passive .venv/bin/python bench/reorth_floor.py     # torch's OpenMP workers sleep
 
 SLQ's time outside its Hessian-vector products is mostly the full reorthogonalization that
-ALGORITHMS.md §6 prescribes: two classical Gram–Schmidt passes per step against each probe's basis.
+docs/algorithms.md §6 prescribes: two classical Gram–Schmidt passes per step against each probe's basis.
 This replays that access pattern on the bench case of `slq_vs_pyhessian.py`: every step runs the real
 `hvp_sum` on B directions (timed: the floor), then one reorthogonalization variant over the B bases
 (B × (k+1) × D, float32, filled with random rows: the cost does not depend on their values):

@@ -45,8 +45,8 @@ def make_spec(storage: str, cells: int, epochs: int, finetune_epochs: int = 1) -
 
 
 def measure(backend: Any, spec: Any, slots: int) -> dict[str, float]:
-    from sweeps import store
-    from sweeps.cache import DENSE_ITEM, DenseCache
+    from analysis.load import read_arrow
+    from sweeps.dense_cache import DENSE_ITEM, DenseCache
     from sweeps.cells import expand
     from sweeps.progress import Progress
     from sweeps.trial import Where
@@ -55,7 +55,7 @@ def measure(backend: Any, spec: Any, slots: int) -> dict[str, float]:
     t0 = time.perf_counter()
     summary = backend.run(cells, Where(storage=spec.storage), progress=Progress(len(cells), stream=io.StringIO()))
     wall = time.perf_counter() - t0
-    rows = store.read_table(spec.storage, spec.name, "trials").to_pylist()
+    rows = read_arrow(spec.name, "trials", storage=spec.storage, use_cache=False).to_pylist()
     busy = sum(r["total_seconds"] for r in rows)
     cache = DenseCache(spec.storage)
     keys = [p.name for p in Path(spec.storage, "_cache", "dense").iterdir() if p.is_dir()]

@@ -11,8 +11,8 @@ Printed: q found vs exact zero rows and near-zero eigenvalues; |G_slq − G_exac
 net's batch-loss std and ε = 0.01; and the predicted removable fraction s* = G(R(s*)) with the exact
 spectrum, plain SLQ, corrected SLQ and the corrected Gauss–Radau rule (`SLQResult.radau`; with the
 Gauss rule it brackets each probe's quadratic form on a PSD spectrum, not the exact trace, so it is
-a diagnostic); the corrected prediction's resolution (s* at m/2 steps, jackknife SE, the flag) and
-the exact `drop` s* with and without the zero-curvature tolerance. Feeds docs/zero_mass.md.
+a diagnostic); the corrected prediction's resolution (spread of s*(k) over the last quarter of the
+run, jackknife SE, the flag) and the exact `drop` s* with and without the zero-curvature tolerance. Feeds docs/zero_mass.md.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pruning import masks as masks_lib  # noqa: E402
 from pruning.data import load  # noqa: E402
 from pruning.hvp import dense_hessian  # noqa: E402
 from pruning.slq import SLQResult, slq  # noqa: E402
-from pruning.limit import batch_loss_std, g_of_r, predict_limit  # noqa: E402
+from pruning.limit import batch_loss_std, g_of_r, limit_equation, predict_limit  # noqa: E402
 from pruning.train import TrainConfig, train  # noqa: E402
 
 RADII = (0.5, 1, 2, 4, 8, 16, 32, 64, 128)
@@ -114,9 +114,10 @@ def main() -> None:
             print("\npredicted removable fraction s* (R(s*)): " + ", ".join(
                 f"{k} {p.removed_frac:.4f} ({p.r:.3g})" for k, p in preds.items()) + "\n")
             c = preds["corrected"]
-            print(f"resolution of corrected SLQ: s*(m/2) {c.half_iters_removed_frac:.4f}, jackknife SE "
-                  f"{c.removed_frac_se:.4f}, unresolved {c.unresolved}; |error| {abs(c.removed_frac - preds['exact'].removed_frac):.4f}")
-            drop = {k: predict_limit(w, exact, eps, policy="drop", zero_tol=z).removed_frac
+            print(f"resolution of corrected SLQ: spread of s*(k) over the last quarter {c.removed_frac_spread:.4f}, "
+                  f"jackknife SE {c.removed_frac_se:.4f}, unresolved {c.unresolved}; "
+                  f"|error| {abs(c.removed_frac - preds['exact'].removed_frac):.4f}")
+            drop = {k: limit_equation(w, exact, eps, policy="drop", zero_tol=z).solve(exact)
                     for k, z in (("zero_tol=0 (old)", 0.0), ("default", None))}
             print("exact s* under drop: " + ", ".join(f"{k} {v:.4f}" for k, v in drop.items()) + "\n")
 

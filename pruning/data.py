@@ -18,7 +18,6 @@ one line naming the expected path and how to fetch it.
 from __future__ import annotations
 
 import gzip
-import inspect
 import math
 import os
 import zlib
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from pruning.options import defaults, option, validate
 
 DEFAULT_ROOT = "./data"
 _CACHE_LIMIT_BYTES = 2 << 30  # normalized float copies above this stay uint8 and normalize per batch
@@ -175,6 +176,59 @@ class Split:
 LOCATIONS = ("root", "system_dir")  # loader arguments that say where files are, never what they hold
 
 
+# A loader's options (`pruning.options` fields: type, range, help); the loader's keyword defaults
+# read them, so each default is stated once. Where files live (`LOCATIONS`) is never an option.
+
+_SEED_HELP = "seed of the train/test split (a fixed published split ignores it)"
+
+
+@dataclass(frozen=True)
+class SeedOptions:
+    """The options of a loader whose split is published (mnist, cifar10, cifar100, tinyimagenet)."""
+
+    seed: int = option(0, _SEED_HELP, ge=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class DigitsOptions:
+    """digits: a stratified split of the 1,797 images (at least 10 images on each side)."""
+
+    seed: int = option(0, _SEED_HELP, ge=0)
+    test_size: int = option(360, "test images of the 1,797", ge=10, le=1787)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class SyntheticOptions:
+    """synthetic: Gaussian classes around random means."""
+
+    seed: int = option(0, _SEED_HELP, ge=0)
+    input_shape: tuple[int, int, int] = option((1, 8, 8), "(channels, height, width)", ge=1)
+    num_classes: int = option(10, "classes", ge=2)
+    n_train: int = option(512, "training samples", ge=1)
+    n_test: int = option(256, "test samples", ge=1)
+    noise: float = option(1.0, "standard deviation around each class mean", ge=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class FashionOptions:
+    """fashion_mnist: the published split, optionally with the authors' rotation."""
+
+    seed: int = option(0, _SEED_HELP, ge=0)
+    augment: bool = option(False, "the effective-sparsity authors' random rotation of ±4°")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 @dataclass(frozen=True)
 class DataInfo:
     """What a data set is, known without reading it (spec validation needs shapes up front)."""
@@ -185,12 +239,13 @@ class DataInfo:
     doc: str
     embedded: bool = False  # ships with an installed package; needs no root
     train_size: int | None = None  # training samples (known without reading: step counts at validation)
+    options: type = SeedOptions  # the loader's options dataclass (`seed` fixes the split)
+    smallest_class: int | None = None  # training samples of its rarest class; None: count them (embedded sets)
 
     @property
     def option_defaults(self) -> dict:
-        """The loader's options (`seed` fixes the split); where files live (`LOCATIONS`) is no option."""
-        params = inspect.signature(self.loader).parameters
-        return {p: v.default for p, v in params.items() if p not in LOCATIONS}
+        """The loader's options with their defaults; where files live (`LOCATIONS`) is no option."""
+        return defaults(self.options)
 
 
 def _root(root: str | os.PathLike | None) -> Path:
@@ -200,13 +255,13 @@ def _root(root: str | os.PathLike | None) -> Path:
 def _missing(name: str, path: Path, what: str) -> DataNotFound:
     return DataNotFound(
         f"{name}: {what} not found under {path}; on a machine with internet run "
-        f"`prunetune data download {name} --root {path}` (or set PRUNETUNE_DATA)"
+        f"`prunetune data download {name} --data-root {path}` (or set PRUNETUNE_DATA)"
     )
 
 
 # --- embedded and synthetic -------------------------------------------------------------------
 
-def load_digits(root=None, seed: int = 0, test_size: int = 360) -> tuple[Split, Split]:
+def load_digits(root=None, seed: int = DigitsOptions.seed, test_size: int = DigitsOptions.test_size) -> tuple[Split, Split]:
     """scikit-learn's 1,797 8×8 digits, stratified train/test split fixed by `seed`."""
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
@@ -225,12 +280,12 @@ def load_digits(root=None, seed: int = 0, test_size: int = 360) -> tuple[Split, 
 
 def load_synthetic(
     root=None,
-    seed: int = 0,
-    input_shape: tuple[int, int, int] = (1, 8, 8),
-    num_classes: int = 10,
-    n_train: int = 512,
-    n_test: int = 256,
-    noise: float = 1.0,
+    seed: int = SyntheticOptions.seed,
+    input_shape: tuple[int, int, int] = SyntheticOptions.input_shape,
+    num_classes: int = SyntheticOptions.num_classes,
+    n_train: int = SyntheticOptions.n_train,
+    n_test: int = SyntheticOptions.n_test,
+    noise: float = SyntheticOptions.noise,
 ) -> tuple[Split, Split]:
     """Gaussian classes around random means: tiny, learnable, any shape — for tests."""
     g = torch.Generator().manual_seed(10_007 + seed)
@@ -311,11 +366,11 @@ def _fashion_mnist_dir(root, system_dir) -> Path:
     raise DataNotFound(
         f"fashion_mnist: {missing} not found under {places[0]} nor {places[1]}; install it with "
         f"`apt-get install dataset-fashion-mnist`, or on a machine with internet run "
-        f"`prunetune data download fashion_mnist --root {base}` (or set PRUNETUNE_DATA)"
+        f"`prunetune data download fashion_mnist --data-root {base}` (or set PRUNETUNE_DATA)"
     )
 
 
-def load_fashion_mnist(root=None, seed: int = 0, *, augment: bool = False,
+def load_fashion_mnist(root=None, seed: int = 0, *, augment: bool = FashionOptions.augment,
                        system_dir: str | os.PathLike | None = None) -> tuple[Split, Split]:
     """Fashion-MNIST (Xiao et al. 2017): 60,000 / 10,000 28×28 grey images of 10 garment classes.
 
@@ -441,17 +496,20 @@ def load_tinyimagenet(root=None, seed: int = 0) -> tuple[Split, Split]:
 
 DATASETS: dict[str, DataInfo] = {
     "digits": DataInfo((1, 8, 8), 10, load_digits, "scikit-learn's 8×8 handwritten digits (embedded)", True,
-                       train_size=1797 - 360),
+                       train_size=1797 - 360, options=DigitsOptions),
     "synthetic": DataInfo((1, 8, 8), 10, load_synthetic, "Gaussian classes, any shape (tests)", True,
-                          train_size=512),
-    "mnist": DataInfo((1, 28, 28), 10, load_mnist, "MNIST, torchvision raw idx files", train_size=60_000),
+                          train_size=512, options=SyntheticOptions),
+    "mnist": DataInfo((1, 28, 28), 10, load_mnist, "MNIST, torchvision raw idx files", train_size=60_000,
+                      smallest_class=5_421),
     "fashion_mnist": DataInfo((1, 28, 28), 10, load_fashion_mnist,
                               "Fashion-MNIST, idx.gz files (torchvision layout or Debian's package)",
-                              train_size=60_000),
-    "cifar10": DataInfo((3, 32, 32), 10, load_cifar10, "CIFAR-10, python pickles", train_size=50_000),
-    "cifar100": DataInfo((3, 32, 32), 100, load_cifar100, "CIFAR-100, python pickles", train_size=50_000),
+                              train_size=60_000, options=FashionOptions, smallest_class=6_000),
+    "cifar10": DataInfo((3, 32, 32), 10, load_cifar10, "CIFAR-10, python pickles", train_size=50_000,
+                        smallest_class=5_000),
+    "cifar100": DataInfo((3, 32, 32), 100, load_cifar100, "CIFAR-100, python pickles", train_size=50_000,
+                         smallest_class=500),
     "tinyimagenet": DataInfo((3, 64, 64), 200, load_tinyimagenet, "tiny-imagenet-200 folder",
-                             train_size=100_000),
+                             train_size=100_000, smallest_class=500),
 }
 
 
@@ -465,8 +523,8 @@ def info(name: str, **options) -> tuple[tuple[int, int, int], int]:
     """(input_shape, num_classes) of a data set without reading it (`synthetic` takes its options)."""
     d = get(name)
     if name == "synthetic":
-        shape = tuple(options.get("input_shape", d.input_shape))
-        return shape, int(options.get("num_classes", d.num_classes))  # type: ignore[return-value]
+        o = {**d.option_defaults, **options}  # defaults from the one declaration (SyntheticOptions)
+        return tuple(o["input_shape"]), int(o["num_classes"])  # type: ignore[return-value]
     return d.input_shape, d.num_classes
 
 
@@ -474,8 +532,18 @@ def train_size(name: str, **options) -> int | None:
     """Training samples of a data set without reading it (`synthetic`: its `n_train` option)."""
     d = get(name)
     if name == "synthetic":
-        return int(options.get("n_train", d.option_defaults["n_train"]))
+        return int({**d.option_defaults, **options}["n_train"])
     return d.train_size
+
+
+def smallest_class(name: str, **options) -> int:
+    """Training samples of the rarest class: published for the real sets, counted for the embedded
+    ones (whose split depends on their options; loading them takes milliseconds)."""
+    d = get(name)
+    if d.smallest_class is not None:
+        return d.smallest_class
+    train_split, _ = load(name, **options)
+    return int(torch.bincount(train_split.y, minlength=train_split.num_classes).min())
 
 
 def load(name: str, *, root: str | os.PathLike | None = None, seed: int = 0, **options) -> tuple[Split, Split]:
@@ -506,6 +574,9 @@ _DOWNLOADS: dict[str, Callable[[str], None]] = {
     "cifar100": _download_torchvision("CIFAR100"),
     "tinyimagenet": _download_tinyimagenet,
 }
+
+
+DOWNLOADABLE = tuple(_DOWNLOADS)
 
 
 def download(name: str, root: str | os.PathLike) -> None:

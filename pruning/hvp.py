@@ -1,4 +1,4 @@
-"""Hessian-vector products: the operator that SLQ (`pruning.slq`) runs on, ALGORITHMS.md §6.
+"""Hessian-vector products: the operator that SLQ (`pruning.slq`) runs on, docs/algorithms.md §6.
 
 Data flow: `LocalHVPBackend` turns (model, loss, data) into Hessian-vector products of the
 *summed* per-sample loss, B directions per data pass, in one of several AD modes ("auto" measures
@@ -77,7 +77,7 @@ class HVPBackend(Protocol):
 def hessian_param_names(model: nn.Module, params: Sequence[str] | str | None = None) -> list[str]:
     """Names of the parameters the Hessian is taken over, in `named_parameters()` order.
 
-    None: every trainable parameter not owned by a BatchNorm layer (ALGORITHMS.md §6: BN affine
+    None: every trainable parameter not owned by a BatchNorm layer (docs/algorithms.md §6: BN affine
     parameters are excluded by default). "prunable": the weights of the Conv/Linear layers only
     (`weight_orig` for a masked layer). Otherwise an explicit list of names.
     """
@@ -402,20 +402,6 @@ def mean_hvp(backends: HVPBackend | Sequence[HVPBackend], V: Tensor) -> Tensor:
     if count == 0:
         raise ValueError("data: the backends cover no samples")
     return total / count
-
-
-class SumOfBackends:
-    """Several shard backends as one (sums and counts add): the local view of data parallelism."""
-
-    def __init__(self, backends: Sequence[HVPBackend]):
-        dims = {b.dim for b in backends}
-        if len(dims) != 1:
-            raise ValueError(f"backends: dims {sorted(dims)} differ; shards must share the parameter set")
-        self.backends, self.dim = list(backends), dims.pop()
-
-    def hvp_sum(self, V: Tensor) -> tuple[Tensor, int]:
-        parts = [b.hvp_sum(V) for b in self.backends]
-        return sum(S.to(V.device) for S, _ in parts), sum(n for _, n in parts)
 
 
 # --- what the products cost ----------------------------------------------------------------------

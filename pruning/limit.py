@@ -1,4 +1,4 @@
-"""The pruning limit of *How Sparse Can We Prune A Deep Network* (ALGORITHMS.md §7).
+"""The pruning limit of *How Sparse Can We Prune A Deep Network* (docs/algorithms.md §7).
 
 For trained prunable weights w* (N of them) and the Hessian spectrum from SLQ:
 - R(s): distance from w* to its best sparse approximation with removed fraction s, i.e.
@@ -25,7 +25,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor, nn
 
-from pruning.slq import SLQResult
+from pruning.slq import SLQResult, ritz
 from pruning.train import L1_SCOPES, l1_penalty
 
 # --- ε: the loss tolerance -----------------------------------------------------------------------
@@ -196,7 +196,7 @@ def zero_curvature_tol(spectrum: SLQResult, zero_tol: float | None = None) -> fl
     tol = zero_tol · ρ, ρ = max |θ| over every probe's nodes (the spectral radius estimate: the
     extreme Ritz values converge first); `zero_tol` None means ZERO_CURVATURE_ULPS · eps(dtype)
     with the dtype from `rounding_eps`. Why: the sign of an eigenvalue at rounding level is noise,
-    and under `drop` it decided between term 0 and term 1 (ALGORITHMS.md §7). `zero_tol=0` is the
+    and under `drop` it decided between term 0 and term 1 (docs/algorithms.md §7). `zero_tol=0` is the
     behaviour before this rule (only exact zeros are flat).
     """
     rel = ZERO_CURVATURE_ULPS * rounding_eps(spectrum) if zero_tol is None else float(zero_tol)
@@ -302,33 +302,43 @@ def kinematic_halfwidth(dim: int, eta: float = 0.05) -> float:
 
 # --- how far s* is resolved ---------------------------------------------------------------------
 
-RESOLUTION_TOL = 0.01  # |s*(m) − s*(m/2)| or 2·SE above this flags the prediction as unresolved
+RESOLUTION_TOL = 0.01  # spread of s*(k) over the last quarter, or 2·SE, above this: unresolved
 
 
-def half_iterations(spectrum: SLQResult) -> SLQResult | None:
-    """The SLQ result the first ⌊m/2⌋ Lanczos steps of every probe would have given.
+def truncated(spectrum: SLQResult, k: int) -> SLQResult:
+    """The SLQ result the first k Lanczos steps of every probe would have given.
 
-    Each probe's Jacobi matrix is re-diagonalized from its stored alphas/betas, leading
-    ⌊m/2⌋ × ⌊m/2⌋ block only (a probe that stopped earlier keeps all its steps: it had found an
-    invariant subspace). None when the result carries no coefficients or m < 2.
+    Each probe's Jacobi matrix is re-diagonalized from its stored alphas/betas, leading k × k block
+    only (a probe that stopped earlier keeps all its steps: it had found an invariant subspace), by
+    `gauss_rule` (eigenvalues only; the weights agree with eigh's to ~1e-11 relative).
+    Needs the coefficients (`alphas`, `betas`); 1 ≤ k ≤ the run's depth.
     """
+    if spectrum.alphas is None or spectrum.betas is None:
+        raise ValueError("truncated: this result carries no Lanczos coefficients (alphas/betas)")
     m = int(spectrum.iterations)
-    if spectrum.alphas is None or spectrum.betas is None or m < 2:
-        return None
-    half = m // 2
-    P = len(spectrum.steps)
-    nodes, weights = np.zeros((P, half)), np.zeros((P, half))
-    steps = np.minimum(np.asarray(spectrum.steps), half)
-    for p, k in enumerate(steps):
-        k = int(k)
-        if k == 1:
-            theta, U = spectrum.alphas[p, :1], np.ones((1, 1))
-        else:
-            theta, U = eigh_tridiagonal(spectrum.alphas[p, :k], spectrum.betas[p, : k - 1])
-        nodes[p, :k], weights[p, :k] = theta, U[0] ** 2
-    return replace(spectrum, nodes=nodes, weights=weights, steps=steps, iterations=half,
-                   alphas=spectrum.alphas[:, :half], betas=spectrum.betas[:, :half],
-                   info={**spectrum.info, "rule": f"gauss@{half}"})
+    if not 1 <= k <= m:
+        raise ValueError(f"truncated: k {k} must be in [1, {m}]")
+    steps = np.minimum(np.asarray(spectrum.steps), k)
+    nodes, weights = ritz(spectrum.alphas, spectrum.betas, steps, k, fast=True)
+    return replace(spectrum, nodes=nodes, weights=weights, steps=steps, iterations=k,
+                   alphas=spectrum.alphas[:, :k], betas=spectrum.betas[:, :k],
+                   info={**spectrum.info, "rule": f"gauss@{k}"})
+
+
+WINDOW_DEPTHS = 16  # strides of the resolution window: about this many depths k are compared
+
+
+def spread_window(m: int) -> list[int]:
+    """The depths k whose s*(k) the resolution signal compares: the last quarter ⌈3m/4⌉ … m, every
+    step while that is at most WINDOW_DEPTHS + 1 depths, else every stride-th (a power of two, so
+    that the windows of successive `iterations: auto` checks share their depths), m and ⌈3m/4⌉
+    always included. Why strided: each depth costs one tridiagonal eigenproblem per probe; 17 depths
+    keep the signal well under 1% of the SLQ time while still seeing s* oscillate across the window."""
+    lo = max(1, math.ceil(3 * m / 4))
+    if m - lo <= WINDOW_DEPTHS:
+        return list(range(lo, m + 1))
+    stride = 2 ** math.ceil(math.log2((m - lo) / WINDOW_DEPTHS))
+    return sorted({lo, m, *range(math.ceil(lo / stride) * stride, m + 1, stride)})
 
 
 def jackknife_se(values: Sequence[float]) -> float:
@@ -337,31 +347,180 @@ def jackknife_se(values: Sequence[float]) -> float:
     return float(math.sqrt((len(x) - 1) / len(x) * ((x - x.mean()) ** 2).sum()))
 
 
+@dataclass(frozen=True)
+class LimitEquation:
+    """s = G(R(s)) for fixed weights, ε, policy and absolute zero-curvature tolerance: what every
+    estimate of s* (the run, its truncations, leave-one-out, the depth loop of `iterations: auto`)
+    solves, so they differ only in the spectrum they are given."""
+
+    dist: SparseDistance
+    epsilon: float
+    policy: str
+    tol: float  # absolute: |θ| ≤ tol is zero curvature (`zero_curvature_tol` of the full run)
+
+    def solve(self, spectrum: SLQResult) -> float:
+        return removed_frac_at_scale(self.dist, spectrum, self.epsilon, self.policy, tol=self.tol)
+
+    def depth_spread(self, spectrum: SLQResult, rules: dict[int, SLQResult] | None = None) -> float | None:
+        """max − min of s*(k) over `spread_window(m)`, from the stored coefficients (no products).
+
+        Why this and not s*(m/2) vs s*(m): two single depths can agree by chance while both are far
+        off (on exact spectra s*(16) equalled s*(32) with a 7-point error), and m/2 is far from
+        where the run stands, so the comparison also flagged converged runs. The last quarter asks
+        the question that matters: has s* stopped moving where the run ended? None without
+        coefficients or with m < 2. `rules` caches the truncated results by depth (a growing run
+        keeps its earlier coefficients, so they stay valid)."""
+        m = int(spectrum.iterations)
+        if spectrum.alphas is None or spectrum.betas is None or m < 2:
+            return None
+        rules = {} if rules is None else rules
+        values = []
+        for k in spread_window(m):
+            if k not in rules:
+                rules[k] = spectrum if k == m else truncated(spectrum, k)
+            values.append(self.solve(rules[k]))
+        return float(max(values) - min(values))
+
+    def jackknife(self, spectrum: SLQResult) -> float | None:
+        """Jackknife SE of s* over probes (None with one probe): leave each probe out, re-solve.
+
+        Jackknife rather than the spread of single-probe solutions because s* is a nonlinear
+        function of the probe *mean* of the quadratures: the jackknife measures the error of that
+        statistic, while a single probe's fixed point solves a different (noisier) equation."""
+        P, q = spectrum.probes, spectrum.zero_mass
+        if P < 2:
+            return None
+
+        def loo(p: int) -> float:
+            def h(s: float) -> float:
+                g = probe_g(spectrum, self.epsilon, self.dist(s), self.policy, tol=self.tol)
+                return s - (q + (1 - q) * (g.sum() - g[p]) / (P - 1))
+            return solve_fixed_point(h)
+
+        return jackknife_se([loo(p) for p in range(P)])
+
+    def negative_share(self, spectrum: SLQResult, s: float) -> float:
+        """What `drop` removes from G at R(s) relative to `abs`: (1 − q) × the quadrature mass of
+        the nodes below −tol, each weighted by its `abs` term 2ε/(2ε + R²|θ|).
+
+        Why this measures whether `drop` is well posed: drop's term jumps from 1 to 0 as a node
+        crosses zero, so where this share is large, s* under drop depends on where Lanczos happens
+        to put the near-zero mass (it swung 0.15 → 0.96 → 0.23 across depths on a real operator);
+        where it is small, drop and abs differ by little and neither moves with the depth."""
+        r2 = self.dist(s) ** 2
+        a = 2.0 * self.epsilon
+        share = spectrum.quadrature(lambda t: np.where(t < -self.tol, a / (a + r2 * np.abs(t)), 0.0))
+        return float((1 - spectrum.zero_mass) * share)
+
+
+def depth_resolved(weights: Tensor | Mapping[str, Tensor] | Sequence[Tensor] | SparseDistance, epsilon: float, *,
+                   policy: str = "abs", zero_tol: float | None = None,
+                   resolution_tol: float = RESOLUTION_TOL) -> Callable[[SLQResult], bool]:
+    """The stopping rule of `iterations: auto`: True once the spread of s*(k) over the last quarter
+    of the run is ≤ `resolution_tol` (`LimitEquation.depth_spread`).
+
+    Why the spread alone and not 2·SE as well: more Lanczos steps cure a quadrature that has not
+    converged, not the probes' sampling noise; a run stopped for its SE would only grow to the cap.
+    The prediction's `unresolved` flag still reads both."""
+    dist = weights if isinstance(weights, SparseDistance) else SparseDistance(weights)
+    eps, tol = check_epsilon(epsilon), check_resolution_tol(resolution_tol)
+    check_policy(policy)
+
+    rules: dict[int, SLQResult] = {}  # truncations by depth, shared by the checks of one run
+
+    def until(partial: SLQResult) -> bool:
+        eq = limit_equation(dist, partial, eps, policy=policy, zero_tol=zero_tol)
+        spread = eq.depth_spread(partial, rules)
+        return spread is not None and spread <= tol
+
+    return until
+
+
+# --- the authors' estimator, side by side ---------------------------------------------------------
+
+AUTHORS_ITERATIONS = 128     # their Lanczos depth (one probe)
+AUTHORS_BINS = 100_000       # bins of their smoothed density
+AUTHORS_SIGMA_SQUARED = 1e-10  # their Gaussian variance, times max(1, range of the nodes)
+AUTHORS_OVERHEAD = 0.01      # margin of their grid beyond the extreme nodes
+AUTHORS_GRID = 1000          # removed fractions i/1000 they scan
+
+
+def authors_estimate(dist: SparseDistance, spectrum: SLQResult, epsilon: float, *, probe: int = 0,
+                     iterations: int = AUTHORS_ITERATIONS, bins: int = AUTHORS_BINS,
+                     sigma_squared: float = AUTHORS_SIGMA_SQUARED, overhead: float = AUTHORS_OVERHEAD,
+                     grid: int = AUTHORS_GRID) -> float:
+    """s* as the authors' code estimates it (Global-One-shot-Pruning), from probe `probe` of our run.
+
+    Their steps: the Ritz nodes and weights of one probe after 128 Lanczos steps (here: the leading
+    block of our probe's Jacobi matrix) → a density on `bins` equally spaced points from
+    min θ − 0.01 to max θ + 0.01, each node a Gaussian of variance 1e-10·max(1, range), normalized
+    to unit integral → bins of zero density dropped, the zero mass appended as one bin at 1e-30 (their
+    code appends its count of zero eigenvalues there; our operator is deflated, so our q takes its
+    place) → G(R) = Σ_b d_b·2ε/(2ε + R²|g_b|) / Σ_b d_b for integer R → for s = i/1000, R(s)
+    rounded to an integer, and s* = the s minimizing |G(R(s)) − s| (the first on ties).
+
+    Why we keep it beside ours: it is what the published numbers were computed with. The binning
+    mis-weights nodes (a Gaussian far narrower than a bin lands on a grid point or misses it), R
+    rounded to an integer moves G at small R, and one probe carries Hutchinson noise; the difference
+    between the two columns is how much of a disagreement is the estimator's.
+    """
+    eps = check_epsilon(epsilon)
+    if spectrum.alphas is not None and spectrum.iterations > iterations:
+        spectrum = truncated(spectrum, iterations)
+    k = int(spectrum.steps[probe])
+    theta, tau = spectrum.nodes[probe, :k], spectrum.weights[probe, :k]
+    lo, hi = float(theta.min()) - overhead, float(theta.max()) + overhead
+    points = np.linspace(lo, hi, bins)
+    var = sigma_squared * max(1.0, hi - lo)
+    density = np.zeros(bins)
+    step, reach = points[1] - points[0], 40.0 * math.sqrt(var)  # beyond 38.6σ the Gaussian is 0.0 in float64
+    for t, w in zip(theta, tau):  # each node's Gaussian only where it is non-zero: the same sums
+        i0 = max(0, int(math.floor((t - reach - lo) / step)))
+        i1 = min(bins, int(math.ceil((t + reach - lo) / step)) + 1)
+        x = points[i0:i1]
+        density[i0:i1] += w * np.exp(-((x - t) ** 2) / (2 * var)) / math.sqrt(2 * math.pi * var)
+    density /= density.sum() * (points[1] - points[0])
+    keep = density > 0
+    d, g = density[keep], np.abs(points[keep])
+    q = spectrum.zero_mass
+    if q > 0:
+        d, g = np.append(d, q / (1 - q) * d.sum()), np.append(g, 1e-30)
+    s = np.arange(grid) / grid
+    radii = np.rint(np.asarray(dist(s), dtype=np.float64))
+    a = 2.0 * eps
+    unique, index = np.unique(radii, return_inverse=True)
+    width = np.array([(d * np.where(g > 0, a / (a + r * r * g), 1.0)).sum() / d.sum() for r in unique])
+    return float(s[int(np.argmin(np.abs(width[index] - s)))])
+
+
 @dataclass
 class LimitPrediction:
     """The predicted pruning limit: both fractions, ε and how it was found, the policy, q, bounds,
-    and how far the prediction is resolved (m/2 vs m steps, standard error over probes)."""
+    how far the prediction is resolved, and the authors' estimate of the same quantity."""
 
-    removed_frac: float
-    kept_frac: float
+    removed_frac: float | None     # None: refused (drop where ill posed; `note` says why)
+    kept_frac: float | None
     epsilon: float
     epsilon_source: str
     policy: str
     zero_mass: float
-    r: float                       # R(s*)
-    g_of_r: float                  # G(R(s*))
-    band_kept_frac_low: float      # kinematic band (our derivation)
-    band_kept_frac_high: float
-    trace_bound_removed_frac: float  # Jensen bound (our derivation): removable ≥ this
+    r: float | None                # R(s*)
+    g_of_r: float | None           # G(R(s*))
+    band_kept_frac_low: float | None  # kinematic band (our derivation)
+    band_kept_frac_high: float | None
+    trace_bound_removed_frac: float | None  # Jensen bound (our derivation): removable ≥ this
     n_weights: int
     dim: int                       # Hessian dimension D (full, before deflation)
     eta: float = 0.05
     zero_curvature_tol: float = 0.0  # absolute: nodes with |θ| ≤ this count as zero curvature
     radau_rule_removed_frac: float | None = None  # s* by the Gauss–Radau rule (node at 0): diagnostic, no bound
-    half_iters_removed_frac: float | None = None  # s* from the first m/2 Lanczos steps
+    removed_frac_spread: float | None = None      # max − min of s*(k), k over the last quarter of the run
     removed_frac_se: float | None = None          # jackknife standard error of s* over probes
     resolution_tol: float = RESOLUTION_TOL
-    unresolved: bool | None = None  # |s* − half| or 2·SE > resolution_tol; None: neither measurable
+    negative_share: float = 0.0    # G at R(s*) that negative curvature carries under abs (what drop removes)
+    authors_removed_frac: float | None = None     # the authors' estimator on probe 0 (first 128 steps)
+    note: str | None = None        # one line when the prediction is ill posed (drop on indefinite spectra)
+    unresolved: bool | None = None  # spread or 2·SE > resolution_tol, or drop ill posed; None: not measurable
 
     def columns(self) -> dict:
         """The prediction columns of sweeps/schema.py TRIALS."""
@@ -373,11 +532,28 @@ class LimitPrediction:
             "trace_bound_removed_frac": self.trace_bound_removed_frac,
             "zero_curvature_tol": self.zero_curvature_tol,
             "predicted_removed_frac_radau_rule": self.radau_rule_removed_frac,
-            "predicted_removed_frac_half_iters": self.half_iters_removed_frac,
+            "predicted_removed_frac_spread": self.removed_frac_spread,
             "predicted_removed_frac_se": self.removed_frac_se,
             "predicted_resolution_tol": self.resolution_tol,
             "predicted_unresolved": self.unresolved,
+            "predicted_negative_share": self.negative_share,
+            "predicted_removed_frac_authors": self.authors_removed_frac,
+            "predicted_note": self.note,
         }
+
+
+def limit_equation(weights: Tensor | Mapping[str, Tensor] | Sequence[Tensor] | SparseDistance,
+                   spectrum: SLQResult, epsilon: float, *, policy: str = "abs",
+                   zero_tol: float | None = None) -> LimitEquation:
+    """The equation `predict_limit` solves, its zero-curvature tolerance taken from `spectrum`."""
+    dist = weights if isinstance(weights, SparseDistance) else SparseDistance(weights)
+    return LimitEquation(dist, check_epsilon(epsilon), check_policy(policy), zero_curvature_tol(spectrum, zero_tol))
+
+
+def check_resolution_tol(resolution_tol: float) -> float:
+    if not (resolution_tol > 0 and math.isfinite(resolution_tol)):
+        raise ValueError(f"resolution_tol {resolution_tol}: must be a finite number > 0")
+    return float(resolution_tol)
 
 
 def predict_limit(
@@ -398,73 +574,67 @@ def predict_limit(
     kept_frac ± a_η/√D and the trace bound solves s = B(R(s)) with Jensen's B ≤ G, so it lies
     below s* (both ours).
 
-    Resolution (ALGORITHMS.md §7): `half_iters_removed_frac` is s* from the first m/2 Lanczos
-    steps (needs the Lanczos coefficients) and `removed_frac_se` the jackknife standard error over
-    probes (needs ≥ 2): leave each probe out, re-solve, SE = sqrt((P−1)/P·Σ(s₋ₚ − s̄)²). Jackknife
-    rather than the spread of single-probe solutions because s* is a nonlinear function of the
-    probe *mean* of the quadratures: the jackknife measures the error of that statistic, while a
-    single probe's fixed point solves a different (noisier, biased) equation. `unresolved` is set
-    when |s* − half| or 2·SE exceeds `resolution_tol`.
+    Resolution (docs/algorithms.md §7): `removed_frac_spread` is max − min of s*(k) over the last
+    quarter of the run, k = ⌈3m/4⌉ … m (`LimitEquation.depth_spread`, from the stored Lanczos
+    coefficients) and `removed_frac_se` the jackknife standard error over probes (needs ≥ 2).
+    `unresolved` is set when the spread or 2·SE exceeds `resolution_tol`, or when the policy is
+    `drop` and negative curvature carries more than `resolution_tol` of G at R(s*)
+    (`negative_share`). Then drop is ill posed: its s* moves with where Lanczos happens to put the
+    near-zero mass (exactly what G_abs − G_drop measures), so it is refused — the fractions, R,
+    G, the band and the bounds are None and `note` says why in one line — and reported only where
+    the share is below the tolerance, where drop and abs differ by less than it.
 
-    `radau_rule_removed_frac` is s* with the Gauss–Radau rule (`SLQResult.radau`, node at 0).
-    For a PSD spectrum and the f of G, Gauss and Radau bound each probe's quadratic form, so they
-    bracket the probe-mean estimate of s*; not the exact s*, which probe noise moves (and with
-    negative eigenvalues not even that). Kept as a diagnostic, not as a bound.
+    `authors_removed_frac` is the authors' estimator on probe 0 (`authors_estimate`), for reading
+    the two side by side. `radau_rule_removed_frac` is s* with the Gauss–Radau rule
+    (`SLQResult.radau`, node at 0): a diagnostic, not a bound (with probe noise or negative
+    eigenvalues the Gauss/Radau pair brackets nothing).
     """
-    eps = check_epsilon(epsilon)
-    check_policy(policy)
     if epsilon_source not in EPSILON_SOURCES:
         raise ValueError(f"epsilon_source {epsilon_source!r}: choose from {list(EPSILON_SOURCES)}")
-    if not (resolution_tol > 0 and math.isfinite(resolution_tol)):
-        raise ValueError(f"resolution_tol {resolution_tol}: must be a finite number > 0")
-    tol = zero_curvature_tol(slq_result, zero_tol)
-    dist = SparseDistance(weights)
-
-    def solve(spectrum: SLQResult) -> float:
-        return removed_frac_at_scale(dist, spectrum, eps, policy, tol=tol)
-
-    s_star = solve(slq_result)
+    resolution_tol = check_resolution_tol(resolution_tol)
+    eq = limit_equation(weights, slq_result, epsilon, policy=policy, zero_tol=zero_tol)
+    dist, eps, tol = eq.dist, eq.epsilon, eq.tol
+    s_star = eq.solve(slq_result)
     bound = _jensen(slq_result, eps, policy, tol)
     s_bound = solve_fixed_point(lambda s: s - bound(dist(s)))
     half = kinematic_halfwidth(slq_result.full_dim, eta)
     kept = 1.0 - s_star
-    s_radau = solve(slq_result.radau()) if slq_result.alphas is not None else None
-    halved = half_iterations(slq_result)
-    s_half = solve(halved) if halved is not None else None
-    se = None
-    P, q = slq_result.probes, slq_result.zero_mass
-    if P >= 2:
-        def loo(p: int) -> float:
-            def h(s: float) -> float:
-                g = probe_g(slq_result, eps, dist(s), policy, tol=tol)
-                return s - (q + (1 - q) * (g.sum() - g[p]) / (P - 1))
-            return solve_fixed_point(h)
-
-        se = jackknife_se([loo(p) for p in range(P)])
-    spreads = ([abs(s_star - s_half)] if s_half is not None else []) + ([2 * se] if se is not None else [])
+    s_radau = eq.solve(slq_result.radau()) if slq_result.alphas is not None else None
+    spread, se = eq.depth_spread(slq_result), eq.jackknife(slq_result)
+    negative = eq.negative_share(slq_result, s_star)
+    signals = ([spread] if spread is not None else []) + ([2 * se] if se is not None else [])
+    unresolved = bool(max(signals) > resolution_tol) if signals else None
+    common = dict(epsilon=eps, epsilon_source=epsilon_source, policy=policy, zero_mass=slq_result.zero_mass,
+                  n_weights=dist.n, dim=slq_result.full_dim, eta=eta, zero_curvature_tol=tol,
+                  removed_frac_spread=spread, removed_frac_se=se, resolution_tol=resolution_tol,
+                  negative_share=negative, authors_removed_frac=authors_estimate(dist, slq_result, eps))
+    if policy == "drop" and negative > resolution_tol:
+        note = (f"drop refused: negative curvature carries {negative:.3g} of G at R(s*) (> {resolution_tol:g}), "
+                "so s* moves with where Lanczos puts the near-zero mass; read eigen_policy abs")
+        return LimitPrediction(removed_frac=None, kept_frac=None, r=None, g_of_r=None, band_kept_frac_low=None,
+                               band_kept_frac_high=None, trace_bound_removed_frac=None, note=note,
+                               unresolved=True, **common)
     return LimitPrediction(
-        removed_frac=s_star, kept_frac=kept, epsilon=eps, epsilon_source=epsilon_source,
-        policy=policy, zero_mass=slq_result.zero_mass, r=dist(s_star),
-        g_of_r=g_of_r(slq_result, eps, dist(s_star), policy, tol=tol),
+        removed_frac=s_star, kept_frac=kept, r=dist(s_star), g_of_r=g_of_r(slq_result, eps, dist(s_star), policy, tol=tol),
         band_kept_frac_low=max(0.0, kept - half), band_kept_frac_high=min(1.0, kept + half),
-        trace_bound_removed_frac=s_bound, n_weights=dist.n, dim=slq_result.full_dim, eta=eta,
-        zero_curvature_tol=tol, radau_rule_removed_frac=s_radau, half_iters_removed_frac=s_half,
-        removed_frac_se=se, resolution_tol=float(resolution_tol),
-        unresolved=bool(max(spreads) > resolution_tol) if spreads else None,
+        trace_bound_removed_frac=s_bound, radau_rule_removed_frac=s_radau, unresolved=unresolved, **common,
     )
 
 
 # --- the actual limit from a curve ---------------------------------------------------------------
 
-LIMIT_RULES = ("strict", "tol")
+LIMIT_RULES = ("strict", "tol", "loss")
 
 
 @dataclass
 class ActualLimit:
-    """Largest removed fraction that keeps the dense accuracy, by two named rules.
+    """Largest removed fraction on the curve that keeps the dense model's quality, by named rules.
 
-    strict (authors): test accuracy > dense accuracy; tol: ≥ dense − tolerance_pp/100.
-    When no point qualifies the limit is 0 (the dense network itself).
+    strict (authors): test accuracy > dense accuracy; tol: ≥ dense − tolerance_pp/100; loss (the
+    theory's own criterion): training loss ≤ dense training loss + ε, the ε of the prediction — the
+    sublevel set the Gaussian width measures is one of the training loss, not of test accuracy.
+    When no point qualifies the limit is 0 (the dense network itself); without training losses
+    the loss rule is None.
     """
 
     removed_frac_strict: float
@@ -473,27 +643,47 @@ class ActualLimit:
     kept_frac_tol: float
     tolerance_pp: float
     dense_acc: float
+    removed_frac_loss: float | None = None
+    kept_frac_loss: float | None = None
+
+    def removed_frac(self, rule: str) -> float | None:
+        return getattr(self, f"removed_frac_{rule}")
 
     def columns(self) -> dict:
-        return {"actual_removed_frac_strict": self.removed_frac_strict,
-                "actual_kept_frac_strict": self.kept_frac_strict,
-                "actual_removed_frac_tol": self.removed_frac_tol,
-                "actual_kept_frac_tol": self.kept_frac_tol, "limit_tolerance_pp": self.tolerance_pp}
+        out = {"limit_tolerance_pp": self.tolerance_pp}
+        for rule in LIMIT_RULES:
+            out[f"actual_removed_frac_{rule}"] = getattr(self, f"removed_frac_{rule}")
+            out[f"actual_kept_frac_{rule}"] = getattr(self, f"kept_frac_{rule}")
+        return out
 
 
 def actual_limit(removed_frac: Sequence[float], test_acc: Sequence[float], dense_acc: float,
-                 *, tolerance_pp: float = 0.1) -> ActualLimit:
-    """Read the actual limit off a curve; accuracies are fractions in [0, 1]."""
+                 *, tolerance_pp: float = 0.1, train_loss: Sequence[float] | None = None,
+                 dense_train_loss: float | None = None, epsilon: float | None = None) -> ActualLimit:
+    """Read the actual limit off a curve; accuracies are fractions in [0, 1].
+
+    The loss rule needs `train_loss` (one per point), `dense_train_loss` and `epsilon` together."""
     s, acc = np.asarray(removed_frac, dtype=np.float64), np.asarray(test_acc, dtype=np.float64)
     if s.shape != acc.shape or s.ndim != 1 or len(s) == 0:
         raise ValueError(f"curve: removed_frac {s.shape} and test_acc {acc.shape} must be equal, non-empty 1-D")
     if tolerance_pp < 0:
         raise ValueError(f"limit_tolerance_pp {tolerance_pp}: must be ≥ 0")
-    strict = s[acc > dense_acc]
-    tol = s[acc >= dense_acc - tolerance_pp / 100.0 - 1e-12]
-    rs = float(strict.max()) if len(strict) else 0.0
-    rt = float(tol.max()) if len(tol) else 0.0
-    return ActualLimit(rs, 1.0 - rs, rt, 1.0 - rt, float(tolerance_pp), float(dense_acc))
+
+    def largest(ok: np.ndarray) -> float:
+        return float(s[ok].max()) if ok.any() else 0.0
+
+    rs = largest(acc > dense_acc)
+    rt = largest(acc >= dense_acc - tolerance_pp / 100.0 - 1e-12)
+    rl = None
+    if train_loss is not None or dense_train_loss is not None or epsilon is not None:
+        if train_loss is None or dense_train_loss is None or epsilon is None:
+            raise ValueError("actual_limit: the loss rule needs train_loss, dense_train_loss and epsilon")
+        loss = np.asarray(train_loss, dtype=np.float64)
+        if loss.shape != s.shape:
+            raise ValueError(f"curve: train_loss {loss.shape} must match removed_frac {s.shape}")
+        rl = largest(loss <= float(dense_train_loss) + check_epsilon(epsilon))
+    return ActualLimit(rs, 1.0 - rs, rt, 1.0 - rt, float(tolerance_pp), float(dense_acc),
+                       rl, None if rl is None else 1.0 - rl)
 
 
 def limit_columns(prediction: LimitPrediction, actual: ActualLimit | None = None) -> dict:

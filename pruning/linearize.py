@@ -1,4 +1,4 @@
-"""The linearized copy of a network (ALGORITHMS.md §2 step 1), shared by effective sparsity and SynFlow.
+"""The linearized copy of a network (docs/algorithms.md §2 step 1), shared by effective sparsity and SynFlow.
 
 Both measure the network as a sum over input→output paths of products of non-negative weights, so
 both need the same copy: BatchNorm (and the other normalizations), activations and dropout become

@@ -6,7 +6,7 @@ mask as the `weight_mask` buffer and the dense values as the `weight_orig` param
 exactly zero, the masked weight stays exactly zero through any optimizer step, and the mask travels
 with `state_dict`.
 
-Prunable weights (ALGORITHMS.md §1) are the weights of every Conv*d and Linear layer, in
+Prunable weights (docs/algorithms.md §1) are the weights of every Conv*d and Linear layer, in
 `named_modules()` order. Biases and BatchNorm parameters are never masked and never counted.
 """
 
@@ -163,10 +163,6 @@ def direct_sparsity(masks: Mapping[str, torch.Tensor]) -> float:
         raise ValueError("direct_sparsity: no prunable weights")
     kept = sum(int(m.count_nonzero()) for m in masks.values())
     return (total - kept) / total
-
-
-def layer_sparsities(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    return {n: 1.0 - int(m.count_nonzero()) / m.numel() for n, m in masks.items()}
 
 
 def compression(sparsity: float) -> float:

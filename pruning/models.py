@@ -6,7 +6,7 @@ minimum size, instead of failing deep inside a forward pass. `build` records `mo
 that input-dependent analyses (effective sparsity's all-ones input) know what to feed.
 
 Prunable weights are the weights of every Conv*d and Linear layer (see `pruning.masks`); the counts
-in ALGORITHMS.md §8 are test fixtures.
+in docs/algorithms.md §8 are test fixtures.
 
 Variants. `build(..., variant="default")` — the default — gives the architectures below with
 PyTorch's own initialization: it is what every existing sweep and result was computed with, so it
@@ -186,7 +186,7 @@ def alexnet224(shape: Shape, num_classes: int) -> nn.Module:
     scale_factor=7)` in the training loop, here the model's first layer); conv C→96 k11 s4 p1,
     max-pool 3/2, conv 96→256 k5 p2, max-pool 3/2, convs 256→384→384→256 k3 p1, max-pool 3/2,
     FC 256·5·5 = 6400 → 4096 → 4096 → classes; ReLU, no BatchNorm, no dropout. On 32×32×3 with
-    10 classes: 46,787,978 parameters (ALGORITHMS.md §8).
+    10 classes: 46,787,978 parameters (docs/algorithms.md §8).
     """
     c, h, w = shape
     return nn.Sequential(

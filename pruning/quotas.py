@@ -1,4 +1,4 @@
-"""Layerwise quotas: how much of each layer survives a global sparsity (ALGORITHMS.md §4).
+"""Layerwise quotas: how much of each layer survives a global sparsity (docs/algorithms.md §4).
 
 Why quotas are their own module: a quota pruner (random/<scheme>, magnitude/<scheme>) is "pick a
 density per layer, then choose the survivors inside each layer". Keeping the density rule pure
@@ -224,7 +224,7 @@ def _refuse_mask_quota(scheme: str) -> None:
 def check_applicable(scheme: str, shapes: Sequence[Shape]) -> None:
     """Refuse a scheme on an architecture it is not defined for (one-line ValueError).
 
-    uniform_plus (Gale et al.) is defined for convolutional networks only (ALGORITHMS.md §4): its
+    uniform_plus (Gale et al.) is defined for convolutional networks only (docs/algorithms.md §4): its
     dense first layer is a small stem there, but on an MLP it holds most weights (88% of
     LeNet-300-100), so the other layers are emptied long before the target. A network counts as
     convolutional when any prunable weight has more than two dimensions. (The authors assert the

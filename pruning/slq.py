@@ -1,4 +1,4 @@
-"""Hessian spectrum by stochastic Lanczos quadrature (SLQ), ALGORITHMS.md §6–§7.
+"""Hessian spectrum by stochastic Lanczos quadrature (SLQ), docs/algorithms.md §6–§7.
 
 Data flow: an `HVPBackend` (`pruning.hvp`; `LocalHVPBackend` by default) gives Hessian-vector
 products of the summed loss, B probes at a time → `slq` normalizes them by the sample count (mean
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from scipy.linalg import eigh_tridiagonal, solve_banded
+from scipy.linalg import eigh_tridiagonal, eigvalsh_tridiagonal, solve_banded
 from torch import Tensor, nn
 
 from pruning.hvp import (
@@ -73,8 +73,18 @@ def basis_bytes(batch_probes: int, iterations: int, dim: int, dtype: torch.dtype
 
 
 def _available_bytes(device: torch.device) -> int:
+    """Memory a new allocation can have: the GPU's free memory, or on Linux MemAvailable (free pages
+    plus the page cache the kernel gives back on demand: reading a data set fills that cache, and
+    counting only free pages refused bases that fit); elsewhere the free pages."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
@@ -88,8 +98,14 @@ def lanczos(
     pin: bool = False,
     breakdown_tol: float | None = None,
     batched_reorth: bool | None = None,
+    stop: Callable[[int, np.ndarray, np.ndarray, np.ndarray], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lanczos on B start vectors at once; returns alphas (B, m), betas (B, m), steps (B,).
+
+    `stop(depth, alphas, betas, steps)`, when given, is asked after every step (the arrays hold the
+    first `depth` columns); True ends the run there, the same recurrence a fixed run of that depth
+    would have computed (the basis is allocated for `iterations`, the cap). The returned arrays are
+    then `depth` columns wide.
 
     `matvec` maps (B_active, D) directions to (B_active, D) products. Full reorthogonalization by
     two classical Gram–Schmidt passes against a preallocated (B, m, D) basis keeps the Ritz nodes
@@ -154,6 +170,8 @@ def lanczos(
         active = active[betas[active, k] > tol * scale[active]]
         if len(active) == 0:
             break
+        if stop is not None and k + 1 < m and stop(k + 1, alphas[:, : k + 1], betas[:, : k + 1], steps):
+            return alphas[:, : k + 1].copy(), betas[:, : k + 1].copy(), steps
     return alphas, betas, steps
 
 
@@ -169,20 +187,52 @@ def gram_schmidt(Q: Tensor, w: Tensor, coef: Tensor, k: int, rows: Iterable[tupl
             w[r].addmv_(Qp.T, cp, alpha=-1)
 
 
-def ritz(alphas: np.ndarray, betas: np.ndarray, steps: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+def gauss_rule(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes θ and weights τ of the Jacobi matrix with diagonal `a` (k,) and off-diagonal `b` (k−1,),
+    from eigenvalues only: τ_j = ∏_i (θ_j − θ̂_i) / ∏_{i≠j} (θ_j − θ_i), θ̂ the eigenvalues of the
+    matrix without its first row and column (τ_j is the residue of e1ᵀ(z − T)⁻¹e1 at θ_j).
+
+    Why: the resolution signal re-solves s* at many depths of every probe, and eigenvalues alone
+    (LAPACK sterf) cost 5–50× less than eigenvectors; on Lanczos matrices with a near-zero cluster
+    the weights agree with eigh's squared first components to ~1e-11 relative. Interlacing keeps
+    every difference non-zero for an unreduced matrix; should the products still lose accuracy
+    (weights not summing to 1 within 1e-9), eigh decides."""
+    k = len(a)
+    if k == 1:
+        return a[:1].astype(np.float64), np.ones(1)
+    theta = eigvalsh_tridiagonal(a, b, lapack_driver="sterf")
+    hat = eigvalsh_tridiagonal(a[1:], b[1:], lapack_driver="sterf") if k > 2 else a[1:2].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        num = np.log(np.abs(theta[:, None] - hat[None, :])).sum(axis=1)
+        gaps = np.abs(theta[:, None] - theta[None, :])
+        np.fill_diagonal(gaps, 1.0)
+        tau = np.exp(num - np.log(gaps).sum(axis=1))
+    if not (np.all(np.isfinite(tau)) and abs(tau.sum() - 1.0) <= 1e-9):
+        theta, U = eigh_tridiagonal(a, b)
+        tau = U[0] ** 2
+    return theta, tau
+
+
+def ritz(alphas: np.ndarray, betas: np.ndarray, steps: np.ndarray, m: int, *,
+         fast: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Nodes θ and weights τ (squared first eigenvector components) per probe, padded to m.
 
     A probe that broke down after k < m steps gets nodes 0 with weight 0 in slots k..m−1.
+    `fast`: the weights from eigenvalues alone (`gauss_rule`), for the many re-solves of the
+    resolution signal; the run's own result uses eigh.
     """
     P = len(steps)
     nodes, weights = np.zeros((P, m)), np.zeros((P, m))
     for p, k in enumerate(steps):
         k = int(k)
-        if k == 1:
-            theta, U = alphas[p, :1], np.ones((1, 1))
+        if fast:
+            theta, tau = gauss_rule(alphas[p, :k], betas[p, : k - 1])
+        elif k == 1:
+            theta, tau = alphas[p, :1], np.ones(1)
         else:
             theta, U = eigh_tridiagonal(alphas[p, :k], betas[p, : k - 1])
-        nodes[p, :k], weights[p, :k] = theta, U[0] ** 2
+            tau = U[0] ** 2
+        nodes[p, :k], weights[p, :k] = theta, tau
     return nodes, weights
 
 
@@ -355,6 +405,9 @@ def slq(
     basis_dtype: torch.dtype | None = None,
     basis_on_host: bool = False,
     max_basis_bytes: int | None = None,
+    until: Callable[[SLQResult], bool] | None = None,
+    min_iterations: int = 1,
+    check_every: int = 16,
 ) -> SLQResult:
     """Stochastic Lanczos quadrature of the Hessian of the mean loss over the whole `data`.
 
@@ -372,12 +425,23 @@ def slq(
     by an exception, every module's train/eval flag and the model's device are restored
     (`pruning.hvp.restoring`). Its parameter values are only read. Floating data are cast to the
     parameters' dtype, so a float64 model works on float32 data. With `backend`, `model` is unused.
+
+    Adaptive depth (`until`): `iterations` is then the cap. After `min_iterations` steps and every
+    `check_every` steps after that, `until(partial)` is asked with the result the run would return
+    at that depth; True ends it there (same recurrence, so the result equals a fixed run of that
+    depth). The bases are allocated for the cap, logged first; when the cap does not fit with
+    `batch_probes` probes at once, fewer share a pass (down to 1, else the run fails before any
+    product). With several probe batches the first one decides the depth and the others run to
+    it (Lanczos depth is a property of the operator and f, not of one probe; the last batch would
+    otherwise wait on the first). `info` records `max_iterations` and `adaptive`.
     """
     t_start = time.perf_counter()
     if probes < 1:
         raise ValueError(f"probes {probes}: must be ≥ 1")
     if iterations < 1:
         raise ValueError(f"iterations {iterations}: must be ≥ 1")
+    if until is not None and not (1 <= min_iterations and 1 <= check_every):
+        raise ValueError(f"min_iterations {min_iterations}, check_every {check_every}: must be ≥ 1")
     device = torch.device(device)
     if backend is None and model is None:
         raise ValueError("slq: give a model (with loss_fn and data) or a backend")
@@ -397,15 +461,22 @@ def slq(
         op = CountedBackend(inner, stats)
         dim = op.dim
         if iterations >= dim:
-            raise ValueError(f"iterations {iterations}: must be < the operator dimension {dim}")
+            if until is None:
+                raise ValueError(f"iterations {iterations}: must be < the operator dimension {dim}")
+            iterations = dim - 1  # the cap of an adaptive run: never deeper than the operator allows
         zero_mass = 1.0 - dim / full_dim
         bp = min(probes, batch_probes or 8)
         basis_device = torch.device("cpu") if basis_on_host else device
-        need = basis_bytes(bp, iterations, dim, dtype)
         limit = max_basis_bytes if max_basis_bytes is not None else _available_bytes(basis_device) // 2
-        log.info("slq: dim=%d (full %d, zero mass %.4f) probes=%d×%d iterations=%d basis %.3f GiB on %s "
-                 "(limit %.3f GiB)", dim, full_dim, zero_mass, probes, bp, iterations, need / 2**30,
-                 basis_device, limit / 2**30)
+        per_probe = basis_bytes(1, iterations, dim, dtype)
+        if until is not None and bp * per_probe > limit and per_probe <= limit:
+            log.info("slq: the adaptive cap of %d iterations fits %d probe(s) per pass, not %d",
+                     iterations, limit // per_probe, bp)
+            bp = int(limit // per_probe)
+        need = bp * per_probe
+        log.info("slq: dim=%d (full %d, zero mass %.4f) probes=%d×%d iterations=%s%d basis %.3f GiB on %s "
+                 "(limit %.3f GiB)", dim, full_dim, zero_mass, probes, bp, iterations,
+                 "≤" if until is not None else "", need / 2**30, basis_device, limit / 2**30)
         if need > limit:
             raise ValueError(
                 f"slq basis: {bp} probes × {iterations} iterations × {dim} params × "
@@ -413,23 +484,35 @@ def slq(
                 f"{limit / 2**30:.2f} GiB; lower batch_probes/iterations or use basis_dtype=float32"
             )
         pin = basis_on_host and device.type == "cuda"
+        info = {"hvp_mode": getattr(backend, "mode", type(backend).__name__), "batch_probes": bp,
+                "basis_dtype": str(dtype).removeprefix("torch."), "basis_bytes": need, "rule": "gauss"}
+        if until is not None:
+            info.update(adaptive=True, max_iterations=iterations)
+
+        def result(alphas: np.ndarray, betas: np.ndarray, steps: np.ndarray, ids: np.ndarray, *,
+                   partial: bool = False) -> SLQResult:
+            depth = alphas.shape[1]
+            nodes, weights = ritz(alphas, betas, steps, depth, fast=partial)  # a check's partial: eigenvalues only
+            seconds = time.perf_counter() - t_start
+            return SLQResult(
+                nodes=nodes, weights=weights, steps=steps, probe_ids=ids, dim=dim, full_dim=full_dim,
+                zero_mass=zero_mass, seed=seed, iterations=depth, seconds=seconds, hvp_seconds=stats.seconds,
+                lanczos_seconds=seconds - stats.seconds, n_hvp=stats.products, data_passes=stats.calls,
+                info=dict(info), alphas=alphas, betas=betas)
+
         all_alpha, all_beta, all_steps = [], [], []
+        depth = iterations
         for start in range(0, probes, bp):
-            ids = range(probe_offset + start, probe_offset + min(start + bp, probes))
-            V0 = torch.stack([rademacher(dim, seed, j) for j in ids]).to(device=device, dtype=dtype)
-            a, b, s = lanczos(lambda q: mean_hvp(op, q.T).T, V0, iterations,
-                              basis_dtype=dtype, basis_device=basis_device, pin=pin)
+            ids = np.arange(probe_offset + start, probe_offset + min(start + bp, probes))
+            V0 = torch.stack([rademacher(dim, seed, int(j)) for j in ids]).to(device=device, dtype=dtype)
+            stop = None
+            if until is not None and start == 0:
+                def stop(k: int, a: np.ndarray, b: np.ndarray, st: np.ndarray) -> bool:
+                    due = k >= min_iterations and (k - min_iterations) % check_every == 0
+                    return due and bool(until(result(a, b, np.minimum(st, k), ids, partial=True)))
+            a, b, s = lanczos(lambda q: mean_hvp(op, q.T).T, V0, depth,
+                              basis_dtype=dtype, basis_device=basis_device, pin=pin, stop=stop)
+            depth = a.shape[1]
             all_alpha.append(a), all_beta.append(b), all_steps.append(s)
         alphas, betas, steps = (np.concatenate(x) for x in (all_alpha, all_beta, all_steps))
-        nodes, weights = ritz(alphas, betas, steps, iterations)
-        seconds = time.perf_counter() - t_start
-        return SLQResult(
-            nodes=nodes, weights=weights, steps=steps,
-            probe_ids=np.arange(probe_offset, probe_offset + probes), dim=dim, full_dim=full_dim,
-            zero_mass=zero_mass, seed=seed, iterations=iterations, seconds=seconds,
-            hvp_seconds=stats.seconds, lanczos_seconds=seconds - stats.seconds, n_hvp=stats.products,
-            data_passes=stats.calls,
-            info={"hvp_mode": getattr(backend, "mode", type(backend).__name__), "batch_probes": bp,
-                  "basis_dtype": str(dtype).removeprefix("torch."), "basis_bytes": need, "rule": "gauss"},
-            alphas=alphas, betas=betas,
-        )
+        return result(alphas, betas, steps, np.arange(probe_offset, probe_offset + probes))

@@ -1,4 +1,4 @@
-"""Direct and effective sparsity (ALGORITHMS.md §1–§2, *Connectivity Matters*).
+"""Direct and effective sparsity (docs/algorithms.md §1–§2, *Connectivity Matters*).
 
 A prunable weight is *effective* iff it lies on a path from an input unit to an output unit through
 unpruned weights, at the resolution of single pixels. We find all such weights with one forward and
@@ -29,7 +29,7 @@ no underflow at any depth. Rounding a sum of non-negative terms never turns it i
 exact in any floating-point type that holds such values.
 
 Hence float32 gives bit-identical masks (tested against the oracle) at about half the cost on CPU;
-float64 stays the default because ALGORITHMS.md §2 prescribes it, and callers that evaluate many
+float64 stays the default because docs/algorithms.md §2 prescribes it, and callers that evaluate many
 masks (the bisection) may pass `dtype=torch.float32`.
 
 `EffectiveMaskEvaluator` builds the copy once and re-evaluates it for any candidate masks: the

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 
 from pruning import masks as masks_lib
 from pruning.data import Split
+from pruning.options import option, rule, validate
 
 SCHEDULES = ("constant", "multistep", "cosine")
 # What the L1 term λ·Σ|θ| sums over: "prunable" the Conv/Linear weights (prunetune's original
@@ -37,52 +39,48 @@ DECAY = ("all", "kernels")
 class TrainConfig:
     """Everything that determines a training run (with the seed and the initial weights)."""
 
-    epochs: int = 10                  # passes over the training split (ignored if `iterations` is set)
-    iterations: int | None = None     # exact number of optimizer steps instead of epochs
-    batch_size: int = 128
-    lr: float = 0.1                   # peak SGD learning rate
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4        # PyTorch decay; Keras l2(λ) equals weight_decay = 2λ
-    decay: str = "all"                # all | kernels: decay every parameter, or conv/linear weights only
-    l1: float = 0.0                   # λ of the L1 term λ·Σ|θ| (LOMP); 0 disables it
-    l1_scope: str = "prunable"        # prunable | all: the parameters the L1 term sums over
-    schedule: str = "cosine"          # constant | multistep | cosine
-    milestones: tuple[int, ...] = ()  # multistep: steps (in step_unit) where lr *= gamma
-    gamma: float = 0.1
-    warmup: int = 0                   # linear warm-up length in step_unit; 0 disables it
-    step_unit: str = "epoch"          # epoch | iteration: the unit of milestones, warmup, horizon
-    bf16: bool = False                # bf16 autocast (CUDA only; ignored on CPU)
-    augment: bool | None = None       # the split's augmentation (crop+flip, rotation); None = its default
-    eval_every: int = 1               # evaluate on the test split every k epochs (0: only at the end)
-    eval_batch_size: int = 1024
+    epochs: int = option(10, "passes over the training split (ignored if `iterations` is set)", ge=0)
+    iterations: int | None = option(None, "exact number of optimizer steps instead of epochs", ge=0)
+    batch_size: int = option(128, "training batch size", ge=1)
+    lr: float = option(0.1, "peak SGD learning rate", ge=0)
+    momentum: float = option(0.9, "SGD momentum", ge=0)
+    nesterov: bool = option(False, "Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = option(5e-4, "PyTorch decay; Keras l2(λ) equals weight_decay = 2λ", ge=0)
+    decay: Literal[DECAY] = option("all", "decay every parameter, or conv/linear kernels only (Keras' l2)")
+    l1: float = option(0.0, "λ of the L1 term λ·Σ|θ| (LOMP); 0 disables it", ge=0)
+    l1_scope: Literal[L1_SCOPES] = option("prunable", "the parameters the L1 term sums over")
+    schedule: Literal[SCHEDULES] = option("cosine", "learning-rate schedule")
+    milestones: tuple[int, ...] = option((), "multistep: steps (in step_unit) where lr *= gamma", ge=0)
+    gamma: float = option(0.1, "multistep: the factor at each milestone", ge=0)
+    warmup: int = option(0, "linear warm-up length in step_unit; 0 disables it", ge=0)
+    step_unit: Literal[STEP_UNITS] = option("epoch", "the unit of milestones, warmup and the cosine horizon")
+    bf16: bool = option(False, "bf16 autocast (CUDA only; ignored on CPU)")
+    augment: bool | None = option(None, "the split's augmentation (crop+flip, rotation); null: its default")
+    eval_every: int = option(1, "evaluate on the test split every k epochs (0: only at the end)", ge=0)
+    eval_batch_size: int = option(1024, "evaluation batch size", ge=1)
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.schedule not in SCHEDULES:
-            problems.append(f"train.schedule {self.schedule!r}: choose from {', '.join(SCHEDULES)}")
-        if self.l1_scope not in L1_SCOPES:
-            problems.append(f"train.l1_scope {self.l1_scope!r}: choose from {', '.join(L1_SCOPES)}")
-        if self.step_unit not in STEP_UNITS:
-            problems.append(f"train.step_unit {self.step_unit!r}: choose from {', '.join(STEP_UNITS)}")
-        if self.decay not in DECAY:
-            problems.append(f"train.decay {self.decay!r}: choose from {', '.join(DECAY)}")
-        if self.iterations is None and self.epochs < 0:
-            problems.append(f"train.epochs {self.epochs}: must be ≥ 0")
-        if self.iterations is not None and self.iterations < 0:
-            problems.append(f"train.iterations {self.iterations}: must be ≥ 0")
-        if self.batch_size < 1:
-            problems.append(f"train.batch_size {self.batch_size}: must be ≥ 1")
-        for name in ("lr", "weight_decay", "l1", "momentum", "warmup"):
-            if getattr(self, name) < 0:
-                problems.append(f"train.{name} {getattr(self, name)}: must be ≥ 0")
-        if problems:
-            raise ValueError("; ".join(problems))
+        validate(self, rule(not self.nesterov or self.momentum > 0, "nesterov",
+                            "true; Nesterov momentum needs momentum > 0"), where="train")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["milestones"] = list(self.milestones)
         return d
+
+    def describe(self) -> str:
+        """The recipe in one line (`SGD lr 0.01 constant, momentum 0.9, weight decay 0, batch 128,
+        200 epochs`): what a row names when the training matters to reading it."""
+        length = f"{self.iterations} steps" if self.iterations is not None else f"{self.epochs} epochs"
+        schedule = self.schedule
+        if self.schedule == "multistep":
+            schedule += f" ×{self.gamma:g} at {', '.join(str(m) for m in self.milestones)} {self.step_unit}s"
+        if self.warmup:
+            schedule += f" after {self.warmup} {self.step_unit}s of warm-up"
+        decay = f"{self.weight_decay:g}" + (" on kernels" if self.decay == "kernels" else "")
+        l1 = f", L1 {self.l1:g} over {self.l1_scope}" if self.l1 else ""
+        return (f"SGD lr {self.lr:g} {schedule}, momentum {self.momentum:g}{' nesterov' if self.nesterov else ''}, "
+                f"weight decay {decay}{l1}, batch {self.batch_size}, {length}")
 
 
 @dataclass

@@ -30,15 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pruning.data import DATASETS
-from pruning.lomp import default_l1, limit_iterations, lomp_config
+from pruning.lomp import LimitRule, default_l1, lomp_config
+from pruning.options import parse as parse_options
 from pruning.pruners import PRUNERS
 from pruning.pruners.imp import rewind_iteration_for
 from pruning.train import TrainConfig
 from sweeps.defaults import original
-from sweeps.spec import Spec
+from sweeps.sections import Spec
 
 ID_LENGTH = 16  # hex digits of sha256: 64 bits, collision-free for any realistic sweep
 POINT_ITERATIONS = 30  # Lanczos depth of a point cell's SLQ when the spec gives none
+AUTO = "auto"  # hessian.iterations of a limit cell that grows its Lanczos run until s* is resolved
 
 
 @dataclass(frozen=True)
@@ -75,48 +77,64 @@ class PointPrune:
 
 @dataclass(frozen=True)
 class LimitPrune:
-    """How a limit cell measures its pruning limit (ALGORITHMS.md §7; defaults resolved)."""
+    """How a limit cell measures its pruning limit (docs/algorithms.md §7; defaults resolved)."""
 
     lomp_l1: float                       # λ of LOMP training
     limit_grid: tuple[float, ...]        # removed fractions of the one-shot curve (0 is always added)
     epsilon: float | None                # loss tolerance; None: measured by `epsilon_source`
     eigen_policy: str                    # negative Hessian eigenvalues in G(R): abs | drop | flat
     limit_tolerance_pp: float            # tolerance (percentage points) of the "tol" actual limit
-    epsilon_source: str = "batch_loss_std"  # pruning.limit.EPSILON_RECIPES: how ε is measured
-    zero_tol: float | None = 0.0         # |θ| ≤ zero_tol·ρ is zero curvature; None: 64 ulps of the dtype
-    limit_rounds: int = 1                # rounds of prune → L1-retrain under the mask → SLQ → predict
-    row_norm_quantiles: int = 0          # exact Hessian rows at this many quantiles of |w|; 0: none
+    epsilon_source: str                  # pruning.limit.EPSILON_RECIPES: how ε is measured ("given": by the spec)
+    zero_tol: float | None               # |θ| ≤ zero_tol·ρ is zero curvature; None: 64 ulps of the dtype
+    limit_rounds: int                    # rounds of prune → L1-retrain under the mask → SLQ → predict
+    row_norm_quantiles: int              # exact Hessian rows at this many quantiles of |w|; 0: none
+    resolution_tol: float                # spread of s*(k) or 2·SE above this: unresolved (and auto's goal)
 
     def layout(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
 
+    def rule(self) -> LimitRule:
+        """What `pruning.lomp.limit_round` needs of this section."""
+        return LimitRule(grid=self.limit_grid, policy=self.eigen_policy, zero_tol=self.zero_tol,
+                         tolerance_pp=self.limit_tolerance_pp, resolution_tol=self.resolution_tol,
+                         epsilon=self.epsilon, epsilon_source=self.epsilon_source)
+
     @classmethod
     def from_layout(cls, d: Mapping[str, Any]) -> LimitPrune:
-        return cls(lomp_l1=float(d["lomp_l1"]), limit_grid=tuple(float(s) for s in d["limit_grid"]),
-                   epsilon=d["epsilon"], eigen_policy=d["eigen_policy"],
-                   limit_tolerance_pp=float(d["limit_tolerance_pp"]), epsilon_source=d["epsilon_source"],
-                   zero_tol=d["zero_tol"], limit_rounds=int(d.get("limit_rounds", 1)),
-                   row_norm_quantiles=int(d.get("row_norm_quantiles", 0)))
+        """The section of a layout; a field the layout predates had its original default
+        (`sweeps.defaults`) in that computation."""
+        values = {f.name: d[f.name] if f.name in d else original(f"prune.{f.name}") for f in dataclasses.fields(cls)}
+        values["limit_grid"] = tuple(float(s) for s in values["limit_grid"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
 class SLQSettings:
-    """Stochastic Lanczos quadrature of a cell (ALGORITHMS.md §6); workers are not part of a cell."""
+    """Stochastic Lanczos quadrature of a cell (docs/algorithms.md §6); workers are not part of a cell."""
 
     probes: int                 # Rademacher probes
-    iterations: int             # Lanczos steps per probe
+    iterations: int | str       # Lanczos steps per probe, or "auto" (limit cells: grow until s* is resolved)
     models: str                 # dense | pruned | both
     max_samples: int | None     # first N training samples; None: the whole training set
+    max_iterations: int | None = None  # the cap of "auto"; None for a fixed depth (not part of that cell)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.iterations == AUTO
 
     def layout(self) -> dict[str, Any]:
-        return {"enabled": True, **dataclasses.asdict(self)}
+        out = {"enabled": True, **dataclasses.asdict(self)}
+        if out["max_iterations"] is None:
+            del out["max_iterations"]  # a fixed depth has no cap: its layout is the one ids were defined on
+        return out
 
     @classmethod
     def from_layout(cls, d: Mapping[str, Any]) -> SLQSettings | None:
         if not d:
             return None
-        return cls(probes=int(d["probes"]), iterations=int(d["iterations"]), models=d["models"],
-                   max_samples=d["max_samples"])
+        it = d["iterations"]
+        return cls(probes=int(d["probes"]), iterations=it if it == AUTO else int(it), models=d["models"],
+                   max_samples=d["max_samples"], max_iterations=d.get("max_iterations"))
 
 
 @dataclass(frozen=True)
@@ -241,17 +259,10 @@ def resolve_protocol(pruner: str, override: str | None) -> str:
 
 
 def pruner_options(spec: Spec, pruner: str) -> dict[str, Any]:
-    """Every option of `pruner`: its defaults, overridden by the spec's options it accepts, then by
-    the options the spec scopes to it (`prune.options.<pruner>`, or to the pruner it delegates to)."""
-    info = PRUNERS[pruner]
-    out = dict(info.option_defaults)
-    given = {k: v for k, v in spec.prune.options.items() if k not in PRUNERS}
-    if spec.prune.rounds is not None:
-        given["rounds"] = spec.prune.rounds
-    for scope in (info.delegate, pruner):
-        given.update(spec.prune.options.get(scope) or {} if scope is not None else {})
-    out.update({k: v for k, v in given.items() if info.accepts(k)})
-    return out
+    """Every option of `pruner`, typed (`PrunerInfo.options`): its defaults, overridden by what the
+    spec gives it (`PruneSection.given_options`: bare options it takes, `rounds`, scoped ones)."""
+    given = {k: v for k, (v, _) in spec.prune.given_options(pruner).items()}
+    return dataclasses.asdict(PRUNERS[pruner].make_options(given))
 
 
 def lomp_l1(spec: Spec, model: str) -> float:
@@ -270,19 +281,25 @@ def train_config(spec: Spec, model: str, pruner: str, kind: str) -> TrainConfig:
 
 
 def slq_settings(spec: Spec, model: str) -> SLQSettings | None:
-    """The SLQ of a cell; the Lanczos depth defaults to 30, for a limit cell to the authors' depth."""
+    """The SLQ of a cell; the Lanczos depth defaults to 30, for a limit cell to "auto" (from the
+    authors' depth, `pruning.lomp.limit_iterations`, grown until s* is resolved or the cap)."""
     h = spec.hessian
     if not h.enabled:
         return None
     iterations = h.iterations
     if iterations is None:
-        iterations = limit_iterations(model) if spec.kind == "limit" else POINT_ITERATIONS
-    return SLQSettings(h.probes, iterations, h.models, h.max_samples)
+        iterations = AUTO if spec.kind == "limit" else POINT_ITERATIONS
+    cap = h.max_iterations if iterations == AUTO else None
+    return SLQSettings(h.probes, iterations, h.models, h.max_samples, max_iterations=cap)
 
 
 def data_options(spec: Spec, dataset: str) -> dict[str, Any]:
-    """Every loader option of `dataset`: its defaults, overridden by the spec's `data.options`."""
-    return {**DATASETS[dataset].option_defaults, **spec.data.options}
+    """Every loader option of `dataset`, typed (`DataInfo.options`): its defaults, overridden by the
+    spec's `data.options`."""
+    typed, problems = parse_options(DATASETS[dataset].options, spec.data.options)
+    if problems:
+        raise ValueError(f"data.options of {dataset!r}: {'; '.join(problems)}")
+    return dataclasses.asdict(typed)
 
 
 def _prune_sections(spec: Spec, model: str, pruner: str) -> list[tuple[float | None, str, PointPrune | LimitPrune]]:
@@ -293,7 +310,8 @@ def _prune_sections(spec: Spec, model: str, pruner: str) -> list[tuple[float | N
             lomp_l1=lomp_l1(spec, model), limit_grid=tuple(p.limit_grid), epsilon=p.epsilon,
             eigen_policy=p.eigen_policy, limit_tolerance_pp=p.limit_tolerance_pp,
             epsilon_source=p.epsilon_source if p.epsilon is None else "given", zero_tol=p.zero_tol,
-            limit_rounds=p.limit_rounds, row_norm_quantiles=p.row_norm_quantiles))]
+            limit_rounds=p.limit_rounds, row_norm_quantiles=p.row_norm_quantiles,
+            resolution_tol=p.resolution_tol))]
     if pruner == "dense":
         return [(0.0, "direct", PointPrune())]
     section = PointPrune(

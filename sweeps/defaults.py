@@ -108,6 +108,12 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
     "data.fashion_mnist.augment": False,
     # the model's build
     "model_variant": "default",
+    # limit cells: the resolution signal and adaptive Lanczos depth
+    "prune.resolution_tol": 0.01,       # the flag's tolerance before the option (RESOLUTION_TOL)
+    "hessian.max_iterations": 512,      # the cap of `iterations: auto` (a fixed depth has none)
+    # fidelity options of GraSP and Rare Gems (their reference code's choices, off by default)
+    "prune.grasp.reinit": False,
+    "prune.rare_gems.bias": True,
 }
 
 

@@ -29,7 +29,7 @@ import functools
 import os
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -126,10 +126,6 @@ def filesystem(location: str) -> Location:
 # Paths inside a storage root's filesystem, relative to its base (join with Location.join).
 
 
-def sweep_parts(sweep: str) -> tuple[str, ...]:
-    return (sweep,)
-
-
 def table_parts(sweep: str, table: str) -> tuple[str, ...]:
     return (sweep, table)
 
@@ -165,7 +161,7 @@ def is_sweep_dir(fs: pafs.FileSystem, path: str, tables: tuple[str, ...]) -> boo
     return SPEC_FILE in names or any(t in names for t in tables)
 
 
-# ----------------------------------------------------------------------------- finding a sweep
+# ----------------------------------------------------------------------------- finding sweeps
 
 
 @dataclass(frozen=True)
@@ -176,28 +172,113 @@ class SweepRef:
     sweep: str
 
 
-def locate_sweep(name_or_path: str, storage: str | None = None) -> SweepRef:
-    """The sweep a user means by a name, a sweep directory or URI, or a stored spec.yaml.
+@dataclass(frozen=True)
+class Sweeps:
+    """The sweeps a user named: one storage root (path or URI) and the names of sweeps in it."""
 
-    - `s3://bucket/results/my_sweep` (any URI): the last part is the sweep, the rest the root;
-    - a directory holding spec.yaml, or that spec.yaml itself: its parent is the root (unless
-      `storage` is given, which then wins for a bare name only);
-    - anything else is a sweep name under `storage` (else $PRUNETUNE_STORAGE, else ./results).
-    Whether the sweep exists is the caller's question (each says what is missing in its terms).
+    storage: str
+    names: tuple[str, ...]
+    label: str                    # what the user typed, for messages
+    fs: pafs.FileSystem | None = field(default=None, compare=False)  # a filesystem object of the
+    # caller's own, `storage` a path on it (e.g. an in-memory one); None: the one `storage` names
+
+    @property
+    def location(self) -> Location:
+        if self.fs is not None:
+            return Location(self.fs, self.storage.rstrip("/"), isinstance(self.fs, pafs.LocalFileSystem))
+        return filesystem(self.storage)
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        return self.location.fs
+
+    @property
+    def dirs(self) -> list[str]:
+        """Each sweep's directory on `filesystem`."""
+        return [self.location.join(n) for n in self.names]
+
+    def one(self) -> SweepRef:
+        if len(self.names) != 1:
+            raise ValueError(f"sweep: {self.label!r} is a storage root of {len(self.names)} sweeps "
+                             f"({', '.join(self.names)}); name one of them")
+        return SweepRef(self.storage, self.names[0])
+
+
+def _sweeps_under(loc: Location, path: str, tables: tuple[str, ...]) -> list[str]:
+    infos = loc.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and not hidden(i.base_name)
+                  and is_sweep_dir(loc.fs, i.path, tables))
+
+
+def _spec_file_ref(path: Path, storage: str | None) -> SweepRef:
+    """The sweep a user's own spec file runs: its name, under --storage, else its storage, else the default."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"sweep: cannot read the spec {str(path)!r}: {e}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise ValueError(f"sweep: {str(path)!r} has no sweep name")
+    root = storage if storage is not None else raw.get("storage") if isinstance(raw.get("storage"), str) else None
+    return SweepRef(normalize(storage_root(root)), raw["name"])
+
+
+def resolve(name_or_path: str | os.PathLike, storage: str | os.PathLike | None = None, *,
+            tables: tuple[str, ...] = (), several: bool = False) -> Sweeps:
+    """The sweeps a user means, for every command that reads a stored sweep; tried in this order:
+
+    - a pyarrow.fs URI (`s3://bucket/results/my_sweep`): a sweep, or (`several`) a storage root;
+    - a file: a stored `spec.yaml` (its directory is the sweep), or the spec file a sweep was run
+      from (its `name`, under `storage`, else the spec's storage, else the default root);
+    - a sweep name under `storage` (else $PRUNETUNE_STORAGE, else ./results);
+    - a local sweep directory, or (`several`) a storage root of sweeps.
+    A sweep directory holds spec.yaml or one of `tables`. Without `several`, a name that is not
+    stored yet is still returned (the caller says what is missing, in its terms); with it, an unknown
+    name lists the sweeps that exist.
     """
     text = str(name_or_path).rstrip("/")
+    label = str(name_or_path)
     if not text:
-        raise ValueError("sweep: empty; give a sweep name, a sweep directory or a URI")
-    if is_uri(text):
+        raise ValueError("sweep: empty; give a sweep name, a sweep directory, a storage root or a URI")
+    if is_uri(text) or text.startswith("file://"):
+        if several and not is_sweep_dir((loc := filesystem(text)).fs, loc.base, tables) \
+                and (names := _sweeps_under(loc, loc.base, tables)):
+            return Sweeps(text, tuple(names), label)
         root, _, sweep = text.rpartition("/")
-        return SweepRef(root, sweep)
+        return Sweeps(root, (sweep,), label)
     path = Path(text)
-    if path.is_file() and path.name == SPEC_FILE:
-        path = path.parent
-    if path.is_dir() and (path / SPEC_FILE).exists():
-        resolved = path.resolve()
-        return SweepRef(str(resolved.parent), resolved.name)
+    if path.is_file():
+        if path.name == SPEC_FILE:
+            resolved = path.resolve().parent
+            return Sweeps(str(resolved.parent), (resolved.name,), label)
+        ref = _spec_file_ref(path, None if storage is None else str(storage))
+        return Sweeps(ref.storage, (ref.sweep,), label)
+    root = normalize(storage_root(storage))
+    loc = filesystem(root)
+    plain = "/" not in text and os.sep not in text and text not in (".", "..") and not hidden(text)
+    if plain and is_sweep_dir(loc.fs, loc.join(text), tables):
+        return Sweeps(root, (text,), label)
     if path.is_dir():
-        raise ValueError(f"sweep: {text!r} holds no {SPEC_FILE}; give a sweep directory "
-                         "(<storage>/<sweep>) or a sweep name")
-    return SweepRef(normalize(storage_root(storage)), text)
+        resolved = path.resolve()
+        if is_sweep_dir(pafs.LocalFileSystem(), str(resolved), tables):
+            return Sweeps(str(resolved.parent), (resolved.name,), label)
+        if several and (names := _sweeps_under(filesystem(str(resolved)), str(resolved), tables)):
+            return Sweeps(str(resolved), tuple(names), label)
+        if several:
+            raise ValueError(f"sweep: {text!r} is an empty store, no sweeps in it (a sweep directory holds "
+                             f"{SPEC_FILE} or one of {', '.join(tables)})")
+        raise ValueError(f"sweep: {text!r} holds no {SPEC_FILE}; give a sweep directory (<storage>/<sweep>) "
+                         "or a sweep name")
+    if not several:
+        return Sweeps(root, (text,), label)
+    known = _sweeps_under(loc, loc.base, tables)
+    if known:
+        raise ValueError(f"sweep {text!r} not found under storage root {root}: choose from {', '.join(known)}")
+    raise ValueError(f"sweep {text!r} not found: storage root {root} is empty or missing "
+                     f"(set --storage or ${STORAGE_ENV})")
+
+
+def locate_sweep(name_or_path: str, storage: str | None = None) -> SweepRef:
+    """The one sweep a user means (see `resolve`)."""
+    return resolve(name_or_path, storage).one()

@@ -42,9 +42,28 @@ def result_line(cell: Cell, row: dict[str, Any]) -> str:
     acc = row.get("test_acc")
     acc_text = "-" if acc is None else f"{acc:.4f}"
     mark = "ok" if status == "ok" else status
+    if cell.kind == "limit":
+        return f"{mark} {head}  acc {acc_text}  {limit_text(row)}  ({duration(row.get('total_seconds') or 0.0)})"
     return (f"{mark} {head}  acc {acc_text}  direct x{compression_text(row.get('direct_compression'))}"
             f"  effective x{compression_text(row.get('effective_compression'))}"
             f"  ({duration(row.get('total_seconds') or 0.0)})")
+
+
+def _frac(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def limit_text(row: dict[str, Any]) -> str:
+    """`predicted 0.913 (authors 0.905) vs actual strict 0.820 tol 0.840 loss 0.900, 160 steps,
+    unresolved` of a limit cell's row: what a reader decides from, as the limit table shows it."""
+    flag = row.get("predicted_unresolved")
+    resolved = "" if flag is None else (", unresolved" if flag else ", resolved")
+    steps = row.get("slq_iterations")
+    depth = "" if steps is None else f", {int(steps)} steps"
+    return (f"predicted {_frac(row.get('predicted_removed_frac'))} "
+            f"(authors {_frac(row.get('predicted_removed_frac_authors'))}) vs actual "
+            f"strict {_frac(row.get('actual_removed_frac_strict'))} tol {_frac(row.get('actual_removed_frac_tol'))} "
+            f"loss {_frac(row.get('actual_removed_frac_loss'))}{depth}{resolved}")
 
 
 class Progress:

@@ -1,7 +1,9 @@
 """The one run path of a sweep, whatever the backend: spec → cells → spec.yaml → backend → summary.
 
-    run_spec(spec, options)      validate-time checks of the backend, store the resolved spec, run the
-                                 cells the store does not hold yet, return the RunSummary
+    preflight(spec, options)     what the backend could never run, refused before anything starts
+                                 (`validate` asks the same)
+    run_spec(spec, options)      preflight, store the resolved spec, run the cells the store does not
+                                 hold yet, return the RunSummary
     stored_spec(ref)             the spec a stored sweep was run with (for status and resume)
     closing_lines(...)           what a run prints at its end, and its exit code
 
@@ -18,28 +20,33 @@ from typing import TextIO
 import yaml
 
 from sweeps import store
-from sweeps.backends import RayOptions, RunSummary, make_backend
+from sweeps.backends import RayOptions, RunSummary, backend_class, make_backend
 from sweeps.cells import expand
 from sweeps.paths import SweepRef
 from sweeps.progress import Progress
-from sweeps.spec import Spec, build_spec, dump_yaml
+from sweeps.spec import Spec, SpecError, build_spec, dump_yaml
 from sweeps.trial import Where
-
-EXIT_FAILED_CELLS = 1
 
 
 def where_of(spec: Spec) -> Where:
     return Where(storage=spec.storage, data_root=spec.data.root)
 
 
+def preflight(spec: Spec, options: RayOptions | None = None) -> None:
+    """Raise SpecError with everything the spec's backend could never run (`Backend.check`: a GPU
+    this machine lacks, a Ray trial no local Ray could place, a GPU share Ray does not take)."""
+    if problems := backend_class(spec.backend).check(spec, options):
+        raise SpecError(problems)
+
+
 def run_spec(spec: Spec, *, options: RayOptions | None = None, progress: Progress | None = None,
              stream: TextIO | None = None) -> RunSummary:
     """Run every cell of `spec` that the store does not hold as done yet; see the module docstring.
 
-    The backend is built first, so a resource problem (a trial a local Ray could never place) is
-    refused before anything is written.
+    `preflight` comes first, so a resource problem is refused before anything is written.
     """
     stream = stream or sys.stderr
+    preflight(spec, options)
     cells = expand(spec)
     backend = make_backend(spec, options)
     store.write_spec(spec.storage, spec.name, dump_yaml(spec))
@@ -61,8 +68,9 @@ def stored_spec(ref: SweepRef, *, backend: str | None = None) -> Spec:
     return build_spec(yaml.safe_load(text), storage=ref.storage, backend=backend)
 
 
-def closing_lines(spec: Spec, summary: RunSummary, *, stream: TextIO | None = None) -> int:
-    """Counts, each failed (or, on Ray, missing) cell with its error, how to continue; the exit code."""
+def closing_lines(spec: Spec, summary: RunSummary, *, stream: TextIO | None = None) -> bool:
+    """Counts, each failed (or, on Ray, missing) cell with its error, how to continue; whether all
+    cells are done."""
     stream = stream or sys.stderr
     print(f"sweep {spec.name!r}: {len(summary.done)} done, {len(summary.failed)} failed, "
           f"{len(summary.skipped)} already done", file=stream)
@@ -71,4 +79,4 @@ def closing_lines(spec: Spec, summary: RunSummary, *, stream: TextIO | None = No
     if summary.failed:
         print(f"continue with: prunetune resume {spec.name} --storage {spec.storage} "
               "(failed and missing cells run again)", file=stream)
-    return EXIT_FAILED_CELLS if summary.failed else 0
+    return not summary.failed

@@ -44,7 +44,7 @@ TRIALS = pa.schema(
         # outcome
         ("status", pa.string()),             # "ok" | "diverged" | "failed"
         ("error", pa.string()),              # one-line error for failed cells, else null
-        # sparsity (ALGORITHMS.md §1); compression is inf for a disconnected net
+        # sparsity (docs/algorithms.md §1); compression is inf for a disconnected net
         ("n_prunable", pa.int64()),
         ("n_params", pa.int64()),
         ("direct_sparsity", pa.float64()),
@@ -100,16 +100,27 @@ TRIALS = pa.schema(
         # added after version 1 (nullable; older files read back with nulls)
         # how far the predicted limit is resolved (pruning.limit.predict_limit)
         ("predicted_removed_frac_radau_rule", pa.float64()),  # s* by the Gauss–Radau rule: a diagnostic, not a bound
-        ("predicted_removed_frac_half_iters", pa.float64()),  # s* from the first m/2 Lanczos steps
         ("predicted_removed_frac_se", pa.float64()),     # jackknife standard error of s* over probes
         ("predicted_resolution_tol", pa.float64()),      # the tolerance of predicted_unresolved
-        ("predicted_unresolved", pa.bool_()),            # |s* − half| or 2·SE > tolerance
+        ("predicted_unresolved", pa.bool_()),            # spread or 2·SE > tolerance, or drop ill posed
         ("zero_curvature_tol", pa.float64()),            # |θ| ≤ this is zero curvature (absolute)
         # the limits in effective terms (ours): effective sparsity of the global-magnitude mask at
         # the predicted and at the actual removed fractions (disconnected weights counted as removed)
         ("predicted_effective_removed_frac", pa.float64()),
         ("actual_effective_removed_frac_strict", pa.float64()),
         ("actual_effective_removed_frac_tol", pa.float64()),
+        # the converged limit: resolution over the last quarter of the Lanczos run, adaptive depth,
+        # the theory's loss criterion and the authors' estimator (s*(m/2), the column
+        # predicted_removed_frac_half_iters of older files, is no longer written: not a convergence test)
+        ("predicted_removed_frac_spread", pa.float64()),  # max − min of s*(k), k = ⌈3m/4⌉ … m
+        ("predicted_removed_frac_authors", pa.float64()),  # the authors' estimator on probe 0 (128 steps)
+        ("predicted_negative_share", pa.float64()),  # G at R(s*) from negative curvature (what drop removes)
+        ("predicted_note", pa.string()),     # one line when the prediction is ill posed
+        ("slq_max_iterations", pa.int64()),  # the cap of iterations: auto; null for a fixed depth
+        ("actual_removed_frac_loss", pa.float64()),  # training loss ≤ dense training loss + ε
+        ("actual_kept_frac_loss", pa.float64()),
+        ("actual_effective_removed_frac_loss", pa.float64()),
+        ("finetune_recipe", pa.string()),    # rare_gems: `protocol: recipe` that trained the mined mask
     ]
 )
 
@@ -221,7 +232,7 @@ ROUNDS = pa.schema(
         ("cell_id", pa.string()),
         ("sweep", pa.string()),
         ("round", pa.int32()),               # 1: the single-round limit of the trials row
-        ("status", pa.string()),             # "ok" | "diverged" (the round's retraining)
+        ("status", pa.string()),             # "ok" | "diverged" (its retraining) | "refused" (no s* to prune to)
         ("removed_frac_before", pa.float64()),  # pruned at the start of the round (of all prunable)
         ("dense_test_acc", pa.float64()),    # the round's model before further pruning
         ("epsilon", pa.float64()),
@@ -232,6 +243,9 @@ ROUNDS = pa.schema(
         ("actual_removed_frac_strict", pa.float64()),
         ("actual_removed_frac_tol", pa.float64()),
         ("schema_version", pa.int32()),
+        # added after version 1 (nullable)
+        ("actual_removed_frac_loss", pa.float64()),
+        ("slq_iterations", pa.int64()),      # the Lanczos depth the round's SLQ used
     ]
 )
 

@@ -25,7 +25,8 @@ at all, and only a `trials` file that parses counts):
   it, and its cell counts as not done, so `run`/`resume` redo it. Parquet's footer is at the end,
   so no prefix of a file parses.
 
-No Hive partitioning: the cell's axes are columns.
+No Hive partitioning: the cell's axes are columns. This module reads one cell's file at a time (is a
+cell done?); a whole table of one or many sweeps is read by `analysis.load`, the one reader.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ import warnings
 from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -198,41 +198,6 @@ def stored_ids(storage: str, sweep: str, table: str = "trials") -> list[str]:
     selector = pafs.FileSelector(loc.join(*paths.table_parts(sweep, table)), allow_not_found=True)
     ids = [(info.type, paths.cell_id_of(info.base_name)) for info in loc.fs.get_file_info(selector)]
     return sorted(cid for kind, cid in ids if kind == pafs.FileType.File and cid is not None)
-
-
-def conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A file's rows in the central schema: renamed columns under their new names (schema.RENAMED),
-    columns the file predates as nulls, columns the schema does not know dropped."""
-    if t.schema == schema:
-        return t
-    t = t.rename_columns([schemas.RENAMED.get(c, c) for c in t.column_names])
-    columns = [t[f.name].cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
-               for f in schema]
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def read_table(storage: str, sweep: str, table: str, cell_ids: Iterable[str] | None = None) -> pa.Table:
-    """All readable files of `table` in a sweep as one table with the central schema.
-
-    Damaged files (a truncated copy, a torn upload) are skipped with a warning, not fatal: reading
-    results must never fail because one cell is broken; that cell is simply redone by `run`.
-    """
-    ids = stored_ids(storage, sweep, table) if cell_ids is None else list(cell_ids)
-    parts = []
-    for cid in ids:
-        t = read_cell_table(storage, sweep, table, cid)
-        if t is not None:
-            parts.append(conform(t, schemas.schema(table)))
-    if not parts:
-        return schemas.schema(table).empty_table()
-    return pa.concat_tables(parts, promote_options="default")
-
-
-def dataset(storage: str, sweep: str, table: str) -> pads.Dataset:
-    """A `pyarrow.dataset` over a table directory (hidden temp files are ignored by default)."""
-    loc = locate(storage)
-    return pads.dataset(loc.join(*paths.table_parts(sweep, table)), filesystem=loc.fs, format="parquet",
-                        schema=schemas.schema(table))
 
 
 def clean_temp_files(storage: str, sweep: str, *, older_than: float = 3600.0) -> int:

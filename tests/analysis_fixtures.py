@@ -82,9 +82,12 @@ GOLDEN: list[dict] = [
 
 
 def limit_row(seed: int, *, predicted: float, strict: float, tol: float, band: tuple[float, float],
-              trace_bound: float = 0.5, epsilon: float = 0.01, zero_mass: float = 0.2,
+              trace_bound: float = 0.5, epsilon: float = 0.01, zero_mass: float = 0.2, loss: float | None = None,
               model: str = "mlp", dataset: str = "digits", sweep: str = "golden", **extra: object) -> dict:
-    """A kind == "limit" row (LOMP) with the fractions given as removed fractions."""
+    """A kind == "limit" row (LOMP) with the fractions given as removed fractions (`loss`: the loss
+    rule's actual limit, absent from rows of older files when None)."""
+    if loss is not None:
+        extra = {"actual_removed_frac_loss": loss, "actual_kept_frac_loss": 1 - loss, **extra}
     return trial("lomp", None, seed, kind="limit", model=model, dataset=dataset, sweep=sweep,
                  lomp_l1=5e-5, epsilon=epsilon, epsilon_source="batch_loss_std", eigen_policy="abs",
                  zero_mass=zero_mass, predicted_removed_frac=predicted, predicted_kept_frac=1 - predicted,
@@ -135,11 +138,13 @@ def hessian_rows_rows(cell: str, points: list[tuple[float, float, float]], sweep
 
 
 def rounds_rows(cell: str, points: list[tuple[float, float, float]], sweep: str = "golden") -> list[dict]:
-    """rounds rows from (removed_frac_before, predicted_removed_frac, actual_removed_frac_tol)."""
+    """rounds rows from (removed_frac_before, predicted_removed_frac, actual_removed_frac_tol); the loss
+    rule's limit is the tolerance rule's + 0.01, the Lanczos depth 128."""
     return [{"cell_id": cell, "sweep": sweep, "round": i + 1, "status": "ok", "removed_frac_before": b,
              "dense_test_acc": 0.95, "epsilon": 0.01, "zero_mass": b, "predicted_removed_frac": p,
              "predicted_kept_frac": 1 - p, "predicted_unresolved": False, "actual_removed_frac_strict": b,
-             "actual_removed_frac_tol": a, "schema_version": SCHEMA_VERSION} for i, (b, p, a) in enumerate(points)]
+             "actual_removed_frac_tol": a, "actual_removed_frac_loss": a + 0.01, "slq_iterations": 128,
+             "schema_version": SCHEMA_VERSION} for i, (b, p, a) in enumerate(points)]
 
 
 def write_file(root: str | os.PathLike, sweep: str, table: str, rows: list[dict], *, name: str | None = None,

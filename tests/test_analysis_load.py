@@ -15,9 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis import cache as cache_module
+from analysis import read_cache as cache_module
 from analysis import load as load_module
 from analysis.load import load_table, load_tables, resolve, table_files
+from sweeps.paths import Sweeps
 from analysis_fixtures import GOLDEN, trial, write_file, write_store
 from sweeps.schema import SCHEMAS, TRIALS
 
@@ -43,12 +44,12 @@ def test_reads_every_cell_with_the_central_schema(store: Path) -> None:
 
 def test_resolve_name_dir_root_and_uri(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     by_name = resolve("golden", storage=store)
-    assert by_name.names == ["golden"]
-    assert resolve(str(store / "golden")).names == ["golden"]
-    assert resolve(str(store)).names == ["golden", "other"]            # a storage root: all sweeps
-    assert resolve(f"file://{store}/other").names == ["other"]
+    assert by_name.names == ("golden",)
+    assert resolve(str(store / "golden")).names == ("golden",)
+    assert resolve(str(store)).names == ("golden", "other")            # a storage root: all sweeps
+    assert resolve(f"file://{store}/other").names == ("other",)
     monkeypatch.setenv("PRUNETUNE_STORAGE", str(store))
-    assert resolve("other").names == ["other"]                        # the root from the environment
+    assert resolve("other").names == ("other",)                        # the root from the environment
     both = load_table(str(store), "trials")
     assert sorted(both["sweep"].unique()) == ["golden", "other"]
     assert len(both) == len(GOLDEN) + 1
@@ -148,7 +149,7 @@ def test_many_files_read_in_one_pass(tmp_path: Path) -> None:
 
 
 def test_analysis_imports_neither_torch_nor_ray() -> None:
-    code = ("import sys, analysis, analysis.load, analysis.tables, analysis.plots, analysis.cli; "
+    code = ("import sys, analysis, analysis.load, analysis.tables, analysis.plots, analysis.output; "
             "bad = [m for m in ('torch', 'ray') if m in sys.modules]; "
             "assert not bad, bad; print('clean')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -280,8 +281,8 @@ def test_a_remote_like_filesystem_reads_and_caches_like_the_local_one(store: Pat
     remote_fs = pafs._MockFileSystem(datetime.datetime.now() - datetime.timedelta(minutes=5))
     pafs.copy_files(str(store), "bucket/results", source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=remote_fs)
-    remote = load_module._classify(remote_fs, "bucket/results", "mock://bucket/results")
-    assert remote.names == ["golden", "other"]
+    remote = Sweeps("bucket/results", ("golden", "other"), "mock://bucket/results", fs=remote_fs)
+    assert [d.rsplit("/", 1)[1] for d in remote.dirs] == ["golden", "other"]
     local = load_table(store, "trials", use_cache=False).sort_values("cell_id").reset_index(drop=True)
     got = load_table(remote, "trials")
     pd.testing.assert_frame_equal(got.sort_values("cell_id").reset_index(drop=True), local)

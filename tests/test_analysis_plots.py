@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from analysis import plots
-from analysis.cli import main, summary
+from analysis.output import summary
+from sweeps.cli import main
 from analysis.load import load_tables
 from analysis_fixtures import GOLDEN, curve_rows, limit_row, spectrum_rows, write_store
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from analysis import tables as T
-from analysis.cli import main
+from sweeps.cli import main
 from analysis.load import load_table
 from analysis_fixtures import GOLDEN, INF, curve_rows, limit_row, trial, write_store
 
@@ -230,9 +230,21 @@ def test_limit_summary_mean_std(limits: pd.DataFrame) -> None:
     assert row["delta_removed_pp_strict_std"] == pytest.approx(5.0 / math.sqrt(2))
     text = T.render("limit", T.build("limit", {"trials": limits}), "md")
     assert "+4.50 ± 3.54" in text
+    # by default what a reader decides from: predicted, the authors' estimate, the actual limit under
+    # each rule, the differences, the Lanczos depth and the resolution flag (blank where not stored)
+    header = [c.strip() for c in text.splitlines()[2].strip("|").split("|")]
+    assert header == ["model", "dataset", "seed", "predicted_removed_frac", "predicted_removed_frac_authors",
+                      "actual_removed_frac_strict", "actual_removed_frac_tol", "actual_removed_frac_loss",
+                      "delta_removed_pp_strict", "delta_removed_pp_tol", "delta_removed_pp_loss", "slq_iterations",
+                      "predicted_unresolved"]
     seed_rows = [l for l in text.splitlines() if l.startswith("| mlp")][:2]
-    assert [c.strip() for c in seed_rows[0].strip("|").split("|")][3:8] == ["0.9000", "0.1000", "0.0500", "0.1500", "0.5000"]
-    assert " no " in seed_rows[1] and " yes " in seed_rows[0]
+    assert [c.strip() for c in seed_rows[0].strip("|").split("|")][3:8] == ["0.9000", "", "0.9200", "0.9300", ""]
+    # --wide: the bands, bounds and rules too
+    wide = T.render("limit", T.build("limit", {"trials": limits}), "md", wide=True)
+    wide_rows = [l for l in wide.splitlines() if l.startswith("| mlp")][:2]
+    cells = [c.strip() for c in wide_rows[0].strip("|").split("|")]
+    assert cells[13:17] == ["0.1000", "0.0500", "0.1500", "0.5000"]  # kept, band low/high, trace bound
+    assert " no " in wide_rows[1] and " yes " in wide_rows[0] and "in_band_strict" in wide
 
 
 # ----------------------------------------------------------------------------- 4. LOMP vs baselines
@@ -331,8 +343,8 @@ def test_cli_all_tables_to_files(store: Path, tmp_path: Path, capsys: pytest.Cap
 
 @pytest.mark.parametrize("argv, message", [
     (["tables", "nope"], "sweep 'nope' not found under storage root .*: choose from golden"),
-    (["tables", "golden", "--table", "bogus"], "table 'bogus': choose from"),
-    (["tables", "golden", "--format", "xml"], "--format: 'xml'; choose from md, csv, latex"),
+    (["tables", "golden", "--table", "bogus"], "argument --table: invalid choice: 'bogus' \\(choose from 'accuracy'"),
+    (["tables", "golden", "--format", "xml"], "argument --format: invalid choice: 'xml' \\(choose from 'md', 'csv', 'latex'\\)"),
     (["tables", "golden", "--levels", "10,abc"], "--levels: 'abc' is not a number"),
 ])
 def test_cli_errors_are_one_line_exit_2(store: Path, capsys: pytest.CaptureFixture, argv: list[str],
@@ -382,7 +394,7 @@ def test_cli_unwritable_out_is_one_line(store: Path, tmp_path: Path, capsys: pyt
 def test_storage_root_may_be_a_uri(store: Path) -> None:
     from analysis.load import resolve
 
-    assert resolve("golden", storage=f"file://{store}").names == ["golden"]
+    assert resolve("golden", storage=f"file://{store}").names == ("golden",)
     with pytest.raises(ValueError, match="choose from golden"):
         resolve("nope", storage=f"file://{store}")
 

@@ -1,4 +1,4 @@
-"""The dense cache: computed once per key, atomic, safe when processes race, stale locks broken."""
+"""The dense-model cache (sweeps.dense_cache): computed once per key, atomic, safe when processes race, stale locks broken."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from sweeps.cache import DENSE_ITEM, DenseCache, dense_fields, key_of
+from sweeps.dense_cache import DENSE_ITEM, DenseCache, dense_fields, key_of
 
 
 def slow_value(seconds: float = 0.0) -> dict:

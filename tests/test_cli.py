@@ -68,9 +68,10 @@ def test_status_of_a_sweep_not_yet_run(tmp_path, capsys, monkeypatch):
 
 
 def test_data_download_of_an_embedded_set_is_a_user_error(tmp_path, capsys):
-    assert main(["data", "download", "digits", "--root", str(tmp_path)]) == 2
+    assert main(["data", "download", "digits", "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "dataset 'digits'" in err and "Traceback" not in err
+    assert err.startswith("error: argument name: invalid choice: 'digits' (choose from 'mnist'")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_demo_runs_and_summarises(tmp_path, monkeypatch, capsys):
@@ -93,6 +94,7 @@ def test_demo_spec_is_packaged_and_valid(capsys):
     assert main(["validate", str(path)]) == 0
 
 
+@pytest.mark.slow  # a subprocess importing torch
 def test_ray_is_not_imported_by_the_serial_path(tmp_path):
     code = ("import sys; from sweeps.cli import main; "
             f"rc = main(['run', {str(tiny_spec(tmp_path, storage=str(tmp_path / 'r'), pruner='dense'))!r}]); "

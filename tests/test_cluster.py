@@ -26,14 +26,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("ray.dashboard.modules.job.sdk")  # ray[default]: `ray job submit` and the dashboard
+import ray
+import ray.dashboard.modules.job.sdk  # noqa: F401  ray[default] (the cluster extra): `ray job submit`, the dashboard
 
 from sweeps import store  # noqa: E402
 from sweeps.backends.ray_tune import TABLE_METRICS, TrialNames, config_cell_id, trial_label  # noqa: E402
 from sweeps.cells import expand  # noqa: E402
 from sweeps.spec import build_spec  # noqa: E402
 from ray_nodes import LocalCluster  # noqa: E402
+from analysis.load import read_arrow  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def files(storage, sweep):
 
 
 def assert_one_ok_row_per_cell(storage, sweep, cells):
-    rows = store.read_table(storage, sweep, "trials").to_pylist()
+    rows = read_arrow(sweep, "trials", storage=storage, use_cache=False).to_pylist()
     assert sorted(r["cell_id"] for r in rows) == sorted(c.cell_id for c in cells)  # no duplicate, none missing
     assert all(r["status"] == "ok" and r["backend"] == "ray" for r in rows), [(r["cell_id"], r["error"]) for r in rows]
 

@@ -24,11 +24,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+import boto3  # the cluster extra (`ray up` on AWS)
+import moto.server as moto_server  # the dev extra: a local S3 server
 
 from sweeps import paths, store  # noqa: E402
 from sweeps.cli import main  # noqa: E402
+from analysis.load import read_arrow  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def test_a_ray_sweep_on_s3_status_tables_plot_and_resume_after_a_truncated_objec
                     env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "4 done, 0 failed" in run.stderr
-    rows = store.read_table(storage, "s3sweep", "trials").to_pylist()
+    rows = read_arrow("s3sweep", "trials", storage=storage, use_cache=False).to_pylist()
     assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
     keys = objects(client)
     assert "sweeps/s3sweep/spec.yaml" in keys
@@ -181,7 +182,7 @@ def test_a_writer_killed_mid_upload_leaves_nothing_a_reader_counts_as_done(s3, t
     assert "committed" not in out
     assert [k for k in objects(client, "sweeps/torn/") if not k.endswith("/")] == []  # directory markers only
     assert store.stored_ids(storage, "torn") == [] and not store.is_done(storage, "torn", "c0ffee")
-    assert store.read_table(storage, "torn", "trials").num_rows == 0
+    assert read_arrow("torn", "trials", storage=storage, use_cache=False).num_rows == 0
     # what is left is an incomplete multipart upload, invisible to readers (a lifecycle rule reclaims it)
     [upload] = client.list_multipart_uploads(Bucket=BUCKET)["Uploads"]
     assert upload["Key"] == "sweeps/torn/trials/c0ffee.parquet"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-jsonschema = pytest.importorskip("jsonschema")
-ray = pytest.importorskip("ray")
+import jsonschema
+import ray
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -219,7 +219,7 @@ def test_fashion_mnist_missing_names_both_places_and_both_fixes(tmp_path):
     assert "\n" not in msg and msg.startswith("fashion_mnist: t10k-labels-idx1-ubyte.gz not found")
     assert str(partial) in msg and str(tmp_path / "debian") in msg
     assert "apt-get install dataset-fashion-mnist" in msg
-    assert f"prunetune data download fashion_mnist --root {tmp_path / 'root'}" in msg
+    assert f"prunetune data download fashion_mnist --data-root {tmp_path / 'root'}" in msg
 
 
 def test_fashion_mnist_corrupt_files_name_the_file(tmp_path):

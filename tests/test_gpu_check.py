@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,7 @@ def test_the_cuda_only_tests_are_found_by_their_skip_marker():
         assert any("cuda.is_available" in ast.unparse(d) for d in fn.decorator_list)
 
 
+@pytest.mark.slow  # subprocesses importing torch
 def test_the_cli_and_the_serial_backend_run_without_ray(tmp_path):
     """What gpu_check runs on a machine without Ray: `prunetune run` on the serial backend."""
     (tmp_path / "sitecustomize.py").write_text(NO_RAY)

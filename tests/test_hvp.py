@@ -8,7 +8,7 @@ from torch import nn
 
 from hessian_nets import tiny_cnn, tiny_data, tiny_mlp
 from pruning.hvp import (
-    HVP_MODES, CountedBackend, HVPBackend, HVPStats, LocalHVPBackend, SumOfBackends, dense_hessian,
+    HVP_MODES, CountedBackend, HVPBackend, HVPStats, LocalHVPBackend, dense_hessian,
     hessian_param_names, mean_hvp, restoring,
 )
 
@@ -38,10 +38,10 @@ def test_data_parallel_shards_sum_to_local():
     model = tiny_mlp()
     x, y = tiny_data((6,))
     whole = LocalHVPBackend(model, None, [(x, y)])
-    shards = SumOfBackends([
+    shards = [  # mean_hvp adds the shards' sums and counts: the local view of data parallelism
         LocalHVPBackend.from_state_dict(tiny_mlp(1), model.state_dict(), [(x[:13], y[:13])]),
         LocalHVPBackend.from_state_dict(tiny_mlp(2), model.state_dict(), [(x[13:], y[13:])]),
-    ])
+    ]
     V = torch.randn(whole.dim, 2, dtype=torch.float64)
     torch.testing.assert_close(mean_hvp(shards, V), mean_hvp(whole, V), rtol=1e-12, atol=1e-14)
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import ray
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -12,8 +13,6 @@ from sweeps.hvp_ray import (
     RayHVPBackend, RayHVPFactory, WorkerResources, device_from_ray, probe_ranges, shard_bounds,
     slq_probe_parallel,
 )
-
-ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +56,7 @@ def test_device_follows_the_assigned_gpus_not_cuda_availability():
     assert device_from_ray(["3"]) == "cuda:0"  # Ray restricts CUDA_VISIBLE_DEVICES: local index 0
 
 
+@pytest.mark.slow  # real Ray: HVP actors on a local Ray (make test-fast leaves it out)
 def test_sharded_sum_equals_local_and_the_exact_hessian(local_ray):
     model = mlp()
     x, y = data()
@@ -76,6 +76,7 @@ def test_sharded_sum_equals_local_and_the_exact_hessian(local_ray):
         dist.close()
 
 
+@pytest.mark.slow  # real Ray: HVP actors on a local Ray (make test-fast leaves it out)
 def test_slq_through_ray_workers_equals_local_slq_on_a_masked_model(local_ray):
     """The trial's model carries torch.nn.utils.prune masks: they must travel to the workers."""
     model = mlp(1)
@@ -95,6 +96,7 @@ def test_slq_through_ray_workers_equals_local_slq_on_a_masked_model(local_ray):
     assert len(factory.node_ids()) == 1 and factory.lost is None
 
 
+@pytest.mark.slow  # real Ray: HVP actors on a local Ray (make test-fast leaves it out)
 def test_probe_parallel_merge_equals_the_sequential_run(local_ray):
     model = mlp(2)
     x, y = data(30, seed=4)

@@ -9,12 +9,12 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from pruning.slq import SLQResult
 from pruning.limit import (
-    EPSILON_RECIPES, ZERO_CURVATURE_ULPS, SparseDistance, actual_limit, batch_loss_std, curve_rows,
-    epsilon_recipe, g_of_r, half_iterations, kinematic_halfwidth, limit_columns, predict_limit,
-    zero_curvature_tol,
+    EPSILON_RECIPES, ZERO_CURVATURE_ULPS, SparseDistance, actual_limit, authors_estimate, batch_loss_std,
+    curve_rows, epsilon_recipe, g_of_r, kinematic_halfwidth, limit_columns, limit_equation, predict_limit,
+    spread_window, truncated, zero_curvature_tol,
 )
+from pruning.slq import SLQResult, gauss_rule
 from sweeps.schema import CURVES, TRIALS
 
 EPS64 = np.finfo(np.float64).eps
@@ -94,6 +94,11 @@ def test_limit_bisection_on_diagonal_quadratic(policy, values, masses, zero, cp)
     spec = spectrum(values, masses, zero_mass=zero)
     pred = predict_limit(w, spec, eps, policy=policy)
     expected = closed_form(*cp, n * c * c * 2.0, 2 * eps)
+    if policy == "drop":  # half the curvature is negative: drop is ill posed here and refused,
+        assert pred.removed_frac is None and pred.negative_share > 0.01  # but its equation is exact:
+        s_drop = limit_equation(w, spec, eps, policy="drop").solve(spec)
+        assert abs(s_drop - expected) <= 2.0 / n
+        return
     assert abs(pred.removed_frac - expected) <= 2.0 / n
     assert pred.kept_frac == 1.0 - pred.removed_frac and pred.policy == policy
     # bracketed to machine precision: h(s*) ≥ 0 > h(s* − ulp)
@@ -142,6 +147,16 @@ def test_actual_limit_rules_on_hand_made_curves():
     assert set(none.columns()) <= set(TRIALS.names)
     with pytest.raises(ValueError, match="curve"):
         actual_limit([0.1], [0.5, 0.6], 0.5)
+    # the loss rule: training loss ≤ dense training loss + ε, the largest such fraction (not the first)
+    loss = [0.30, 0.31, 0.36, 0.33, 0.50, 0.338]
+    lim = actual_limit(s, acc, 0.950, train_loss=loss, dense_train_loss=0.30, epsilon=0.04)
+    assert (lim.removed_frac_loss, lim.kept_frac_loss) == (0.9, pytest.approx(0.1))
+    assert actual_limit(s, acc, 0.950, train_loss=loss, dense_train_loss=0.30, epsilon=0.035).removed_frac_loss == 0.6
+    assert lim.columns()["actual_removed_frac_loss"] == 0.9 and none.removed_frac_loss is None
+    with pytest.raises(ValueError, match="loss rule needs"):
+        actual_limit(s, acc, 0.95, train_loss=loss)
+    with pytest.raises(ValueError, match="epsilon"):
+        actual_limit(s, acc, 0.95, train_loss=loss, dense_train_loss=0.3, epsilon=0.0)
 
 
 def test_curve_rows_match_schema():
@@ -252,26 +267,61 @@ def test_drop_limit_does_not_move_when_rounding_level_signs_flip():
         s = {predict_limit(w, spectrum(np.concatenate([bulk, f * noise]), np.full(D, 1 / D), dim=D),
                            0.01, policy=policy).removed_frac for f in flips}
         assert len(s) == 1
-    old = [predict_limit(w, spectrum(np.concatenate([bulk, f * noise]), np.full(D, 1 / D), dim=D),
-                         0.01, policy="drop", zero_tol=0.0).removed_frac for f in (np.ones(200), -np.ones(200))]
+    spectra = [spectrum(np.concatenate([bulk, f * noise]), np.full(D, 1 / D), dim=D) for f in (np.ones(200), -np.ones(200))]
+    old = [limit_equation(w, sp, 0.01, policy="drop", zero_tol=0.0).solve(sp) for sp in spectra]
     assert old[0] - old[1] > 0.1  # the sign of rounding noise decided 40% of the width before
+    # (which is why drop is now refused where negative curvature carries weight: here, 40% of it)
+    assert predict_limit(w, spectra[1], 0.01, policy="drop", zero_tol=0.0).removed_frac is None
 
 
-def test_resolution_flags_an_under_resolved_run():
-    """Few Lanczos steps on a spread spectrum with probe noise: s*(m) vs s*(m/2) and the jackknife
-    SE over probes are large, and both equal their definitions computed independently."""
+def test_spread_window_is_the_last_quarter():
+    assert spread_window(4) == [3, 4] and spread_window(16) == list(range(12, 17))
+    assert spread_window(64) == list(range(48, 65))                       # ≤ 17 depths: every step
+    w128, w512 = spread_window(128), spread_window(512)
+    assert w128 == list(range(96, 129, 2)) and w512 == list(range(384, 513, 8))
+    for m in (100, 129, 143, 144, 200, 333, 512):
+        w = spread_window(m)
+        assert w[0] == math.ceil(3 * m / 4) and w[-1] == m and len(w) <= 19 and w == sorted(set(w))
+    # successive checks of iterations: auto (every 16 steps) share most depths (a power-of-two stride)
+    assert len(set(spread_window(496)) & set(spread_window(512))) >= 14
+
+
+def test_gauss_rule_weights_equal_eigh():
+    """Weights from eigenvalues alone (residues) equal the squared first eigenvector components,
+    on random Jacobi matrices and on Lanczos of a spectrum with a near-zero cluster."""
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 3, 17, 64):
+        a, b = rng.normal(size=k), rng.uniform(0.05, 1.0, k - 1)
+        theta, tau = gauss_rule(a, b)
+        if k == 1:
+            assert theta.tolist() == a.tolist() and tau.tolist() == [1.0]
+            continue
+        ref, U = scipy.linalg.eigh_tridiagonal(a, b)
+        assert theta == pytest.approx(ref, abs=1e-12) and tau == pytest.approx(U[0] ** 2, rel=1e-8, abs=1e-13)
+    D = 400
+    A = np.diag(np.concatenate([1e-9 * rng.normal(size=100), np.geomspace(1e-6, 5.0, D - 100)]))
+    spec = lanczos_result(A, 2, 96)
+    fast, slow = truncated(spec, 96), spec  # truncated re-diagonalizes with gauss_rule
+    assert fast.nodes == pytest.approx(slow.nodes, abs=1e-10)
+    assert fast.weights == pytest.approx(slow.weights, rel=1e-7, abs=1e-13)
+    assert fast.weights.sum(axis=1) == pytest.approx([1.0, 1.0], abs=1e-12)
+
+
+def test_resolution_signal_is_the_spread_over_the_last_quarter():
+    """The spread is max − min of s*(k) over spread_window(m), each s*(k) the prediction of an
+    independent k-step Lanczos run (Householder tridiagonalization); the jackknife SE over probes
+    is its definition; the flag compares both with the tolerance."""
     rng = np.random.default_rng(1)
-    D, P, m = 120, 6, 4
+    D, P, m = 120, 6, 12
     Q, _ = np.linalg.qr(rng.normal(size=(D, D)))
     A = (Q * np.geomspace(1e-5, 5.0, D)) @ Q.T
     spec = lanczos_result(A, P, m, seed=2)
     w = torch.from_numpy(rng.normal(0, 0.05, 3000))
     pred = predict_limit(w, spec, 0.01)
-    assert pred.unresolved is True and pred.resolution_tol == 0.01
-    # s*(m/2): the same prediction on the result of m/2 exact Lanczos steps (dense eigh of T[:2, :2])
-    assert pred.half_iters_removed_frac == pytest.approx(
-        predict_limit(w, lanczos_result(A, P, m // 2, seed=2), 0.01).removed_frac, abs=1e-12)
-    # jackknife: leave each probe out, solve again, sqrt((P−1)/P · Σ (s₋ₚ − mean)²)
+    tol = zero_curvature_tol(spec)
+    by_depth = [predict_limit(w, lanczos_result(A, P, k, seed=2), 0.01, zero_tol=tol / np.abs(spec.nodes).max()
+                              ).removed_frac for k in spread_window(m)]
+    assert pred.removed_frac_spread == pytest.approx(max(by_depth) - min(by_depth), abs=1e-9)
     loo = []
     for p in range(P):
         keep = np.arange(P) != p
@@ -281,30 +331,86 @@ def test_resolution_flags_an_under_resolved_run():
         loo.append(predict_limit(w, sub, 0.01, zero_tol=0.0).removed_frac)
     se = math.sqrt((P - 1) / P * sum((x - np.mean(loo)) ** 2 for x in loo))
     assert pred.removed_frac_se == pytest.approx(se, rel=1e-9, abs=1e-15) and se > 0
-    assert max(abs(pred.removed_frac - pred.half_iters_removed_frac), 2 * se) > 0.01
+    assert pred.unresolved is (max(pred.removed_frac_spread, 2 * se) > 0.01) and pred.resolution_tol == 0.01
     cols = pred.columns()
-    assert set(cols) <= set(TRIALS.names) and cols["predicted_unresolved"] is True
-    assert cols["predicted_removed_frac_se"] == pred.removed_frac_se
+    assert set(cols) <= set(TRIALS.names) and cols["predicted_removed_frac_spread"] == pred.removed_frac_spread
+    assert "predicted_removed_frac_half_iters" not in cols  # s*(m/2) vs s*(m) is not a convergence test
 
 
 def test_resolution_passes_a_converged_run():
-    """Iterations = dimension on a small diagonal operator (Rademacher probes see it exactly):
-    s* is the exact one, m/2 steps agree within the tolerance, the SE over probes is 0."""
+    """Iterations = dimension on a small diagonal operator (Rademacher probes see it exactly): s*
+    is the exact one, the last quarter does not move it, the SE over probes is 0."""
     d = np.linspace(0.2, 3.0, 16)
     spec = lanczos_result(np.diag(d), probes=4, m=16)
     w = torch.from_numpy(np.random.default_rng(3).normal(0, 0.05, 2000))
     exact = predict_limit(w, spectrum(d, np.full(16, 1 / 16), dim=16), 0.01).removed_frac
     pred = predict_limit(w, spec, 0.01)
     assert pred.removed_frac == pytest.approx(exact, abs=1e-12)
-    assert abs(pred.removed_frac - pred.half_iters_removed_frac) < 1e-3
-    assert pred.removed_frac_se == pytest.approx(0.0, abs=1e-12)
+    assert pred.removed_frac_spread < 1e-3 and pred.removed_frac_se == pytest.approx(0.0, abs=1e-12)
     assert pred.unresolved is False
-    assert half_iterations(spec).iterations == 8 and half_iterations(spectrum([1.0], [1.0])) is None
-    # without coefficients and with one probe neither diagnostic exists: the flag is unknown
+    # without coefficients and with one probe neither signal exists: the flag is unknown
     one = predict_limit(w, spectrum(d, np.full(16, 1 / 16), dim=16), 0.01)
-    assert one.unresolved is None and one.half_iters_removed_frac is None and one.removed_frac_se is None
+    assert one.unresolved is None and one.removed_frac_spread is None and one.removed_frac_se is None
     with pytest.raises(ValueError, match="resolution_tol"):
         predict_limit(w, spec, 0.01, resolution_tol=0.0)
+    with pytest.raises(ValueError, match="truncated"):
+        truncated(spectrum(d, np.full(16, 1 / 16), dim=16), 4)
+
+
+def test_authors_estimator_on_a_hand_checkable_spectrum():
+    """Two nodes on grid points of the binned density (so each keeps its weight), 1,000 weights of
+    |w| = 0.1 (R(i/1000) = 0.1·√i, rounded: 0 below i = 25, 1 up to 224, 2 up to 624, 3 above):
+    G(R) at integer R and the argmin over the 1,000-point grid, by hand."""
+    w = torch.full((1000,), 0.1, dtype=torch.float64)
+    dist = SparseDistance(w)
+    spec = spectrum([1.0, 3.0], [0.5, 0.5], dim=1000)
+    eps = 0.1  # 2ε = 0.2: G(1) = 0.5·0.2/1.2 + 0.5·0.2/3.2 = 0.114583…, nearest grid point 0.115
+    assert authors_estimate(dist, spec, eps, bins=203) == 0.115  # spacing 0.01: 1.0 and 3.0 are bins
+    # the zero mass q = 0.2 enters as a bin at 1e-30 (term 1): G(2) = 0.2 + 0.8·(0.2/8.4 + 0.2/24.4)
+    # = 0.22561 falls in R = 2's block (s from 0.225), nearest 0.226; G(1) = 0.29 lies beyond R = 1's block
+    assert authors_estimate(dist, spectrum([1.0, 3.0], [0.5, 0.5], zero_mass=0.2, dim=1000), eps, bins=203) == 0.226
+    # the binning mis-weights: a node half-way between two bins (a Gaussian far narrower than a bin)
+    # is lost, so only the node at 1.0 counts: G(1) = 0.2/1.2 = 0.1667 → 0.167 (the node at 3.0, of
+    # weight 0, keeps the grid where it was)
+    lost = spectrum([1.0, 2.005, 3.0], [0.5, 0.5, 0.0], dim=1000)
+    assert authors_estimate(dist, lost, eps, bins=203) == 0.167
+    # ours on the same spectrum: R not rounded, no bins; the fixed point differs
+    ours = predict_limit(w, spec, eps).removed_frac
+    r = dist(ours)
+    assert ours == pytest.approx(0.5 * 0.2 / (0.2 + r * r) + 0.5 * 0.2 / (0.2 + 3 * r * r), abs=1e-3)
+    assert abs(ours - 0.115) > 0.005
+    # predict_limit stores the estimator with its default 100,000 bins
+    assert predict_limit(w, spec, eps).authors_removed_frac == authors_estimate(dist, spec, eps)
+
+
+def test_drop_is_refused_where_negative_curvature_matters():
+    """Drop's s* is refused (no fractions, one line why, unresolved) when negative nodes beyond the
+    zero-curvature tolerance carry more than the tolerance of G at R(s*); a spectrum without them
+    gives drop's s* as usual."""
+    w = torch.from_numpy(np.random.default_rng(4).normal(0, 0.05, 4000))
+    indefinite = spectrum([-1e-3, -1e-4, 0.5, 2.0], [0.2, 0.2, 0.3, 0.3], dim=4000)
+    pred = predict_limit(w, indefinite, 0.01, policy="drop")
+    assert pred.negative_share > 0.01 and pred.unresolved is True
+    assert pred.removed_frac is None and pred.kept_frac is None and pred.trace_bound_removed_frac is None
+    assert pred.note.startswith("drop refused: negative curvature carries") and "\n" not in pred.note
+    cols = pred.columns()
+    assert cols["predicted_removed_frac"] is None and cols["predicted_note"] == pred.note
+    assert cols["predicted_removed_frac_authors"] is not None  # the authors' estimator reads |θ|: kept
+    absolute = predict_limit(w, indefinite, 0.01, policy="abs")
+    assert absolute.note is None and absolute.negative_share > 0.01  # abs reads |θ|: well posed
+    # the share is (1 − q)·Σ τ·2ε/(2ε + R²|θ|) over the negative nodes, at R(s*)
+    r2 = SparseDistance(w)(absolute.removed_frac) ** 2
+    share = sum(t * 0.02 / (0.02 + r2 * abs(v)) for v, t in ((-1e-3, 0.2), (-1e-4, 0.2)))
+    assert absolute.negative_share == pytest.approx(share, rel=1e-9)
+    psd = spectrum([1e-4, 0.5, 2.0], [0.4, 0.3, 0.3], dim=4000)
+    kept = predict_limit(w, psd, 0.01, policy="drop")
+    assert kept.negative_share == 0.0 and kept.note is None and kept.unresolved is None
+    assert kept.removed_frac == predict_limit(w, psd, 0.01, policy="abs").removed_frac  # no negative node
+    # negligible negative mass (below the tolerance's share): reported, within the share of abs
+    slight = spectrum([-1e-9, 1e-4, 0.5, 2.0], [0.002, 0.398, 0.3, 0.3], dim=4000)
+    small = predict_limit(w, slight, 0.01, policy="drop", zero_tol=0.0)
+    assert small.note is None and 0 < small.negative_share <= 0.01
+    assert abs(small.removed_frac - predict_limit(w, slight, 0.01, zero_tol=0.0).removed_frac) <= 0.01
 
 
 def test_bad_input():

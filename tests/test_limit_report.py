@@ -12,7 +12,8 @@ import pytest
 from analysis import limit_plots
 from analysis import limit_report as R
 from analysis import tables as T
-from analysis.cli import main, write_limit_report
+from analysis.output import write_limit_report
+from sweeps.cli import main
 from analysis.load import load_tables
 from analysis_fixtures import (
     curve_rows, hessian_rows_rows, limit_row, rounds_rows, scaling_rows, trial, weight_rows, write_store,

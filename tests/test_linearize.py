@@ -1,4 +1,4 @@
-"""The linearized copy shared by effective sparsity and SynFlow (ALGORITHMS.md §2 step 1), by hand."""
+"""The linearized copy shared by effective sparsity and SynFlow (docs/algorithms.md §2 step 1), by hand."""
 
 import pytest
 import torch

@@ -53,19 +53,27 @@ def test_lomp_curve_and_limits(lomp_run):
     assert res.prediction.epsilon_source == "batch_loss_std_authors"
     assert res.prediction.epsilon == batch_loss_std(model, train, batch_size=64, l1=1e-4, l1_scope="prunable",
                                                     seed=0, **epsilon_recipe("batch_loss_std_authors"))
-    assert res.prediction.removed_frac_se is not None and res.prediction.half_iters_removed_frac is not None
+    assert res.prediction.removed_frac_se is not None and res.prediction.removed_frac_spread is not None
     acc_curve = [r["test_acc"] for r in res.curve]
-    assert res.actual == actual_limit([r["removed_frac"] for r in res.curve], acc_curve, acc_curve[0])
+    train_losses = [r["train_loss"] for r in res.curve]
+    assert res.actual == actual_limit([r["removed_frac"] for r in res.curve], acc_curve, acc_curve[0],
+                                      train_loss=train_losses, dense_train_loss=train_losses[0],
+                                      epsilon=res.prediction.epsilon)
+    # the loss rule (the theory's own criterion): the largest fraction whose training loss ≤ dense + ε
+    ok = [r["removed_frac"] for r in res.curve if r["train_loss"] <= train_losses[0] + res.prediction.epsilon]
+    assert res.actual.removed_frac_loss == max(ok) and res.actual.kept_frac_loss == 1 - max(ok)
     cols = res.columns()
     assert set(cols) <= set(TRIALS.names) and cols["lomp_l1"] == 1e-4
     assert cols["predicted_removed_frac"] + cols["predicted_kept_frac"] == pytest.approx(1.0)
     assert cols["slq_dim"] == sum(p.numel() for p in model.parameters())
-    assert res.train_result.status == "ok" and set(res.seconds) >= {"train", "hessian", "curve", "total"}
+    assert res.train_result.status == "ok" and set(res.seconds) == {"train", "epsilon", "hessian", "limit", "total"}
+    # exclusive phases (pruning.clock): they add up to at most the whole
+    assert sum(v for k, v in res.seconds.items() if k != "total") <= res.seconds["total"]
 
 
 def test_lomp_defaults_and_bad_input():
     published = {"fc5": 5e-5, "fc12": 5e-5, "alexnet": 3e-5, "alexnet224": 3e-5, "vgg16": 1e-4,
-                 "resnet18": 5e-5, "resnet50": 2e-5}  # ALGORITHMS.md §7, both AlexNet names
+                 "resnet18": 5e-5, "resnet50": 2e-5}  # docs/algorithms.md §7, both AlexNet names
     assert LOMP_L1 == published and {m: default_l1(m) for m in published} == published
     assert set(LOMP_L1) <= set(models.MODELS)
     for other in ("lenet5", "resnet20", None):

@@ -64,7 +64,6 @@ def test_direct_sparsity_is_count_weighted_and_compression_inf():
     assert masks.direct_sparsity(mk) == pytest.approx(0.1)  # not the layer mean 0.5
     assert masks.compression(0.9) == pytest.approx(10.0)
     assert masks.compression(1.0) == math.inf
-    assert masks.layer_sparsities(mk) == {"a": 1.0, "b": 0.0}
 
 
 def test_mask_shape_and_layer_errors():

@@ -1,4 +1,4 @@
-"""Model registry: ALGORITHMS.md §8 parameter-count fixtures, every model × data set pair."""
+"""Model registry: docs/algorithms.md §8 parameter-count fixtures, every model × data set pair."""
 
 import pytest
 import torch

@@ -35,11 +35,18 @@ def test_direct_target_after_training(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--pruner", "nope", "--sparsity", "0.5"], "error: pruner: unknown 'nope'; choose from dense"),
+    (["--pruner", "nope", "--sparsity", "0.5"], "error: argument --pruner: invalid choice: 'nope' (choose from 'dense'"),
     (["--pruner", "snip", "--sparsity", "1.0"], "error: sparsity: 1.0 outside [0, 1)"),
     (["--pruner", "snip", "--sparsity", "0.5", "--model", "vgg16"], "needs inputs of at least 32×32"),
     (["--pruner", "snip", "--sparsity", "0.5", "--dataset", "imagenet"],
-     "error: dataset: unknown 'imagenet'; choose from"),
+     "error: argument --dataset: invalid choice: 'imagenet' (choose from 'digits'"),
+    (["--pruner", "snip", "--sparsity", "0.5", "--option", "batches=-3"],
+     "error: prune.options.snip.batches: -3; expected an integer ≥ 1 (pruner 'snip')"),
+    (["--pruner", "grasp", "--sparsity", "0.5", "--option", "balanced=maybe"],
+     "error: prune.options.grasp.balanced: 'maybe'; expected true or false (pruner 'grasp')"),
+    (["--pruner", "snip", "--sparsity", "0.5", "--option", "rounds=3"],
+     "error: prune.options.snip: unknown option 'rounds'; allowed: batches, batch_size"),
+    (["--pruner", "snip", "--sparsity", "0.5", "--option", "batches"], "error: --option 'batches': expected NAME=VALUE"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(["prune", *argv]) == 2

@@ -1,4 +1,4 @@
-"""The 21 pruners (ALGORITHMS.md §5) and pruning to a target effective sparsity (§3).
+"""The 21 pruners (docs/algorithms.md §5) and pruning to a target effective sparsity (§3).
 
 Oracles are independent of the code under test: scores from `torch.func` / full Hessians /
 hand-written linear products on tiny nets, effective sparsity of MLPs by boolean matrix products,
@@ -82,8 +82,9 @@ def test_registry_has_exactly_the_spec_names_and_metadata():
         after = name.startswith("magnitude/") or name in ("lamp", "imp", "lomp")
         assert info.when == ("after" if after else "init")
         assert info.protocol == ("train" if not after else "none" if name == "lomp" else "rewind")
-    assert PRUNERS["synflow"].options == ("rounds", "input_shape")
-    assert PRUNERS["imp"].options == ("train_fn", "rewind_state", "rounds", "rate")
+    assert PRUNERS["synflow"].option_defaults == {"rounds": 100}  # input_shape is a Python argument only
+    assert PRUNERS["imp"].option_defaults == {"rounds": None, "rate": 0.2}  # train_fn, rewind_state: the trial's
+    assert PRUNERS["random/snip"].options is PRUNERS["snip"].options  # its quota is a SNIP mask
 
 
 # --- scores against direct computations -----------------------------------------------------------
@@ -225,6 +226,33 @@ def test_grasp_old_behaviour_is_temperature_1_unbalanced_bit_for_bit():
     assert not torch.equal(default, want)
 
 
+def test_grasp_reinit_scores_a_xavier_copy_and_one_draw():
+    """reinit: the scores are those of a copy whose Linear weights are xavier_normal draws from a
+    generator seeded with the seed (the model keeps its weights); batches: 1 with 10 per class is the
+    reference's single draw."""
+    from pruning import data as data_lib
+    from pruning.pruners.common import current_keep, order_from_scores
+
+    train, _ = data_lib.load("synthetic", input_shape=(1, 2, 3), num_classes=3, n_train=90, n_test=16)
+    model = mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = plan_for(model, "grasp", 0.5, data=train, seed=3, batches=1, reinit=True).order
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is untouched
+    # oracle: the same copy re-initialized by hand, scored on the same one balanced draw
+    clone = scoring_copy(model)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in clone.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(nn.init.xavier_normal_(torch.empty(m.weight.shape), generator=g))
+    draw = grasp_mod.class_balanced_batches(train, num_classes=3, per_class=10, count=1, seed=3,
+                                            device=torch.device("cpu"))
+    want = order_from_scores(Layout.of(model), -grasp_scores(clone, draw, temperature=200.0), current_keep(model), 3)
+    assert torch.equal(got, want.order)
+    assert not torch.equal(got, plan_for(model, "grasp", 0.5, data=train, seed=3, batches=1).order)
+    assert PRUNERS["grasp"].make_options({}).reinit is False  # the default keeps what cells computed
+
+
 def test_class_balanced_batches_hold_exactly_k_of_each_class():
     from pruning import data as data_lib
 
@@ -269,11 +297,11 @@ def test_grasp_default_scores_balanced_batches_at_temperature_200():
     exact = order_from_scores(Layout.of(model), -grasp_scores(scoring_copy(model), scoring, temperature=200.0),
                               current_keep(model), 5).order
     assert torch.equal(plan.order, exact)
-    with pytest.raises(ValueError, match=r"^temperature 0: must be a positive number"):
+    with pytest.raises(ValueError, match=r"^pruner 'grasp': temperature: 0; expected a number > 0$"):
         plan_for(model, "grasp", 0.5, data=train, temperature=0)
-    with pytest.raises(ValueError, match=r"^batch_size: balanced GraSP batches hold samples_per_class"):
+    with pytest.raises(ValueError, match=r"^pruner 'grasp': batch_size: 16; balanced batches hold samples_per_class"):
         plan_for(model, "grasp", 0.5, data=train, batch_size=16)
-    with pytest.raises(ValueError, match=r"^samples_per_class 0: must be an integer ≥ 1"):
+    with pytest.raises(ValueError, match=r"^pruner 'grasp': samples_per_class: 0; expected an integer ≥ 1$"):
         plan_for(model, "grasp", 0.5, data=train, samples_per_class=0)
 
 
@@ -541,7 +569,7 @@ def test_direct_target_on_a_real_model_records_both_sparsities():
 
 
 def test_uniform_plus_is_refused_on_an_mlp():
-    """ALGORITHMS.md §4: uniform_plus is defined for conv nets only; on LeNet-300-100 its dense first
+    """docs/algorithms.md §4: uniform_plus is defined for conv nets only; on LeNet-300-100 its dense first
     layer (88% of the weights) would empty the other layers, so both pruners refuse it."""
     for pruner in ("random/uniform_plus", "magnitude/uniform_plus"):
         with pytest.raises(ValueError, match=r"^quota 'uniform_plus' is defined for convolutional networks only"):
@@ -605,9 +633,9 @@ def test_bad_input_messages():
     for name in ("snip", "snip/iterative", "grasp", "random/snip"):
         with pytest.raises(ValueError, match=f"data: pruner '{name}' needs data"):
             prune(mlp(), name, 0.5)
-    with pytest.raises(ValueError, match=r"pruner 'synflow': unknown option\(s\) \['iterations'\]; allowed: rounds"):
+    with pytest.raises(ValueError, match=r"pruner 'synflow': unknown key 'iterations'; allowed: rounds"):
         prune(mlp(), "synflow", 0.5, iterations=3)
-    with pytest.raises(ValueError, match="quota 'igq': unexpected option"):
+    with pytest.raises(ValueError, match="pruner 'random/igq': unknown key 'rounds'; allowed: none"):
         prune(mlp(), "random/igq", 0.5, rounds=3)
     with pytest.raises(ValueError, match="imp: needs train_fn"):
         prune(mlp(), "imp", 0.5)
@@ -617,9 +645,9 @@ def test_bad_input_messages():
         prune(mlp(), "random/smart_ratio", 0.95)  # the classifier keeps 30% of its 12 weights
     with pytest.raises(ValueError, match="data: no batches"):
         prune(mlp(), "snip", 0.5, data=[])
-    with pytest.raises(ValueError, match="rounds 0: must be an integer ≥ 1"):
+    with pytest.raises(ValueError, match="pruner 'synflow': rounds: 0; expected an integer ≥ 1"):
         prune(mlp(), "synflow", 0.5, rounds=0)
-    with pytest.raises(ValueError, match="batches 0: must be an integer ≥ 1"):
+    with pytest.raises(ValueError, match="pruner 'grasp': batches: 0; expected an integer ≥ 1"):
         prune(mlp(), "grasp", 0.5, data=batches(1), batches=0)
 
 

@@ -38,7 +38,7 @@ def flat(mask_dict) -> torch.Tensor:
 def test_registry_entry():
     info = PRUNERS["rare_gems"]
     assert (info.when, info.protocol, info.needs_data, info.needs_l1_training) == ("init", "train", True, False)
-    assert info.options == ("epochs", "iter_period", "lr", "momentum", "score_l2", "batch_size")
+    assert list(info.option_defaults) == ["epochs", "iter_period", "lr", "momentum", "score_l2", "batch_size", "bias"]
 
 
 def test_signed_constant_is_the_he_std_with_the_init_sign():
@@ -178,16 +178,67 @@ def test_finetune_under_the_mask_keeps_pruned_weights_at_zero():
     assert bool((end[mask] != start[mask]).all())  # the survivors train (from the signed constants)
 
 
+def test_bias_free_as_the_authors_models():
+    """bias=False: the mining copy runs without biases (scores differ from the biased run), the model
+    leaves with zero, frozen biases, and fine-tuning keeps them at zero while the weights train."""
+    train_split, test_split = data_lib.load("synthetic", input_shape=(1, 2, 3), num_classes=3,
+                                            n_train=64, n_test=16)
+    with_bias = mine(mlp(seed=9), 0.6, data=batches(), seed=0, **FAST)
+    free = mine(mlp(seed=9), 0.6, data=batches(), seed=0, bias=False, **FAST)
+    assert not torch.equal(with_bias.scores, free.scores)
+    clone = mlp(seed=9)
+    for m in clone:
+        if isinstance(m, nn.Linear):
+            m.bias.data.zero_()
+    by_hand = mine(clone, 0.6, data=batches(), seed=0, **FAST)  # the same net with zero biases
+    assert torch.equal(by_hand.scores, free.scores)
+    model = mlp(seed=9)
+    prune(model, "rare_gems", 0.6, data=train_split, batch_size=16, bias=False, **FAST)
+    layers = [m for m in model if isinstance(m, nn.Linear)]
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) and not m.bias.requires_grad for m in layers)
+    start = flat(masks.weights(model))
+    train(model, train_split, test_split, TrainConfig(epochs=2, batch_size=16, lr=0.05))
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in layers)
+    assert not torch.equal(flat(masks.weights(model)), start)
+
+
+def test_a_rare_gems_row_names_its_finetune_recipe(tmp_path):
+    """The trials row of a rare_gems cell says which recipe fine-tuned the mask (the cell's train
+    section, not Rare Gems' own paper recipe), and that biases were dropped when they were."""
+    from sweeps.cells import expand
+    from sweeps.spec import build_spec
+    from sweeps.trial import Where, run_cell
+
+    raw = {"name": "rg", "model": "lenet300100", "dataset": "synthetic", "storage": str(tmp_path),
+           "pruner": "rare_gems", "sparsity": 0.5,
+           "data": {"options": {"input_shape": [1, 4, 4], "num_classes": 3, "n_train": 64, "n_test": 32}},
+           "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "schedule": "constant"},
+           "prune": {"options": {"rare_gems": {"epochs": 3, "iter_period": 1, "batch_size": 32, "bias": False}}}}
+    [cell] = expand(build_spec(raw))
+    assert cell.prune.options["bias"] is False
+    row = run_cell(cell, Where(str(tmp_path)))
+    assert row["status"] == "ok", row["error"]
+    assert row["finetune_recipe"] == ("train: SGD lr 0.05 constant, momentum 0.9, weight decay 0.0005, batch 32, "
+                                      "1 epochs (the cell's train section); bias-free (biases zeroed and frozen)")
+    [default] = expand(build_spec({**raw, "prune": {"options": {"rare_gems": {"epochs": 3, "iter_period": 1}}}}))
+    from sweeps.cells import hashed_config
+
+    # bias: true is the original default (sweeps/defaults.py): not hashed, old rare_gems ids stand
+    assert default.prune.options["bias"] is True
+    assert "bias" not in hashed_config(default)["prune"].get("options", {})
+    assert hashed_config(cell)["prune"]["options"]["bias"] is False and default.cell_id != cell.cell_id
+
+
 def test_bad_input_messages():
     with pytest.raises(ValueError, match="data: pruner 'rare_gems' needs data"):
         prune(mlp(), "rare_gems", 0.5)
-    with pytest.raises(ValueError, match=r"epochs 3: rare_gems needs epochs ≥ iter_period \+ 1 = 4"):
+    with pytest.raises(ValueError, match=r"epochs: 3; expected at least iter_period \+ 1 = 4"):
         prune(mlp(), "rare_gems", 0.5, data=batches(), epochs=3, iter_period=3)
-    with pytest.raises(ValueError, match="score_l2 -1.0: must be ≥ 0"):
+    with pytest.raises(ValueError, match="score_l2: -1.0; expected a number ≥ 0"):
         prune(mlp(), "rare_gems", 0.5, data=batches(), score_l2=-1.0, **FAST)
-    with pytest.raises(ValueError, match="iter_period 0: must be an integer ≥ 1"):
+    with pytest.raises(ValueError, match="iter_period: 0; expected an integer ≥ 1"):
         prune(mlp(), "rare_gems", 0.5, data=batches(), iter_period=0)
     with pytest.raises(ValueError, match="data: no batches"):
         prune(mlp(), "rare_gems", 0.5, data=[], **FAST)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['rounds'\]"):
+    with pytest.raises(ValueError, match=r"pruner 'rare_gems': unknown key 'rounds'"):
         prune(mlp(), "rare_gems", 0.5, data=batches(), rounds=3)

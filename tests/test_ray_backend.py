@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-ray = pytest.importorskip("ray")
+import ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # trial processes cannot import tests/
 
 from sweeps import store  # noqa: E402
@@ -25,6 +25,7 @@ from sweeps.cells import expand  # noqa: E402
 from sweeps.progress import Progress  # noqa: E402
 from sweeps.spec import build_spec  # noqa: E402
 from sweeps.trial import Where  # noqa: E402
+from analysis.load import read_arrow  # noqa: E402
 
 
 def make_spec(tmp_path, **changes):
@@ -54,12 +55,13 @@ def test_registered_and_built_from_the_spec(tmp_path):
         {"CPU": 1.0}]
 
 
-def test_bad_resources_and_options_are_one_line_value_errors():
-    with pytest.raises(ValueError, match=r"^resources.gpus: 1.5; Ray takes fractions below 1"):
-        RayBackend(gpus=1.5)
-    with pytest.raises(ValueError, match=r"^max_concurrent: 0; must be ≥ 1$"):
+def test_bad_resources_and_options_are_one_line_problems(tmp_path):
+    assert RayBackend.check(make_spec(tmp_path, resources={"gpus": 1.5}), RayOptions(address="auto")) == [
+        "resources.gpus: 1.5; Ray takes fractions below 1 or whole GPUs"]
+    assert RayBackend.check(make_spec(tmp_path, resources={"gpus": 2}), RayOptions(address="auto")) == []
+    with pytest.raises(ValueError, match=r"^max_concurrent: 0; expected null or an integer ≥ 1$"):
         RayOptions(max_concurrent=0)
-    with pytest.raises(ValueError, match=r"^num_cpus/num_gpus: only for a local Ray"):
+    with pytest.raises(ValueError, match=r"^address: 'auto'; num_cpus/num_gpus are only for a local Ray"):
         RayOptions(address="auto", num_gpus=2)
 
 
@@ -94,7 +96,7 @@ def test_cli_ray_flags_parse_into_options_and_bad_input_is_refused(tmp_path, cap
     good = tmp_path / "good.yaml"
     good.write_text("name: x\nmodel: lenet300100\npruner: dense\nbackend: ray\n")
     assert main(["run", str(good), "--storage", str(tmp_path), "--max-concurrent", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "error: max_concurrent: 0; must be ≥ 1"
+    assert capsys.readouterr().err.strip() == "error: --max-concurrent: 0; expected null or an integer ≥ 1"
     assert main(["run", str(good), "--storage", str(tmp_path), "--backend", "serial", "--address", "auto"]) == 2
     assert capsys.readouterr().err.strip() == ("error: --address: only for the Ray backend; this sweep "
                                                "runs on 'serial' (add --backend ray)")
@@ -161,6 +163,7 @@ def read_logs(log_dir):
     return [json.load(open(os.path.join(log_dir, f))) for f in sorted(os.listdir(log_dir)) if f.endswith(".json")]
 
 
+@pytest.mark.slow  # real Ray: a local cluster and Tune trials (make test-fast leaves it out)
 def test_fractional_gpus_pack_as_declared(fake_gpus, tmp_path):
     """4 trials at 0.5 GPU on 2 fake GPUs run at the same time, two per GPU, each on cuda:0."""
     spec = make_spec(tmp_path, sparsity=[0.5, 0.6, 0.7, 0.8], resources={"gpus": 0.5})
@@ -176,6 +179,7 @@ def test_fractional_gpus_pack_as_declared(fake_gpus, tmp_path):
     assert per_gpu == [2, 2]
 
 
+@pytest.mark.slow  # real Ray: a local cluster and Tune trials (make test-fast leaves it out)
 def test_whole_gpus_are_exclusive_and_cpu_trials_stay_on_cpu(fake_gpus, tmp_path):
     spec = make_spec(tmp_path, sparsity=[0.5, 0.8], resources={"gpus": 1})
     logs = str(tmp_path / "logs")
@@ -193,6 +197,7 @@ def test_whole_gpus_are_exclusive_and_cpu_trials_stay_on_cpu(fake_gpus, tmp_path
     assert info["gpu_ids"] == [] and info["device"] == "cpu"
 
 
+@pytest.mark.slow  # real Ray: a local cluster and Tune trials (make test-fast leaves it out)
 def test_trials_are_named_by_cell_id_and_failures_are_named(fake_gpus, tmp_path):
     spec = make_spec(tmp_path)
     cells = expand(spec)
@@ -258,6 +263,7 @@ def test_serial_and_ray_write_the_same_trials_rows(fake_gpus, tmp_path):
         assert s["hessian_trace"] is not None and s["dense_test_acc"] is not None
 
 
+@pytest.mark.slow  # real Ray: a local cluster and Tune trials (make test-fast leaves it out)
 def test_resume_reruns_failed_and_missing_cells_only(fake_gpus, tmp_path):
     """A finished sweep with one failed cell: `resume` restores the Tune experiment (nothing left in
     it to run), then runs the stale failed cell afresh; the ok cell's file is never rewritten."""
@@ -294,4 +300,4 @@ def test_resume_reruns_failed_and_missing_cells_only(fake_gpus, tmp_path):
     assert summary.ok and summary.done == [bad] and summary.skipped == [ok_id]
     assert store.trial_row(spec.storage, "rt", bad)["status"] == "ok"
     assert os.stat(ok_file).st_mtime_ns == stamp
-    assert len(store.read_table(spec.storage, "rt", "trials")) == 2
+    assert len(read_arrow("rt", "trials", storage=spec.storage, use_cache=False)) == 2

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ray = pytest.importorskip("ray")
+import ray
 from ray import tune  # noqa: E402
 
 from sweeps import store  # noqa: E402
@@ -31,6 +31,7 @@ from sweeps.cells import expand  # noqa: E402
 from sweeps.progress import Progress  # noqa: E402
 from sweeps.spec import build_spec  # noqa: E402
 from sweeps.trial import Where  # noqa: E402
+from analysis.load import read_arrow  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def trial_files(storage, sweep):
 
 
 def assert_one_row_per_cell(storage, sweep, cells):
-    t = store.read_table(storage, sweep, "trials").to_pylist()
+    t = read_arrow(sweep, "trials", storage=storage, use_cache=False).to_pylist()
     assert sorted(r["cell_id"] for r in t) == sorted(c.cell_id for c in cells)
     assert all(r["status"] == "ok" for r in t), [(r["cell_id"], r["error"]) for r in t]
 

@@ -19,7 +19,7 @@ import yaml
 
 from sweeps import schema, store
 from sweeps import trial as trial_mod
-from sweeps.cache import DenseCache
+from sweeps.dense_cache import DenseCache
 from sweeps.cells import expand
 from sweeps.cli import main
 from sweeps.spec import load_spec
@@ -153,7 +153,7 @@ def test_failed_cells_are_listed_kept_and_retried(tmp_path, monkeypatch, capsys)
     assert main(["run", str(spec)]) == 1
     err = capsys.readouterr().err
     assert "1 done, 1 failed" in err and "RuntimeError: simulated crash" in err
-    assert main(["status", str(spec)]) == 0
+    assert main(["status", str(spec)]) == 1  # as `run`: failed cells make the exit code non-zero
     out = capsys.readouterr().out
     assert "1 done, 0 diverged, 1 failed, 0 pending" in out and "RuntimeError: simulated crash" in out
     monkeypatch.setitem(trial_mod.STEPS, "obtain", real)

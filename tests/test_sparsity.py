@@ -1,4 +1,4 @@
-"""Effective sparsity (ALGORITHMS.md §2) against an independent unit-graph BFS oracle.
+"""Effective sparsity (docs/algorithms.md §2) against an independent unit-graph BFS oracle.
 
 The oracle (tests/oracle_graph.py) never runs a network: each test architecture is spelled a second
 time op by op, and the effective masks must match exactly, weight by weight.

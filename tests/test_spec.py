@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pruning.lomp import limit_iterations
 from sweeps.cells import Cell, compute_id, expand
 from sweeps.cli import main
-from sweeps.spec import SpecError, build_spec, dump_yaml, storage_problem
+from sweeps.rules import storage_problem
+from sweeps.spec import SpecError, build_spec, dump_yaml
 
 BAD = Path(__file__).parent / "bad_specs"
 
@@ -59,8 +61,8 @@ def test_all_problems_are_collected_one_line_each():
              train={"epochs": "x", "nope": 1}, hessian={"probes": 0}, resources={"cpus": 0})
     problems = e.value.problems
     assert all("\n" not in p for p in problems)
-    expected = ["spec: unknown key 'bogus'", "train: unknown key 'nope'", "train.epochs: expected int",
-                "hessian.probes: 0", "resources.cpus: 0.0", "seed: -2 is negative",
+    expected = ["spec: unknown key 'bogus'", "train: unknown key 'nope'", "train.epochs: 'x'; expected an integer ≥ 0",
+                "hessian.probes: 0; expected an integer ≥ 1", "resources.cpus: 0; expected a number > 0", "seed: -2 is negative",
                 "seed: duplicate value(s) 1", "target: 'sideways'", "sparsity: 1.5 outside [0, 1)"]
     for want in expected:
         assert sum(p.startswith(want) for p in problems) == 1, (want, problems)
@@ -181,11 +183,18 @@ def test_malformed_spec_gives_one_line_and_exit_2(path, tmp_path, monkeypatch, c
     assert not storage.exists()  # nothing started
 
 
+# the packaged configs for a GPU cluster, validated as they are run (their headers say so): on Ray, at a
+# cluster's address (validate connects to nothing; without an address it would check this machine)
+CLUSTER_FLAGS = ["--backend", "ray", "--address", "ray://head:10001"]
+CLUSTER_CONFIGS = ("effective_sparsity", "lomp_comparison", "pruning_limit")
+
+
 def test_validate_accepts_the_packaged_configs(capsys):
     from sweeps.cli.run import demo_spec_path
 
     for path in sorted(demo_spec_path().parent.glob("*.yaml")):
-        assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+        flags = CLUSTER_FLAGS if path.stem in CLUSTER_CONFIGS else []
+        assert main(["validate", str(path), *flags]) == 0, capsys.readouterr().err
         out = capsys.readouterr().out
         assert "OK" in out and math.isfinite(int(re.search(r"(\d+) cells", out).group(1)))
 
@@ -215,7 +224,8 @@ def test_pruning_limit_config_carries_the_authors_recipes():
         assert (t.lr, t.schedule, t.warmup, tuple(t.milestones), t.l1) == (lr, schedule, warmup, milestones, lam), model
         assert (t.epochs, t.batch_size, t.momentum, t.weight_decay, t.l1_scope) == (200, 128, 0.9, 0.0, "all")
         assert t.step_unit == "epoch" and (t.gamma == 0.5 if schedule == "multistep" else True)
-        assert cells[model].hessian.iterations == (96 if model == "alexnet224" else 128)
+        assert cells[model].hessian.iterations == "auto"  # from the authors' depth (128, AlexNet 96), grown
+        assert cells[model].hessian.max_iterations == 512 and limit_iterations(model) == (96 if model == "alexnet224" else 128)
         p = cells[model].prune
         assert p.limit_grid[0] == 0.0 and p.epsilon_source == "batch_loss_std_authors"
         assert (p.row_norm_quantiles, p.limit_rounds) == (100, 1)
@@ -262,5 +272,5 @@ def test_lomp_comparison_config(capsys):
         if c.pruner == "rare_gems":
             assert (c.prune.options["epochs"], c.prune.options["iter_period"]) == (150, 5)
     assert {c.train.gamma for c in cells if c.model == "alexnet224"} == {0.5}
-    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert main(["validate", str(path), *CLUSTER_FLAGS]) == 0, capsys.readouterr().err
     assert "OK — sweep 'lomp_comparison', 450 cells" in capsys.readouterr().out

@@ -7,8 +7,9 @@ import yaml
 
 from pruning import data as data_lib
 from pruning import models
+from pruning.lomp import limit_iterations
 from pruning.train import seed_everything, train
-from sweeps.cache import DenseCache
+from sweeps.dense_cache import DenseCache
 from sweeps.cells import expand
 from sweeps.spec import SpecError, build_spec, dump_yaml
 from sweeps.trial import Where, run_cell
@@ -104,10 +105,31 @@ def test_lomp_cells_carry_lomps_recipe_in_their_train_section():
     assert prunable.train.l1_scope == "prunable"
 
 
-def test_limit_cells_default_to_the_authors_lanczos_depth_and_measurement():
+def test_limit_cells_default_to_an_adaptive_lanczos_depth_and_the_authors_measurement():
+    """Limit cells grow their Lanczos run until s* is resolved (`auto`, from the authors' depth —
+    128, AlexNet 96 — to the cap of 512); a fixed integer keeps its behaviour and its id."""
     raw = {"name": "l", "kind": "limit", "storage": "/tmp", "hessian": {"enabled": True}}
     cells = expand(build_spec({**raw, "model_dataset": [["fc5", "cifar10"], ["alexnet224", "cifar10"]]}))
-    assert {c.model: c.hessian.iterations for c in cells} == {"fc5": 128, "alexnet224": 96}
+    assert {c.model: (c.hessian.iterations, c.hessian.max_iterations) for c in cells} == {
+        "fc5": ("auto", 512), "alexnet224": ("auto", 512)}
+    assert {c.model: limit_iterations(c.model) for c in cells} == {"fc5": 128, "alexnet224": 96}
+    assert cells[0].prune.resolution_tol == 0.01
+    # the cap and the tolerance are part of an auto cell; a fixed depth has no cap (and its old id)
+    [capped] = expand(build_spec({**raw, "model_dataset": [["fc5", "cifar10"]], "hessian": {"enabled": True,
+                                  "max_iterations": 256}, "prune": {"resolution_tol": 0.02}}))
+    assert capped.hessian.max_iterations == 256 and capped.prune.resolution_tol == 0.02
+    assert capped.cell_id != cells[0].cell_id
+    [fixed] = expand(build_spec({**raw, "model_dataset": [["fc5", "cifar10"]],
+                                 "hessian": {"enabled": True, "iterations": 128}}))
+    assert fixed.hessian.max_iterations is None and "max_iterations" not in fixed.config()["hessian"]
+    assert fixed.cell_id not in {c.cell_id for c in cells}
+    # auto is for limit cells only; the cap and the tolerance are checked
+    point = {"name": "p", "model": "lenet300100", "dataset": "digits", "storage": "/tmp", "pruner": "dense"}
+    for bad, line in (({"hessian": {"enabled": True, "iterations": "auto"}}, "hessian.iterations: auto grows"),
+                      ({"hessian": {"enabled": True, "max_iterations": 1}}, "hessian.max_iterations: 1"),
+                      ({"prune": {"resolution_tol": 0}}, "prune.resolution_tol: 0")):
+        with pytest.raises(SpecError, match=line):
+            build_spec({**point, **bad})
     c = cells[0]
     assert c.prune.epsilon_source == "batch_loss_std_authors" and c.prune.zero_tol is None
     assert c.prune.limit_grid[0] == 0.0 and len(c.prune.limit_grid) == 200

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sweeps import schema, store
+from analysis.load import read_arrow
 
 
 def trials_row(cell_id: str, status: str = "ok", **extra) -> dict:
@@ -70,7 +71,7 @@ def test_truncated_file_counts_as_absent(tmp_path):
     path = tmp_path / "s" / "trials" / "b.parquet"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     assert store.is_done(str(tmp_path), "s", "a") and not store.is_done(str(tmp_path), "s", "b")
-    assert store.read_table(str(tmp_path), "s", "trials").column("cell_id").to_pylist() == ["a"]
+    assert read_arrow("s", "trials", storage=str(tmp_path), use_cache=False).column("cell_id").to_pylist() == ["a"]
 
 
 def test_no_temp_files_remain_and_temp_files_are_invisible(tmp_path):
@@ -109,7 +110,7 @@ def test_three_readers_see_every_column(tmp_path):
     names = schema.TRIALS.names
     df = pd.read_parquet(d)
     assert list(df.columns) == names and len(df) == 3
-    ds = store.dataset(str(tmp_path), "s", "trials")
+    ds = pads.dataset(d, format="parquet")
     assert ds.schema.names == names and ds.to_table().num_rows == 3
     rel = duckdb.sql(f"select * from read_parquet('{d}/*.parquet', union_by_name=true)")
     # fetched as Arrow: fetchall() would need pytz for the UTC timestamps
@@ -124,14 +125,15 @@ def test_object_store_uri(tmp_path):
     root = "mock:///bucket/results"
     write(root, "a")
     assert store.is_done(root, "s", "a")
-    t = store.read_table(root, "s", "trials")
+    t = read_arrow("s", "trials", storage=root, use_cache=False)
     assert t.num_rows == 1 and t.schema == schema.TRIALS
     store.write_spec(root, "s", "name: s\n")
     assert store.read_spec_text(root, "s") == "name: s\n"
 
 
-def test_read_table_of_an_empty_sweep_has_the_schema(tmp_path):
-    t = store.read_table(str(tmp_path), "nothing", "layers")
+def test_a_table_no_cell_wrote_reads_empty_with_its_schema(tmp_path):
+    write(tmp_path, "a", layers=0)  # a trials row, no layers
+    t = read_arrow("s", "layers", storage=str(tmp_path), use_cache=False)
     assert t.num_rows == 0 and t.schema == schema.LAYERS
     assert isinstance(t, pa.Table)
 
@@ -147,9 +149,10 @@ def test_old_temp_files_are_cleaned_new_ones_kept(tmp_path):
     assert sorted(os.listdir(d)) == [".c.0002.tmp", "a.parquet"]
 
 
-def test_read_table_conforms_files_of_an_older_schema(tmp_path):
+def test_the_reader_conforms_files_of_an_older_and_a_newer_schema(tmp_path):
     """A file written before columns were added (or renamed) reads back in the central schema:
-    new columns null, the renamed Radau column under its new name, nothing dropped that is known."""
+    new columns null, the renamed Radau column under its new name; a column the central schema does
+    not know (a newer engine's) is kept after the central ones, never dropped."""
     old = pa.schema([("cell_id", pa.string()), ("sweep", pa.string()), ("status", pa.string()),
                      ("test_acc", pa.float64()), ("predicted_removed_frac_radau", pa.float64())])
     path = tmp_path / "s" / "trials" / "a.parquet"
@@ -157,8 +160,13 @@ def test_read_table_conforms_files_of_an_older_schema(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"cell_id": "a", "sweep": "s", "status": "ok", "test_acc": 0.5,
                                           "predicted_removed_frac_radau": 0.75}], schema=old), path)
     store.write_cell(str(tmp_path), "s", "b", {"trials": [{"cell_id": "b", "sweep": "s", "status": "ok"}]})
-    t = store.read_table(str(tmp_path), "s", "trials")
+    t = read_arrow("s", "trials", storage=str(tmp_path), use_cache=False)
     assert t.schema == schema.schema("trials") and t.num_rows == 2
     rows = {r["cell_id"]: r for r in t.to_pylist()}
     assert rows["a"]["test_acc"] == 0.5 and rows["a"]["predicted_removed_frac_radau_rule"] == 0.75
     assert rows["a"]["predicted_unresolved"] is None and rows["b"]["test_acc"] is None
+    newer = pa.table({"cell_id": ["c"], "sweep": ["s"], "status": ["ok"], "from_a_newer_engine": [7]})
+    pq.write_table(newer, tmp_path / "s" / "trials" / "c.parquet")
+    t = read_arrow("s", "trials", storage=str(tmp_path), use_cache=False)
+    assert t.schema.names == [*schema.schema("trials").names, "from_a_newer_engine"]
+    assert {r["cell_id"]: r["from_a_newer_engine"] for r in t.to_pylist()} == {"a": None, "b": None, "c": 7}

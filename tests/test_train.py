@@ -97,7 +97,7 @@ def test_l1_scope_all_is_every_weight_and_bias():
     assert float(T.l1_penalty(model, "all").detach()) == pytest.approx(hand - pruned, rel=1e-6)
     with pytest.raises(ValueError, match="l1_scope"):
         T.l1_penalty(model, "bn")
-    with pytest.raises(ValueError, match=r"train.l1_scope 'bn': choose from prunable, all"):
+    with pytest.raises(ValueError, match=r"train.l1_scope: 'bn'; expected one of 'prunable', 'all'"):
         T.TrainConfig(l1_scope="bn")
 
 
@@ -132,7 +132,7 @@ def test_on_epoch_receives_metrics():
 
 
 def test_bad_config_is_refused():
-    with pytest.raises(ValueError, match=r"train.schedule 'step': choose from constant, multistep, cosine"):
+    with pytest.raises(ValueError, match=r"train.schedule: 'step'; expected one of 'constant', 'multistep', 'cosine'"):
         T.TrainConfig(schedule="step")
     with pytest.raises(ValueError, match="train.step_unit"):
         T.TrainConfig(step_unit="batch")
@@ -191,5 +191,5 @@ def test_train_uses_the_decay_field():
         else:
             assert torch.allclose(diff, 0.1 * 0.01 * init[name], rtol=1e-4, atol=1e-7), name
     assert T.TrainConfig().decay == "all"
-    with pytest.raises(ValueError, match=r"train.decay 'bias': choose from all, kernels"):
+    with pytest.raises(ValueError, match=r"train.decay: 'bias'; expected one of 'all', 'kernels'"):
         T.TrainConfig(decay="bias")

@@ -15,10 +15,12 @@ from pruning import models
 from pruning.train import evaluate
 from sweeps import store
 from sweeps import trial as trial_mod
-from sweeps.cache import DENSE_ITEM, DenseCache
+from sweeps import trial_limit
+from sweeps.dense_cache import DENSE_ITEM, DenseCache
 from sweeps.cells import expand
 from sweeps.spec import build_spec
 from sweeps.trial import Where, run_cell
+from analysis.load import read_arrow
 
 OPTIONS = {"input_shape": [1, 4, 4], "num_classes": 3, "n_train": 96, "n_test": 48}
 
@@ -240,6 +242,9 @@ def test_limit_cell_curve_prediction_and_actual_limit(tmp_path):
     tol = curve[curve.test_acc >= dense_acc - 0.05 - 1e-12].removed_frac
     assert row["actual_removed_frac_strict"] == (strict.max() if len(strict) else 0.0)
     assert row["actual_removed_frac_tol"] == (tol.max() if len(tol) else 0.0)
+    # the loss rule: training loss ≤ the dense training loss + ε (the same ε as the prediction)
+    loss = curve[curve.train_loss <= curve.train_loss.iloc[0] + row["epsilon"]].removed_frac
+    assert row["actual_removed_frac_loss"] == loss.max() and row["actual_kept_frac_loss"] == 1 - loss.max()
     assert curve.test_acc.iloc[0] == pytest.approx(dense_acc)  # removing nothing changes nothing
     # ε recomputed independently from the cached LOMP model
     m, entry, key = dense_model(tmp_path, cell)
@@ -253,6 +258,9 @@ def test_limit_cell_curve_prediction_and_actual_limit(tmp_path):
     again = limit.predict_limit(masks_lib.weights(m), spectrum, row["epsilon"], epsilon_source="batch_loss_std")
     assert row["predicted_removed_frac"] == again.removed_frac
     assert row["trace_bound_removed_frac"] == again.trace_bound_removed_frac
+    assert row["predicted_removed_frac_authors"] == again.authors_removed_frac
+    assert row["predicted_removed_frac_spread"] == again.removed_frac_spread
+    assert row["slq_iterations"] == 5 and row["slq_max_iterations"] is None  # a fixed depth
     assert entry["metrics"]["test_acc"] == row["dense_test_acc"]
     epochs = store.read_cell_table(str(tmp_path), "t", "epochs", cell.cell_id).to_pylist()
     assert {e["phase"] for e in epochs} == {"lomp"}
@@ -276,7 +284,7 @@ def _check_limit_extras(tmp_path, cell, row, m, curve, prediction):
         assert e == pytest.approx(effective(s), abs=0) and e >= s - 1e-12
         assert c == pytest.approx(masks_lib.compression(e))
     assert row["predicted_effective_removed_frac"] == pytest.approx(effective(row["predicted_removed_frac"]), abs=0)
-    for rule in ("strict", "tol"):
+    for rule in ("strict", "tol", "loss"):
         assert row[f"actual_effective_removed_frac_{rule}"] == pytest.approx(effective(row[f"actual_removed_frac_{rule}"]))
     scaling = store.read_cell_table(str(tmp_path), "t", "scaling", cell.cell_id).to_pandas()
     assert scaling["factor"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
@@ -290,9 +298,42 @@ def _check_limit_extras(tmp_path, cell, row, m, curve, prediction):
     assert int(overall[overall.log10_high <= -3 + 1e-9]["count"].sum()) == small
     rounds = store.read_cell_table(str(tmp_path), "t", "rounds", cell.cell_id).to_pylist()
     assert len(rounds) == 1 and rounds[0]["round"] == 1
-    for k in ("predicted_removed_frac", "actual_removed_frac_strict", "actual_removed_frac_tol", "epsilon"):
+    for k in ("predicted_removed_frac", "actual_removed_frac_strict", "actual_removed_frac_tol",
+              "actual_removed_frac_loss", "epsilon", "slq_iterations"):
         assert rounds[0][k] == row[k]
     assert store.read_cell_table(str(tmp_path), "t", "hessian_rows", cell.cell_id) is None  # off by default
+
+
+def test_limit_cell_with_an_adaptive_lanczos_depth(tmp_path):
+    """iterations: auto starts at the authors' depth (128), asks every 16 steps whether s* is
+    resolved (reported as progress), stops there or at the cap; the spectrum it stored is that depth,
+    and its cache entry is keyed by what the stopping rule reads (another tolerance: a new run)."""
+    raw = {"name": "t", "kind": "limit", "model": "lenet300100", "dataset": "synthetic",
+           "storage": str(tmp_path), "data": {"options": OPTIONS},
+           "train": {"epochs": 2, "batch_size": 32, "lr": 0.05},
+           "prune": {"lomp_l1": 1e-4, "limit_grid": [0.0, 0.5, 0.9]},
+           "hessian": {"enabled": True, "models": "dense", "probes": 2, "max_iterations": 144, "max_samples": 32}}
+    [cell] = expand(build_spec(raw))
+    assert cell.hessian.iterations == "auto" and cell.hessian.max_iterations == 144
+    reports = []
+    row = run_cell(cell, Where(str(tmp_path)), report=reports.append)
+    assert row["status"] == "ok", row["error"]
+    checks = [r for r in reports if r.get("phase") == "slq"]
+    depth = row["slq_iterations"]
+    assert [c["slq_iteration"] for c in checks] == list(range(128, depth + 1, 16))[: len(checks)]
+    assert depth in (128, 144) and row["slq_max_iterations"] == 144
+    if depth < 144:  # stopped: the last check found s* resolved over the last quarter
+        assert checks[-1]["slq_resolved"] is True and row["predicted_removed_frac_spread"] <= 0.01
+    spectra = store.read_cell_table(str(tmp_path), "t", "spectra", cell.cell_id).to_pandas()
+    assert spectra.groupby("probe")["node_index"].max().max() + 1 <= depth
+    [done] = [r for r in reports if r.get("phase") == "limit"]
+    assert done["predicted_removed_frac"] == row["predicted_removed_frac"] and done["slq_iterations"] == depth
+    # the same model, another tolerance: the stopping rule differs, so its SLQ is not reused
+    [strict] = expand(build_spec({**raw, "prune": {**raw["prune"], "resolution_tol": 1e-6}}))
+    other = run_cell(strict, Where(str(tmp_path)))
+    assert other["slq_iterations"] == 144 and other["hessian_seconds"] > 0  # never resolved to 1e-6
+    key = DenseCache(str(tmp_path))
+    assert len(list((tmp_path / "_cache" / "dense").rglob("slq-*.pt"))) == 2 and key is not None
 
 
 def test_limit_rounds_and_hessian_rows(tmp_path, monkeypatch):
@@ -307,14 +348,14 @@ def test_limit_rounds_and_hessian_rows(tmp_path, monkeypatch):
     [cell] = expand(build_spec(raw))
     [single] = expand(build_spec({**raw, "prune": {"lomp_l1": 1e-4, "limit_grid": grid}}))
     calls = []
-    real = trial_mod.next_round_masks
+    real = trial_limit.next_round_masks
 
     def recording(weights, kept, removed_frac):
         out = real(weights, kept, removed_frac)
         calls.append(({k: v.clone() for k, v in kept.items()}, out, removed_frac))
         return out
 
-    monkeypatch.setattr(trial_mod, "next_round_masks", recording)
+    monkeypatch.setattr(trial_limit, "next_round_masks", recording)
     row = run_cell(cell, Where(str(tmp_path)))
     assert row["status"] == "ok", row["error"]
     one = run_cell(single, Where(str(tmp_path)))                # same LOMP model and SLQ from the cache
@@ -399,7 +440,7 @@ def test_two_processes_racing_for_one_dense_model_train_it_once(tmp_path):
         assert p.returncode == 0, err[-2000:]
     [key] = os.listdir(tmp_path / "r" / "_cache" / "dense")
     assert DenseCache(str(tmp_path / "r")).computations(key) == 1
-    rows = [store.read_table(str(tmp_path / "r"), "t", "trials").to_pylist()]
+    rows = [read_arrow("t", "trials", storage=str(tmp_path / "r"), use_cache=False).to_pylist()]
     assert len(rows[0]) == 2 and len({r["dense_test_acc"] for r in rows[0]}) == 1
 
 
@@ -411,8 +452,8 @@ def test_cells_on_an_object_store(tmp_path):
     for cell in todo:
         assert run_cell(cell, Where(root))["status"] == "ok"
         assert store.is_done(root, "t", cell.cell_id)
-    assert store.read_table(root, "t", "trials").num_rows == 2
-    assert store.read_table(root, "t", "layers").num_rows == 2 * 3
+    assert read_arrow("t", "trials", storage=root, use_cache=False).num_rows == 2
+    assert read_arrow("t", "layers", storage=root, use_cache=False).num_rows == 2 * 3
     loc = store.locate(root)
     import pyarrow.fs as pafs
 

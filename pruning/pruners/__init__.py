@@ -1,4 +1,4 @@
-"""The pruner registry (ALGORITHMS.md §5) and `prune`, the one entry point.
+"""The pruner registry (docs/algorithms.md §5) and `prune`, the one entry point.
 
 Every pruner is a function `(model, sparsity, *, data, seed, **options) -> Plan`: a nested family
 of masks indexed by the number k of removed weights (see `plan.py`). `prune` picks k — the direct
@@ -14,10 +14,11 @@ sparsity with one code path.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,20 +28,29 @@ from torch import nn
 from pruning import masks as masks_lib
 from pruning import quotas as quotas_lib
 from pruning import sparsity as sparsity_lib
+from pruning.options import defaults, parse
 from pruning.pruners import dense, grasp, imp, lamp, magnitude, random, rare_gems, snip, synflow
-from pruning.pruners.common import check_options, own_options
 from pruning.pruners.plan import Plan, removal_for
 from pruning.pruners.target import largest_removal
 
 WHEN = ("init", "after")  # prune at initialization, or after training the dense model
 PROTOCOLS = ("train", "rewind", "finetune", "none")  # what happens to the pruned net next
 TARGETS = ("direct", "effective")
-RUNTIME_OPTIONS = ("train_fn", "rewind_state")  # supplied by the trial (imp), never by a spec
+# arguments a Python caller supplies (the trial gives imp its training and rewinding point; synflow
+# takes the input shape of a model that carries none), never a spec: they are not options
+RUNTIME_ARGS = ("train_fn", "rewind_state", "input_shape")
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a pruner that has none."""
 
 
 @dataclass(frozen=True)
 class PrunerInfo:
-    """A registry entry: what the pruner is, when it runs and what the trial does around it."""
+    """A registry entry: what the pruner is, when it runs, what the trial does around it, and its
+    options — a frozen dataclass of `pruning.options` fields (type, range, help, default), the one
+    declaration that the Python call, the trial, `prunetune prune` and spec validation all read."""
 
     name: str
     doc: str
@@ -49,7 +59,8 @@ class PrunerInfo:
     protocol: str  # default post-pruning protocol: "train" | "rewind" | "finetune" | "none"
     needs_l1_training: bool  # the dense model is trained with the L1 term first (lomp)
     fn: Callable[..., Plan] = field(repr=False)
-    delegate: str | None = None  # the pruner whose options this one passes on (random/snip → snip)
+    options: type = NoOptions  # the options dataclass; its field defaults are the pruner's defaults
+    delegate: str | None = None  # whose scoped spec options it takes too (random/snip: `prune.options.snip`)
 
     def __post_init__(self) -> None:
         if self.when not in WHEN:
@@ -58,35 +69,34 @@ class PrunerInfo:
             raise ValueError(f"{self.name}: protocol {self.protocol!r}: choose from {', '.join(PROTOCOLS)}")
 
     @property
-    def options(self) -> tuple[str, ...]:
-        """The pruner's own keyword options (beyond model, sparsity, data, seed)."""
-        return own_options(self.fn)
-
-    @property
     def option_defaults(self) -> dict[str, Any]:
-        """The options a user may set (spec `prune.options`, `prune.rounds`) with their defaults.
-
-        Runtime arguments the trial supplies (`RUNTIME_OPTIONS`) are not user options. A pruner that
-        hands its options on (random/snip → snip) takes those of the pruner it delegates to.
-        """
-        params = inspect.signature(self.fn).parameters
-        own = {p: params[p].default for p in self.options if p not in RUNTIME_OPTIONS}
-        if self.delegate is not None:
-            own.update(PRUNERS[self.delegate].option_defaults)
-        return own
+        """The options a user may set (spec `prune.options`, `prune.rounds`) with their defaults."""
+        return defaults(self.options)
 
     def accepts(self, option: str) -> bool:
         """Whether a user may set `option` for this pruner (a sweep-wide option reaches only these)."""
         return option in self.option_defaults
 
+    def make_options(self, given: Mapping[str, Any]) -> Any:
+        """The typed options from `given` (defaults for the rest); a bad one is a one-line ValueError
+        naming the pruner, the option, the value and what is allowed."""
+        typed, problems = parse(self.options, given)
+        if problems:
+            raise ValueError(f"pruner {self.name!r}: {'; '.join(problems)}")
+        return typed
 
-def _init(name: str, doc: str, fn: Callable[..., Plan], needs_data: bool = False,
+
+def _init(name: str, doc: str, fn: Callable[..., Plan], needs_data: bool = False, options: type = NoOptions,
           delegate: str | None = None) -> PrunerInfo:
-    return PrunerInfo(name, doc, "init", needs_data, "train", False, fn, delegate)
+    return PrunerInfo(name, doc, "init", needs_data, "train", False, fn, options, delegate)
 
 
-def _after(name: str, doc: str, fn: Callable[..., Plan], protocol: str = "rewind", l1: bool = False) -> PrunerInfo:
-    return PrunerInfo(name, doc, "after", False, protocol, l1, fn)
+def _after(name: str, doc: str, fn: Callable[..., Plan], protocol: str = "rewind", l1: bool = False,
+           options: type = NoOptions) -> PrunerInfo:
+    return PrunerInfo(name, doc, "after", False, protocol, l1, fn, options)
+
+
+_MASK_QUOTA_OPTIONS = {"snip": snip.SnipOptions, "synflow": synflow.SynflowOptions}  # random/snip, random/synflow
 
 
 _QUOTA_DOCS = {
@@ -103,7 +113,8 @@ _ENTRIES: list[PrunerInfo] = [
     _init("dense", "no pruning (sparsity 0): the dense reference", dense.prune_dense),
     *[
         _init(f"random/{q}", f"random survivors per layer; quota: {_QUOTA_DOCS[q]}", random.make(q),
-              needs_data=(q == "snip"), delegate=q if q in ("snip", "synflow") else None)
+              needs_data=(q == "snip"), options=_MASK_QUOTA_OPTIONS.get(q, NoOptions),
+              delegate=q if q in _MASK_QUOTA_OPTIONS else None)
         for q in quotas_lib.SCHEMES
     ],
     _after("magnitude/global", "smallest |w| of the trained weights, over all layers", magnitude.prune_global),
@@ -112,17 +123,21 @@ _ENTRIES: list[PrunerInfo] = [
         for q in ("uniform", "uniform_plus", "erk", "igq")
     ],
     _after("lamp", "LAMP scores w_u² / Σ_{v≥u} w_v² per layer, pruned globally (Lee et al.)", lamp.prune_lamp),
-    _init("snip", "SNIP |ḡ ⊙ w| at initialization, ḡ averaged over batches", snip.prune_snip, needs_data=True),
+    _init("snip", "SNIP |ḡ ⊙ w| at initialization, ḡ averaged over batches", snip.prune_snip, needs_data=True,
+          options=snip.SnipOptions),
     _init("snip/iterative", "SNIP re-scored on a fresh batch for 300 rounds, exponential schedule",
-          snip.prune_snip_iterative, needs_data=True),
-    _init("grasp", "GraSP: prune the highest −w ⊙ (H g) (Wang et al.)", grasp.prune_grasp, needs_data=True),
-    _init("synflow", "SynFlow: 100 data-free rounds of ∂R/∂w ⊙ w on |w| (Tanaka et al.)", synflow.prune_synflow),
+          snip.prune_snip_iterative, needs_data=True, options=snip.IterativeSnipOptions),
+    _init("grasp", "GraSP: prune the highest −w ⊙ (H g) (Wang et al.)", grasp.prune_grasp, needs_data=True,
+          options=grasp.GraspOptions),
+    _init("synflow", "SynFlow: 100 data-free rounds of ∂R/∂w ⊙ w on |w| (Tanaka et al.)", synflow.prune_synflow,
+          options=synflow.SynflowOptions),
     _after("imp", "iterative magnitude pruning, 20% per round, rewind and retrain (needs train_fn, rewind_state)",
-           imp.prune_imp),
+           imp.prune_imp, options=imp.ImpOptions),
     _after("lomp", "global magnitude on a model trained with the L1 term; no retraining (Zhang et al.)",
            magnitude.prune_global, protocol="none", l1=True),
     _init("rare_gems", "Rare Gems: scores on frozen signed-constant weights, L2 on scores, bottom-k every "
-          "iter_period epochs (Sreenivasan et al.)", rare_gems.prune_rare_gems, needs_data=True),
+          "iter_period epochs (Sreenivasan et al.)", rare_gems.prune_rare_gems, needs_data=True,
+          options=rare_gems.GemMinerOptions),
 ]
 PRUNERS: dict[str, PrunerInfo] = {info.name: info for info in _ENTRIES}
 
@@ -164,8 +179,13 @@ def plan_for(model: nn.Module, pruner: str, sparsity: float, *, data=None, seed:
     s = masks_lib.check_sparsity(sparsity)
     if info.needs_data and data is None:
         raise ValueError(f"data: pruner {pruner!r} needs data (a Split or an iterable of (x, y) batches)")
-    check_options(info.name, info.fn, options)
-    return info.fn(model, s, data=data, seed=seed, **options)
+    typed = info.make_options({k: v for k, v in options.items() if k not in RUNTIME_ARGS})
+    runtime = {k: v for k, v in options.items() if k in RUNTIME_ARGS}
+    params = inspect.signature(info.fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if unexpected := sorted(k for k in runtime if k not in params and not takes_any):
+        raise ValueError(f"pruner {pruner!r}: takes no argument {unexpected[0]!r}")
+    return info.fn(model, s, data=data, seed=seed, **dataclasses.asdict(typed), **runtime)
 
 
 def prune(
@@ -225,7 +245,7 @@ def _warn_if_disconnected(pruner: str, sparsity: float, report: sparsity_lib.Spa
 
     Why a warning and not an error: it is a legitimate outcome that sweeps must record (layer
     collapse of a global score ranking at extreme sparsity; uniform_plus on an MLP whose dense first
-    layer holds most weights empties the next layer early, by its definition in ALGORITHMS.md §4).
+    layer holds most weights empties the next layer early, by its definition in docs/algorithms.md §4).
     But a cell whose network predicts a constant is easy to misread as merely a weak pruner.
     """
     if report.direct_sparsity < 1.0 and report.effective_sparsity == 1.0:
@@ -236,4 +256,4 @@ def _warn_if_disconnected(pruner: str, sparsity: float, report: sparsity_lib.Spa
                       RuntimeWarning, stacklevel=3)
 
 
-__all__ = ["PRUNERS", "PrunerInfo", "PruneResult", "get", "plan_for", "prune"]
+__all__ = ["PRUNERS", "NoOptions", "PrunerInfo", "PruneResult", "get", "plan_for", "prune"]

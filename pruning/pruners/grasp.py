@@ -5,7 +5,7 @@ prunable weights; the weights with the *highest* S are pruned. H g is a Hessian-
 by double backward: ∂/∂w ⟨∇L(w), g⟩ with g held fixed, accumulated batch by batch so that only one
 batch's graph is alive at a time.
 
-As the reference code does it (and ALGORITHMS.md §5), by default:
+As the reference code does it (and docs/algorithms.md §5), by default:
 - the scoring loss is the cross-entropy of the logits divided by a temperature T = 200, in both the
   gradient and the Hessian pass. It flattens the softmax, so that samples whose logits saturate it
   at initialization do not dominate g and H g. S shrinks as T grows (roughly as 1/T²), which does
@@ -15,18 +15,27 @@ As the reference code does it (and ALGORITHMS.md §5), by default:
   set leaves classes under-represented, which biases g toward the others.
 `temperature=1.0, balanced=False` is the plain loss on batches of `batch_size` (128) from the seeded
 stream: this module's behaviour before the reference's choices were adopted, bit for bit.
+
+The reference's configs also score on one draw of 10 images per class (`batches: 1`, the default
+`samples_per_class: 10`) and re-initialize the Linear layers of the scoring copy with xavier_normal
+first (`reinit: true`; the model itself keeps its weights). Both are options: the defaults (10
+balanced batches, no re-initialization) keep what GraSP cells computed before; a row's config
+records which ran.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sized
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pruning import masks as masks_lib
 from pruning.masks import device_of
+from pruning.options import option, rule, validate
 from pruning.pruners.common import (
     Batch,
     batch_stream,
@@ -35,8 +44,8 @@ from pruning.pruners.common import (
     mean_over_batches,
     order_from_scores,
     prunable_params,
-    scores_on_batches,
     scoring_copy,
+    take,
 )
 from pruning.pruners.plan import Layout, OrderPlan
 
@@ -45,6 +54,26 @@ GRASP_SAMPLES_PER_CLASS = 10  # images of each class per scoring batch (their CI
 UNBALANCED_BATCH_SIZE = 128  # batch size of the plain (balanced=False) scoring batches
 _SCAN_BATCH = 1024  # batch size when scanning a Split for balanced samples (does not change them)
 _SCAN_LIMIT = 10_000  # batches scanned from an unsized iterable before giving up on a class
+
+
+@dataclass(frozen=True)
+class GraspOptions:
+    """GraSP's options (see the module docstring for the reference's defaults)."""
+
+    batches: int = option(10, "scoring batches", ge=1)
+    batch_size: int | None = option(None, "images per scoring batch with balanced: false (null: "
+                                    f"{UNBALANCED_BATCH_SIZE}); balanced batches are sized by samples_per_class", ge=1)
+    temperature: float = option(GRASP_TEMPERATURE, "logits are divided by T in the scoring pass (1: the plain loss)",
+                                gt=0)
+    balanced: bool = option(True, "class-balanced scoring batches of samples_per_class images per class")
+    samples_per_class: int = option(GRASP_SAMPLES_PER_CLASS, "images of each class per balanced batch", ge=1)
+    reinit: bool = option(False, "re-initialize the Linear layers of the scoring copy with xavier_normal "
+                          "(seeded) before scoring, as the reference's configs do")
+
+    def __post_init__(self) -> None:
+        validate(self, rule(not (self.balanced and self.batch_size is not None), "batch_size",
+                            f"{self.batch_size!r}; balanced batches hold samples_per_class images of each class: "
+                            "leave batch_size unset, or set balanced: false"))
 
 
 def _loss(clone: nn.Module, x: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -116,25 +145,46 @@ def _num_classes(model: nn.Module, data) -> int:
     return int(prunable_params(model)[-1].shape[0])
 
 
+def reinit_linear(clone: nn.Module, model: nn.Module, seed: int) -> None:
+    """xavier_normal weights for every Linear layer of the scoring copy `clone` (from a generator
+    seeded with `seed`), pruned entries of `model` kept at zero: the reference re-initializes its
+    copy's Linear layers before scoring."""
+    g = torch.Generator().manual_seed(seed)
+    keep = masks_lib.get_masks(model)
+    layers = dict(masks_lib.prunable_layers(clone))
+    with torch.no_grad():
+        for name, module in clone.named_modules():
+            if isinstance(module, nn.Linear):
+                fresh = nn.init.xavier_normal_(torch.empty(module.weight.shape, dtype=module.weight.dtype), generator=g)
+                if name in layers:
+                    fresh = fresh * keep[name].cpu().to(fresh.dtype)
+                module.weight.copy_(fresh.to(module.weight.device))
+
+
 def prune_grasp(
     model: nn.Module,
     sparsity: float,
     *,
     data=None,
     seed: int = 0,
-    batches: int = 10,
-    batch_size: int | None = None,
-    temperature: float = GRASP_TEMPERATURE,
-    balanced: bool = True,
-    samples_per_class: int = GRASP_SAMPLES_PER_CLASS,
+    batches: int = GraspOptions.batches,
+    batch_size: int | None = GraspOptions.batch_size,
+    temperature: float = GraspOptions.temperature,
+    balanced: bool = GraspOptions.balanced,
+    samples_per_class: int = GraspOptions.samples_per_class,
+    reinit: bool = GraspOptions.reinit,
 ) -> OrderPlan:
     """GraSP on `batches` scoring batches, logits divided by `temperature`.
 
     `balanced=True` (default): each batch holds `samples_per_class` images of every class, so its
     size is samples_per_class × classes and `batch_size` must stay unset. `balanced=False`: batches
     of `batch_size` (default 128) from the seeded stream. `temperature=1.0, balanced=False` is the
-    earlier behaviour of this pruner exactly.
+    earlier behaviour of this pruner exactly. `reinit=True` scores a copy whose Linear layers were
+    re-initialized (`reinit_linear`); the model keeps its weights.
     """
+    clone = scoring_copy(model)
+    if reinit:
+        reinit_linear(clone, model, seed)
     check_count("batches", batches)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
             or not math.isfinite(temperature) or temperature <= 0:
@@ -142,10 +192,10 @@ def prune_grasp(
     if not balanced:
         size = UNBALANCED_BATCH_SIZE if batch_size is None else batch_size
 
-        def score(clone: nn.Module, scoring: list[Batch]) -> torch.Tensor:
-            return grasp_scores(clone, scoring, temperature=float(temperature))
-
-        scores = scores_on_batches(model, data, score, seed=seed, batches=batches, batch_size=size)
+        check_count("batches", batches)
+        check_count("batch_size", size)
+        scoring = take(batch_stream(data, batch_size=size, seed=seed, device=device_of(model)), batches)
+        scores = grasp_scores(clone, scoring, temperature=float(temperature))
     else:
         if batch_size is not None:
             raise ValueError("batch_size: balanced GraSP batches hold samples_per_class images of each class; "
@@ -153,5 +203,5 @@ def prune_grasp(
         check_count("samples_per_class", samples_per_class)
         scoring = class_balanced_batches(data, num_classes=_num_classes(model, data), per_class=samples_per_class,
                                          count=batches, seed=seed, device=device_of(model))
-        scores = grasp_scores(scoring_copy(model), scoring, temperature=float(temperature))
+        scores = grasp_scores(clone, scoring, temperature=float(temperature))
     return order_from_scores(Layout.of(model), -scores, current_keep(model), seed)  # highest S first

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from pruning import masks as masks_lib
+from pruning.options import option, validate
 from pruning.pruners.common import check_count, current_keep, iterative_order, kept_after_round
 from pruning.pruners.plan import Layout, OrderPlan, flatten
 
@@ -30,8 +32,20 @@ REWIND_ITERATION = 1000  # the Rare Gems baselines' default rewinding point (opt
 _REWIND_BY_MODEL = {"vgg16": 2000}  # theirs for VGG-16
 
 
+@dataclass(frozen=True)
+class ImpOptions:
+    """IMP's options (`train_fn` and `rewind_state` are supplied by the trial, never by a spec)."""
+
+    rounds: int | None = option(None, "rounds on the exponential schedule; null: prune `rate` of the "
+                                "survivors per round until the target", ge=1)
+    rate: float = option(0.2, "fraction of the surviving weights pruned per round", gt=0, lt=1)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 def rewind_iteration_for(model: str) -> int:
-    """The default late-rewinding step k for a model name of `pruning.models` (ALGORITHMS.md §5)."""
+    """The default late-rewinding step k for a model name of `pruning.models` (docs/algorithms.md §5)."""
     return _REWIND_BY_MODEL.get(model, REWIND_ITERATION)
 
 
@@ -55,8 +69,8 @@ def prune_imp(
     seed: int = 0,
     train_fn: Callable[[nn.Module], object] | None = None,
     rewind_state: Mapping[str, torch.Tensor] | None = None,
-    rounds: int | None = None,
-    rate: float = 0.2,
+    rounds: int | None = ImpOptions.rounds,
+    rate: float = ImpOptions.rate,
 ) -> OrderPlan:
     if train_fn is None or rewind_state is None:
         raise ValueError("imp: needs train_fn=<callable training the model in place> and rewind_state=<state_dict>")

@@ -1,6 +1,6 @@
 """Magnitude pruning on the current (trained) weights: global, or per layer under a quota.
 
-`lomp` (ALGORITHMS.md §7) is global magnitude on a model trained with the L1 term; the trial
+`lomp` (docs/algorithms.md §7) is global magnitude on a model trained with the L1 term; the trial
 does that training, so here it is the same ranking under its own registry name.
 """
 

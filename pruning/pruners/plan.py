@@ -1,6 +1,6 @@
 """A pruner's output: a *nested* family of masks indexed by the number k of removed weights.
 
-Why not a single mask: targeting an effective sparsity (ALGORITHMS.md §3) bisects on k, and that
+Why not a single mask: targeting an effective sparsity (docs/algorithms.md §3) bisects on k, and that
 is only sound if removing more weights never revives one. Every pruner therefore returns a `Plan`
 whose `masks_at(k)` is nested in k by construction:
 - `OrderPlan`: one global removal order (global scores ascending, or an iterative pruner's

@@ -1,11 +1,11 @@
 """Quota plans: per-layer kept counts from a quota scheme, survivors chosen inside each layer.
 
 Used by random/<scheme> (survivors at random) and magnitude/<scheme> (largest |w| survive). For
-the effective target (ALGORITHMS.md §3) the plan is bisected over the direct removal k: the layer
+the effective target (docs/algorithms.md §3) the plan is bisected over the direct removal k: the layer
 counts follow the quota function near sparsity k/N (`quotas.nested_kept_counts`, never growing
 with k) and each layer's removal order is fixed once per seed, so a larger k removes a superset.
 
-The snip / synflow quotas (ALGORITHMS.md §4) are the per-layer sparsities of a real SNIP / SynFlow
+The snip / synflow quotas (docs/algorithms.md §4) are the per-layer sparsities of a real SNIP / SynFlow
 mask at the same target: they run a pruner, so they live here (`mask_quotas`) and not in the pure
 `pruning.quotas`, which only maps layer shapes and a sparsity to densities.
 """

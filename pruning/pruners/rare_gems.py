@@ -26,7 +26,7 @@ paper configs (`prune_type: BottomK`, `hc_quantized`, `regularization: L2`, `ini
 - The mask is the flags alone (`unflag_before_finetune`: a survivor whose score ended ≤ 0.5 is
   kept; the paper's configs all set it), i.e. exactly the target count.
 
-The removal sequence becomes one global order (§3 of ALGORITHMS.md, as the iterative pruners):
+The removal sequence becomes one global order (docs/algorithms.md §3, as the iterative pruners):
 weights removed in round t rank before later rounds, survivors last by their final score. A direct
 target takes exactly the rounds' removals; an effective target bisects over prefixes of that order.
 
@@ -49,6 +49,7 @@ from torch.func import functional_call
 
 from pruning import masks as masks_lib
 from pruning.masks import device_of
+from pruning.options import option, rule, validate
 from pruning.pruners.common import (
     Batch,
     check_count,
@@ -163,12 +164,19 @@ class GemMinerOptions:
     """The options' defaults, stated once for `mine` and `prune_rare_gems` (the authors' ResNet-20
     / CIFAR-10 config; see `prune_rare_gems`)."""
 
-    epochs: int = 150
-    iter_period: int = 5
-    lr: float = 0.1
-    momentum: float = 0.9
-    score_l2: float = 1e-4
-    batch_size: int = 128
+    epochs: int = option(150, "epochs of score training in all: ⌊(epochs − 1)/iter_period⌋ ≥ 1 rounds", ge=2)
+    iter_period: int = option(5, "epochs between pruning rounds", ge=1)
+    lr: float = option(0.1, "SGD learning rate of the scores (cosine schedule over epochs)", gt=0)
+    momentum: float = option(0.9, "SGD momentum of the scores", ge=0, lt=1)
+    score_l2: float = option(1e-4, "λ of λ Σ s² on the scores; 0 turns the regularizer off", ge=0)
+    batch_size: int = option(128, "images per batch of a Split", ge=1)
+    bias: bool = option(True, "keep the model's biases; false: zero them and keep them at zero through mining "
+                        "and fine-tuning, as the authors' models have none (their layers are built bias-free)")
+
+    def __post_init__(self) -> None:
+        validate(self, rule(self.epochs >= self.iter_period + 1, "epochs",
+                            f"{self.epochs}; expected at least iter_period + 1 = {self.iter_period + 1} "
+                            "(one pruning round)"))
 
 
 DEFAULTS = GemMinerOptions()
@@ -186,6 +194,7 @@ def mine(
     momentum: float = DEFAULTS.momentum,
     score_l2: float = DEFAULTS.score_l2,
     batch_size: int = DEFAULTS.batch_size,
+    bias: bool = DEFAULTS.bias,
 ) -> Mined:
     """Run Gem-Miner on a copy of `model` (the model itself is not changed); see `prune_rare_gems`."""
     check_count("epochs", epochs)
@@ -201,6 +210,8 @@ def mine(
     device = device_of(model)
     layout = Layout.of(model)
     clone = scoring_copy(model)
+    if not bias:
+        drop_biases(clone)
     constants = [signed_constant(p.detach()) for p in prunable_params(clone)]
     weights = flatten(dict(zip(layout.names, constants)))
     initial = torch.rand(layout.n, generator=torch.Generator().manual_seed(seed), dtype=weights.dtype)
@@ -230,6 +241,7 @@ def prune_rare_gems(
     momentum: float = DEFAULTS.momentum,
     score_l2: float = DEFAULTS.score_l2,
     batch_size: int = DEFAULTS.batch_size,
+    bias: bool = DEFAULTS.bias,
 ) -> OrderPlan:
     """Rare Gems at initialization; leaves `model` at its signed-constant weights (module docstring).
 
@@ -239,9 +251,24 @@ def prune_rare_gems(
     - `lr` (0.1), `momentum` (0.9): SGD on the scores, cosine schedule over `epochs`, no weight decay.
     - `score_l2` (1e-4): λ of λ Σ s²; 0 turns the regularizer off (their VGG-16 config uses 1e-6).
     - `batch_size` (128): for a `Split`; an iterable of (x, y) batches is one epoch as given.
+    - `bias` (True): False zeroes the biases of the prunable layers and freezes them (requires_grad
+      False), in the mining copy and in `model`, so the fine-tune trains a bias-free net as the
+      authors' models are. (The default "train" protocol fine-tunes that; "rewind" would copy the
+      initialization's biases back, still frozen.)
     """
     found = mine(model, sparsity, data=data, seed=seed, epochs=epochs, iter_period=iter_period, lr=lr,
-                 momentum=momentum, score_l2=score_l2, batch_size=batch_size)
+                 momentum=momentum, score_l2=score_l2, batch_size=batch_size, bias=bias)
     masks_lib.copy_weights(model, {f"{name}.weight" if name else "weight": w
                                    for name, w in found.weights.items()})
+    if not bias:
+        drop_biases(model)
     return found.plan
+
+
+def drop_biases(model: nn.Module) -> None:
+    """Zero the bias of every prunable layer and freeze it: a bias-free layer, as the authors build."""
+    with torch.no_grad():
+        for _, module in masks_lib.prunable_layers(model):
+            if module.bias is not None:
+                module.bias.zero_()
+                module.bias.requires_grad_(False)

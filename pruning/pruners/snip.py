@@ -8,6 +8,8 @@ exponential schedule; removed weights are never revived.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,7 +29,30 @@ from pruning.pruners.common import (
     set_keep,
     take,
 )
+from pruning.options import option, validate
 from pruning.pruners.plan import Layout, OrderPlan
+
+
+@dataclass(frozen=True)
+class SnipOptions:
+    """SNIP's options (also those of random/snip, whose layer quotas are a SNIP mask's)."""
+
+    batches: int = option(10, "batches the mean gradient ḡ is taken over", ge=1)
+    batch_size: int = option(128, "images per scoring batch", ge=1)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class IterativeSnipOptions:
+    """Iterative SNIP's options."""
+
+    rounds: int = option(300, "pruning rounds on the exponential schedule, a fresh batch each", ge=1)
+    batch_size: int = option(128, "images per scoring batch", ge=1)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def mean_gradient(clone: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
@@ -43,7 +68,8 @@ def snip_scores(clone: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor
 
 
 def prune_snip(
-    model: nn.Module, sparsity: float, *, data=None, seed: int = 0, batches: int = 10, batch_size: int = 128
+    model: nn.Module, sparsity: float, *, data=None, seed: int = 0, batches: int = SnipOptions.batches,
+    batch_size: int = SnipOptions.batch_size
 ) -> OrderPlan:
     """One-shot SNIP with the gradient averaged over `batches` batches."""
     scores = scores_on_batches(model, data, snip_scores, seed=seed, batches=batches, batch_size=batch_size)
@@ -51,7 +77,8 @@ def prune_snip(
 
 
 def prune_snip_iterative(
-    model: nn.Module, sparsity: float, *, data=None, seed: int = 0, rounds: int = 300, batch_size: int = 128
+    model: nn.Module, sparsity: float, *, data=None, seed: int = 0, rounds: int = IterativeSnipOptions.rounds,
+    batch_size: int = IterativeSnipOptions.batch_size
 ) -> OrderPlan:
     """Iterative SNIP: `rounds` rounds, survivors N(1−s)^(t/T) after round t, a fresh batch each."""
     check_count("rounds", rounds)

@@ -1,6 +1,6 @@
 """SynFlow (Tanaka et al. 2020): data-free iterative synaptic-flow pruning.
 
-Each round scores the *linearized* network (ALGORITHMS.md §2: no BatchNorm, activations, dropout
+Each round scores the *linearized* network (docs/algorithms.md §2: no BatchNorm, activations, dropout
 or biases, max-pool as average pool) with weights |w| ⊙ mask in float64 and an all-ones input:
 R = Σ outputs, score = ∂R/∂w ⊙ |w|. Overflow guard: a first no-grad pass measures R, and the
 input is divided by it; R is linear in the input, so every score is scaled by the same constant
@@ -9,13 +9,27 @@ and the ranking is unchanged (per-layer rescaling would distort residual sums).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from pruning import masks as masks_lib
 from pruning.linearize import linearized_copy
 from pruning.pruners.common import check_count, current_keep, iterative_order, kept_after_round
+from pruning.options import option, validate
 from pruning.pruners.plan import Layout, OrderPlan
+
+
+@dataclass(frozen=True)
+class SynflowOptions:
+    """SynFlow's options (also those of random/synflow). `input_shape` is an argument of the Python
+    call only, for a model without an `input_shape` attribute: registry models all carry theirs."""
+
+    rounds: int = option(100, "data-free scoring rounds on the exponential schedule", ge=1)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def linearized(model: nn.Module) -> nn.Module:
@@ -53,7 +67,8 @@ def input_shape_of(model: nn.Module, input_shape) -> tuple[int, ...]:
 
 
 def prune_synflow(
-    model: nn.Module, sparsity: float, *, data=None, seed: int = 0, rounds: int = 100, input_shape=None
+    model: nn.Module, sparsity: float, *, data=None, seed: int = 0, rounds: int = SynflowOptions.rounds,
+    input_shape=None
 ) -> OrderPlan:
     """`rounds` rounds of SynFlow on the exponential schedule N(1−s)^(t/T)."""
     check_count("rounds", rounds)

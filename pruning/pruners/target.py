@@ -1,4 +1,4 @@
-"""Pruning to a target *effective* sparsity (ALGORITHMS.md §3): integer bisection on k removed.
+"""Pruning to a target *effective* sparsity (docs/algorithms.md §3): integer bisection on k removed.
 
 Along a nested family of masks the effective sparsity E(k) never decreases, so the largest k with
 E(k) ≤ target is found in ⌈log2 N⌉ evaluations. E jumps (one removal can disconnect many weights),

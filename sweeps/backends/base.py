@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from pruning.options import option, rule, validate
 from sweeps import store
 
 if TYPE_CHECKING:
@@ -38,27 +39,19 @@ class RunSummary:
 class RayOptions:
     """Where and how wide the Ray backend runs (never part of a cell's identity)."""
 
-    address: str | None = None        # a cluster ("auto", "ray://head:10001"); None: $RAY_ADDRESS or a local Ray
-    num_cpus: float | None = None     # local Ray only: CPUs it offers (None: all of this machine's)
-    num_gpus: float | None = None     # local Ray only: GPUs it offers (None: detected); fake GPUs for tests
-    max_concurrent: int | None = None  # at most this many trials at once (None: as resources allow)
-    dashboard: bool = False           # local Ray only: start the dashboard (bound to 127.0.0.1)
-    max_failures: int = 2             # Tune retries of a trial whose process, node or HVP worker died
-    reuse_actors: bool = True         # run the next trial in a finished trial's process (see below)
+    address: str | None = option(None, "a cluster ('auto', 'ray://head:10001'); null: $RAY_ADDRESS or a local Ray")
+    num_cpus: float | None = option(None, "local Ray only: CPUs it offers (null: all of this machine's)", gt=0)
+    num_gpus: float | None = option(None, "local Ray only: GPUs it offers (null: detected); fake GPUs for tests",
+                                    ge=0)
+    max_concurrent: int | None = option(None, "at most this many trials at once (null: as resources allow)", ge=1)
+    dashboard: bool = option(False, "local Ray only: start the dashboard (bound to 127.0.0.1)")
+    max_failures: int = option(2, "Tune retries of a trial whose process, node or HVP worker died", ge=0)
+    reuse_actors: bool = option(True, "run the next trial in a finished trial's process (see ray_tune)")
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.num_cpus is None or self.num_cpus > 0, f"num_cpus: {self.num_cpus}; must be > 0"),
-            (self.num_gpus is None or self.num_gpus >= 0, f"num_gpus: {self.num_gpus}; must be ≥ 0"),
-            (self.max_concurrent is None or self.max_concurrent >= 1,
-             f"max_concurrent: {self.max_concurrent}; must be ≥ 1"),
-            (self.max_failures >= 0, f"max_failures: {self.max_failures}; must be ≥ 0"),
-            (self.address is None or (self.num_cpus is None and self.num_gpus is None),
-             "num_cpus/num_gpus: only for a local Ray; a cluster given by address has its own resources"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
+        validate(self, rule(self.address is None or (self.num_cpus is None and self.num_gpus is None), "address",
+                            f"{self.address!r}; num_cpus/num_gpus are only for a local Ray, a cluster given by "
+                            "address has its own resources"))
 
     def cluster_address(self) -> str | None:
         """The cluster to join: the option, else $RAY_ADDRESS (set by `ray job submit`), else None."""
@@ -66,9 +59,13 @@ class RayOptions:
 
 
 class Backend(Protocol):
-    """Runs cells; `from_spec` builds one with the spec's resources."""
+    """Runs cells; `check` says what this backend could never run (before anything starts);
+    `from_spec` builds one with the spec's resources."""
 
     name: str
+
+    @classmethod
+    def check(cls, spec: Spec, options: RayOptions | None = None) -> list[str]: ...
 
     @classmethod
     def from_spec(cls, spec: Spec, options: RayOptions | None = None) -> Backend: ...

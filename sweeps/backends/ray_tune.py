@@ -201,6 +201,28 @@ def local_gpus() -> int:
     return torch.cuda.device_count()
 
 
+def trial_bundles(cpus: float, gpus: float, hessian_workers: int) -> list[dict[str, float]]:
+    """One placement-group bundle for the trial, one per HVP worker (each the trial's own CPUs/GPUs)."""
+    one = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
+    extra = hessian_workers if hessian_workers > 1 else 0
+    return [dict(one) for _ in range(1 + extra)]
+
+
+def placement_problems(bundles: list[dict[str, float]], num_cpus: float, num_gpus: float) -> list[str]:
+    """Why a Ray of `num_cpus` CPUs and `num_gpus` GPUs on one node could never place a trial."""
+    out = []
+    cpus, gpus, n = bundles[0]["CPU"], bundles[0].get("GPU", 0.0), len(bundles)
+    need_gpu = sum(b.get("GPU", 0.0) for b in bundles)
+    need_cpu = sum(b["CPU"] for b in bundles)
+    if need_gpu > num_gpus:
+        out.append(f"resources.gpus: each trial needs {need_gpu:g} GPU(s) ({gpus:g} × {n} bundles) but the local "
+                   f"Ray has {num_gpus:g}; set gpus: 0, pass --num-gpus, or --address of a cluster with GPUs")
+    if need_cpu > num_cpus:
+        out.append(f"resources.cpus: each trial needs {need_cpu:g} CPU(s) ({cpus:g} × {n} bundles) but the local "
+                   f"Ray has {num_cpus:g}; lower cpus or hessian.workers, or pass --num-cpus")
+    return out
+
+
 class RayBackend:
     """Runs cells as Tune trials; see the module docstring."""
 
@@ -209,11 +231,7 @@ class RayBackend:
     def __init__(self, *, cpus: float = 1.0, gpus: float = 0.0, hessian_workers: int = 1,
                  options: RayOptions | None = None, callbacks: Sequence[tune.Callback] = (),
                  run_fn: Callable[..., dict[str, Any]] = run_cell):
-        if gpus > 1 and not float(gpus).is_integer():
-            raise ValueError(f"resources.gpus: {gpus}; Ray takes fractions below 1 or whole GPUs")
-        if cpus <= 0 or gpus < 0 or hessian_workers < 1:
-            raise ValueError(f"resources: cpus {cpus} must be > 0, gpus {gpus} ≥ 0, "
-                             f"hessian.workers {hessian_workers} ≥ 1")
+        """Values as `check` and the spec's sections accept them (`run_spec` asks `check` first)."""
         self.cpus, self.gpus, self.hessian_workers = float(cpus), float(gpus), int(hessian_workers)
         self.options = options or RayOptions()
         self.callbacks = list(callbacks)
@@ -221,35 +239,36 @@ class RayBackend:
         self.results: tune.ResultGrid | None = None  # of the last fit(), for inspection
 
     @classmethod
+    def check(cls, spec: Spec, options: RayOptions | None = None) -> list[str]:
+        """What Ray could never run: a GPU share above 1 that is not whole, and, on a local Ray (no
+        cluster address), a trial larger than the Ray this machine would start."""
+        options = options or RayOptions()
+        gpus = spec.resources.gpus
+        if gpus > 1 and not float(gpus).is_integer():
+            return [f"resources.gpus: {gpus}; Ray takes fractions below 1 or whole GPUs"]
+        if options.cluster_address():
+            return []  # a cluster's size is its own (and it may autoscale)
+        num_cpus = options.num_cpus if options.num_cpus is not None else os.cpu_count() or 1
+        num_gpus = options.num_gpus if options.num_gpus is not None else local_gpus()
+        return placement_problems(trial_bundles(spec.resources.cpus, gpus, _workers(spec)), num_cpus, num_gpus)
+
+    @classmethod
     def from_spec(cls, spec: Spec, options: RayOptions | None = None, **kwargs: Any) -> RayBackend:
-        return cls(cpus=spec.resources.cpus, gpus=spec.resources.gpus,
-                   hessian_workers=spec.hessian.workers if spec.hessian.enabled else 1,
+        return cls(cpus=spec.resources.cpus, gpus=spec.resources.gpus, hessian_workers=_workers(spec),
                    options=options, **kwargs)
 
     # -- resources
 
     def bundles(self) -> list[dict[str, float]]:
-        """One bundle for the trial, one per HVP worker (each the trial's own CPUs/GPUs)."""
-        one = {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
-        extra = self.hessian_workers if self.hessian_workers > 1 else 0
-        return [dict(one) for _ in range(1 + extra)]
+        return trial_bundles(self.cpus, self.gpus, self.hessian_workers)
 
     def placement(self) -> tune.PlacementGroupFactory:
         return tune.PlacementGroupFactory(self.bundles(), strategy="PACK")
 
     def check_local(self, num_cpus: float, num_gpus: float) -> None:
-        """Refuse, before anything starts, a trial that a local Ray of this size could never place."""
-        need_gpu = sum(b.get("GPU", 0.0) for b in self.bundles())
-        need_cpu = sum(b["CPU"] for b in self.bundles())
-        if need_gpu > num_gpus:
-            raise ValueError(
-                f"resources.gpus: each trial needs {need_gpu:g} GPU(s) ({self.gpus:g} × {len(self.bundles())} "
-                f"bundles) but the local Ray has {num_gpus:g}; set gpus: 0, pass --num-gpus, or --address "
-                "of a cluster with GPUs")
-        if need_cpu > num_cpus:
-            raise ValueError(
-                f"resources.cpus: each trial needs {need_cpu:g} CPU(s) ({self.cpus:g} × {len(self.bundles())} "
-                f"bundles) but the local Ray has {num_cpus:g}; lower cpus or hessian.workers, or pass --num-cpus")
+        """Refuse a trial that the local Ray of this size (started, or found running) could never place."""
+        if problems := placement_problems(self.bundles(), num_cpus, num_gpus):
+            raise ValueError(problems[0])
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -327,6 +346,10 @@ class RayBackend:
         with self.session():
             self.results = self.tuner(todo, where, callback).fit()
         return collect(todo, where, self.results, summary, callback)
+
+
+def _workers(spec: Spec) -> int:
+    return spec.hessian.workers if spec.hessian.enabled else 1
 
 
 def absolute(where: Where) -> Where:

@@ -29,8 +29,21 @@ class SerialBackend:
         self.threads = threads
 
     @classmethod
+    def check(cls, spec: Spec, options: RayOptions | None = None) -> list[str]:
+        """The cells run here, one at a time on one device: a GPU request needs a GPU, and one GPU
+        is all a cell gets."""
+        gpus = spec.resources.gpus
+        if gpus > 0 and not torch.cuda.is_available():
+            return [f"resources.gpus: {gpus} requested but this machine has no GPU (the serial backend runs "
+                    "here); set gpus: 0 or use --backend ray"]
+        if gpus > 1:
+            return [f"resources.gpus: {gpus}; the serial backend runs each cell on one GPU: set gpus ≤ 1, "
+                    "or use --backend ray"]
+        return []
+
+    @classmethod
     def from_spec(cls, spec: Spec, options: RayOptions | None = None) -> SerialBackend:
-        """CUDA when the spec asks for a GPU (validation made sure one exists), else CPU.
+        """CUDA when the spec asks for a GPU (`check` made sure one exists), else CPU.
 
         Torch threads = the spec's `resources.cpus`, as Ray gives a trial of that many CPUs: CPU
         reductions depend on the thread count, so this is what makes serial and Ray rows agree.

@@ -1,32 +1,85 @@
-"""What every `prunetune` command shares: the user-error type, exit codes, Ray's flags."""
+"""What every `prunetune` command shares: the exit codes, the user-error type, the parser class, and
+each argument that more than one command takes — declared once, with one help text.
+
+Why one module: `--storage` meant slightly different things in five places, the data root had two
+names, and `status` exited 0 with failed cells while `run` exited 1. A command now takes its shared
+arguments from here, so a new command (or a plugin's) gets the same names, help and exit codes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import enum
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
-from sweeps.backends import RayOptions
+from pruning.options import parse
+from sweeps.backends import BACKENDS, RayOptions
+from sweeps.parse import SpecError
 
-EXIT_USAGE = 2          # a problem the user can fix: one line, nothing started
-EXIT_FAILED_CELLS = 1   # the sweep ran, some cells failed (they are recorded and named)
 
-# flag → RayOptions field; only for sweeps on the Ray backend
-RAY_FLAGS = {"address": "--address", "max_concurrent": "--max-concurrent", "num_cpus": "--num-cpus",
-             "num_gpus": "--num-gpus", "dashboard": "--dashboard", "max_failures": "--max-failures"}
+class Exit(enum.IntEnum):
+    """The exit codes of every command."""
+
+    OK = 0
+    FAILED_CELLS = 1    # the sweep ran (or is stored), some cells failed: they are recorded and named
+    USAGE = 2           # a problem the user can fix: one line each, nothing started
+    INTERRUPTED = 130   # Ctrl-C: finished cells are kept
+
+
+def cells_exit(all_done: bool) -> Exit:
+    """`run`, `resume`, `demo` and `status` alike: non-zero when a cell failed."""
+    return Exit.OK if all_done else Exit.FAILED_CELLS
 
 
 class UserError(Exception):
     """A one-line problem the user can fix; printed without a traceback, exit 2."""
 
 
-def add_storage_argument(parser: argparse.ArgumentParser, what: str = "results root") -> None:
-    parser.add_argument("--storage", default=None, metavar="ROOT",
-                        help=f"{what}: path or pyarrow.fs URI (default: the spec's, else "
-                             "$PRUNETUNE_STORAGE or ./results)")
+class Parser(argparse.ArgumentParser):
+    """argparse with our one-line errors: a bad flag or an unknown choice is `error: …` and exit 2
+    (argparse's default prints the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(Exit.USAGE)
+
+
+def choices_metavar(choices: Sequence[str]) -> str:
+    return "{" + ",".join(choices) + "}"
+
+
+STORAGE_HELP = ("results root: a path or a pyarrow.fs URI such as s3://bucket/prefix (default: the spec's "
+                "storage, else $PRUNETUNE_STORAGE, else ./results)")
+SWEEP_HELP = ("a sweep: its name under --storage, its directory (<storage>/<name>), its URI, its stored "
+              "spec.yaml, or the spec file it was run from")
+DATA_ROOT_HELP = "where data sets live (default: the spec's data.root, else $PRUNETUNE_DATA, else ./data)"
+
+
+def add_storage(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", default=None, metavar="ROOT", help=STORAGE_HELP)
+
+
+def add_sweep(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
+    """The positional sweep argument (`several`: a storage root of many sweeps is accepted too)."""
+    extra = "; or a storage root, for every sweep in it" if several else ""
+    parser.add_argument("sweep", metavar="NAME_OR_PATH", help=SWEEP_HELP + extra)
+
+
+def add_data_root(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    parser.add_argument("--data-root", default=None, required=required, metavar="DIR", help=DATA_ROOT_HELP)
+
+
+# flag → RayOptions field; only for sweeps on the Ray backend
+RAY_FLAGS = {"address": "--address", "max_concurrent": "--max-concurrent", "num_cpus": "--num-cpus",
+             "num_gpus": "--num-gpus", "dashboard": "--dashboard", "max_failures": "--max-failures"}
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """--backend and the Ray backend's options (for `run` and `resume`)."""
-    parser.add_argument("--backend", choices=("serial", "ray"), default=None,
+    """--backend and the Ray backend's options (`run`, `resume`, `validate`: validate asks the same
+    backend checks that run would)."""
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default=None,
                         help="where cells run (default: the spec's backend, else serial)")
     g = parser.add_argument_group("ray backend (with --backend ray or a spec's backend: ray)")
     g.add_argument("--address", default=None,
@@ -43,7 +96,8 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def ray_options(args: argparse.Namespace, backend: str) -> RayOptions | None:
-    """RayOptions from the flags given; None for the serial backend, which refuses Ray's flags."""
+    """RayOptions from the flags given (checked like any option; problems name the flags); None for
+    the serial backend, which refuses Ray's flags."""
     given = {field: getattr(args, field) for field in RAY_FLAGS if getattr(args, field, None) is not None}
     if backend != "ray":
         if given:
@@ -51,4 +105,12 @@ def ray_options(args: argparse.Namespace, backend: str) -> RayOptions | None:
             raise UserError(f"{flags}: only for the Ray backend; this sweep runs on {backend!r} "
                             "(add --backend ray)")
         return None
-    return RayOptions(**given)
+    options, problems = parse(RayOptions, given)
+    if problems:
+        raise SpecError([_flag_line(p) for p in problems])
+    return options
+
+
+def _flag_line(problem: str) -> str:
+    field, _, text = problem.partition(": ")
+    return f"{RAY_FLAGS.get(field, field)}: {text}"

@@ -1,35 +1,47 @@
-"""`prunetune run | resume | validate | demo`: the sweep commands, all through `sweeps.runner`."""
+"""`prunetune run | resume | validate | demo`: the sweep commands, all through `sweeps.runner`.
+
+`validate` and `run` share `checked_spec`: the spec's sections and rules (`build_spec`) and the
+backend's own checks (`preflight`, with the same --backend and Ray flags), so whatever `run` would
+refuse before its first cell, `validate` refuses, with the same lines.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 from importlib import resources
 from pathlib import Path
 
-from analysis import cli as analysis_cli
-from sweeps import store
+from analysis.load import load_table
+from analysis.output import summary
+from sweeps.backends import RayOptions
 from sweeps.cells import expand
-from sweeps.cli.common import add_backend_arguments, add_storage_argument, ray_options
-from sweeps.paths import locate_sweep
-from sweeps.runner import closing_lines, run_spec, stored_spec
+from sweeps.cli.common import Exit, add_backend_arguments, add_storage, add_sweep, cells_exit, ray_options
+from sweeps.paths import default_storage, locate_sweep
+from sweeps.runner import closing_lines, preflight, run_spec, stored_spec
 from sweeps.spec import Spec, load_spec
-
-DEMO_STORAGE = "./results"
-
 
 def demo_spec_path() -> Path:
     """The packaged demo spec (sweeps/configs/demo.yaml), also inside an installed wheel."""
     return Path(str(resources.files("sweeps") / "configs" / "demo.yaml"))
 
 
+def checked_spec(args: argparse.Namespace) -> tuple[Spec, RayOptions | None]:
+    """The spec at `args.spec` with the flags' storage and backend, and everything checked that
+    `run` checks before its first cell."""
+    spec = load_spec(args.spec, storage=args.storage, backend=args.backend)
+    options = ray_options(args, spec.backend)
+    preflight(spec, options)
+    return spec, options
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, storage=args.storage)
+    spec, _ = checked_spec(args)
     cells = expand(spec)
     grids = [_shape(g) for g in spec.grids or (spec,)]
     shape = grids[0] if len(grids) == 1 else f"{len(grids)} grids: " + "; ".join(grids)
-    print(f"{args.spec}: OK — sweep {spec.name!r}, {len(cells)} cells ({shape}), storage {spec.storage}")
-    return 0
+    print(f"{args.spec}: OK — sweep {spec.name!r}, {len(cells)} cells ({shape}), backend {spec.backend}, "
+          f"storage {spec.storage}")
+    return Exit.OK
 
 
 def _shape(spec: Spec) -> str:
@@ -38,9 +50,8 @@ def _shape(spec: Spec) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, storage=args.storage, backend=args.backend, check_local_resources=True)
-    summary = run_spec(spec, options=ray_options(args, spec.backend))
-    return closing_lines(spec, summary)
+    spec, options = checked_spec(args)
+    return cells_exit(closing_lines(spec, run_spec(spec, options=options)))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -50,15 +61,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if spec.backend == "ray":
         from sweeps.resume import resume  # imports Ray: only when a Ray sweep is resumed
 
-        summary = resume(spec, options=options)
+        preflight(spec, options)
+        summary_ = resume(spec, options=options)
     else:
-        summary = run_spec(spec)
-    return closing_lines(spec, summary)
+        summary_ = run_spec(spec)
+    return cells_exit(closing_lines(spec, summary_))
 
 
 def demo_summary(spec: Spec) -> str:
     """Mean over seeds per pruner and sparsity: test accuracy, direct and effective compression."""
-    df = store.read_table(spec.storage, spec.name, "trials").to_pandas()
+    df = load_table(spec.name, "trials", storage=spec.storage, use_cache=False)
     df = df[df["status"] != "failed"]
     if df.empty:
         return "no finished cells"
@@ -70,37 +82,37 @@ def demo_summary(spec: Spec) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    storage = os.path.abspath(args.storage or DEMO_STORAGE)
-    spec = load_spec(demo_spec_path(), storage=storage, backend="serial", check_local_resources=True)
-    code = closing_lines(spec, run_spec(spec))
+    storage = args.storage or default_storage()  # the demo spec names none
+    spec = load_spec(demo_spec_path(), storage=storage, backend="serial")
+    code = cells_exit(closing_lines(spec, run_spec(spec)))
     print(demo_summary(spec))
-    analysis_cli.summary(storage=spec.storage, sweep=spec.name)
+    summary(storage=spec.storage, sweep=spec.name)
     return code
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="run (or continue) a sweep")
     r.add_argument("spec", help="the sweep's YAML spec")
-    add_storage_argument(r)
+    add_storage(r)
     add_backend_arguments(r)
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("resume", help="continue a stored sweep after a crash or Ctrl-C (failed and "
                                       "missing cells run again)")
-    c.add_argument("sweep", metavar="NAME_OR_PATH", help="sweep name (with --storage), sweep directory or URI")
-    c.add_argument("--storage", default=None, metavar="ROOT",
-                   help="results root of a sweep name (default: $PRUNETUNE_STORAGE or ./results)")
+    add_sweep(c)
+    add_storage(c)
     add_backend_arguments(c)
     c.set_defaults(func=cmd_resume)
 
-    v = sub.add_parser("validate", help="check a spec completely; start nothing")
-    v.add_argument("spec")
-    add_storage_argument(v)
+    v = sub.add_parser("validate", help="check a spec completely, as run would (same flags); start nothing")
+    v.add_argument("spec", help="the sweep's YAML spec")
+    add_storage(v)
+    add_backend_arguments(v)
     v.set_defaults(func=cmd_validate)
 
-    d = sub.add_parser("demo", help="run the packaged demo sweep (digits, CPU) into ./results")
-    d.add_argument("--storage", default=None, help=f"results root (default {DEMO_STORAGE})")
+    d = sub.add_parser("demo", help="run the packaged demo sweep (digits, CPU) into --storage (default ./results)")
+    add_storage(d)
     d.set_defaults(func=cmd_demo)
 
 
-__all__ = ["cmd_demo", "cmd_resume", "cmd_run", "cmd_validate", "demo_spec_path", "register"]
+__all__ = ["checked_spec", "cmd_demo", "cmd_resume", "cmd_run", "cmd_validate", "demo_spec_path", "register"]

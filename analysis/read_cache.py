@@ -1,4 +1,4 @@
-"""A consolidated copy of a sweep's many small result files, so that re-analysis reads one file.
+"""The read cache of `analysis.load`: a consolidated copy of a sweep's many small result files, so that re-analysis reads one file.
 
 Why: opening a Parquet file costs about a millisecond (footer, schema) however small it is, so a
 sweep of 5,000 cells costs seconds to read cold, every time a table is rebuilt while the sweep runs.
