@@ -104,7 +104,7 @@ def _oracle(m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("pruner,compression", [
     ("random/uniform", 100), ("random/uniform_plus", 100), ("random/erk", 316), ("random/igq", 1000),
-    ("synflow", 1000)])
+    ("synflow", 1000), ("magnitude/global", 316), ("magnitude/uniform_plus", 100), ("lamp", 1000)])
 def test_effective_masks_match_the_oracle_on_real_shapes(pruner, compression):
     """The masks the sweep produces at its compressions, on the 28×28 input (unpadded convs,
     average pools that divide exactly), against the unit-graph BFS."""
@@ -132,3 +132,17 @@ def test_cell_ids_are_those_of_the_real_run(cells):
     direct = {(c.pruner, c.sparsity, c.seed): c.cell_id for c in cells if c.target == "direct"}
     effective = {(c.pruner, c.sparsity, c.seed): c.cell_id for c in cells if c.target == "effective"}
     assert len(effective) == 105 and not set(direct.values()) & set(effective.values())
+
+
+def test_uniform_quotas_disconnect_this_lenet5_by_arithmetic():
+    """§7's ∞ for uniform and uniform+ from 316× on is arithmetic, not a counting error: at 10^2.5
+    the net keeps 140 weights; uniform gives the first conv 150/316 < 0.5 of a weight (0 kept), and
+    uniform+ beyond N / (150 + 0.2·840) ≈ 139× spends the whole budget on its dense-first-layer rule
+    (middle layers empty). At 100× both keep every layer non-empty."""
+    net = models.build("lenet5", input_shape=(1, 28, 28), num_classes=10, variant="authors")
+    for s, want_empty in ((0.99, False), (1 - 10 ** -2.5, True)):
+        uni, plus = (quotas.kept_counts([1 - x for x in quotas.quotas(q, net, s)], LAYERS, s)
+                     for q in ("uniform", "uniform_plus"))
+        assert sum(uni) == sum(plus) == quotas.n_kept(44_190, s)
+        assert (uni[0] == 0) is want_empty and (plus[1:] == [0, 0, 0, 0]) is want_empty
+        assert all(k > 0 for k in uni[1:]) and plus[0] > 0
