@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,15 +36,19 @@ BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct ports free on 127.0.0.1 right now (all bound at once, then released)."""
-    socks = []
+def free_ports(n: int, avoid: Sequence[int] = ()) -> list[int]:
+    """n distinct ports free on 127.0.0.1 right now (all bound at once, then released), none in
+    `avoid`: the ports of an earlier call are free again until Ray binds them, and the kernel handed
+    a head's GCS port out again as its node-manager port (Ray refused to start)."""
+    socks, ports = [], []
     try:
-        for _ in range(n):
+        while len(ports) < n:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            socks.append(s)  # held until the end, so never drawn twice
+            if s.getsockname()[1] not in avoid:
+                ports.append(s.getsockname()[1])
+        return ports
     finally:
         for s in socks:
             s.close()
@@ -112,6 +117,7 @@ class LocalCluster:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.nodes: list[Node] = []
         self.gcs_port = self.dashboard_port = None
+        self.ports: list[int] = []  # every port handed to a node of this cluster
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
         self._watcher.start()
@@ -149,7 +155,9 @@ class LocalCluster:
         temp_dir = Path(os.path.join("/tmp", f"rn{os.getpid()}{name}{len(self.nodes)}"))  # short: socket paths
         temp_dir.mkdir(exist_ok=True)
         log = self.tmp / f"{name}.log"
-        agent, grpc, metrics, runtime_env, node_manager, object_manager = free_ports(6)
+        ports = free_ports(6, avoid=self.ports)
+        self.ports += ports
+        agent, grpc, metrics, runtime_env, node_manager, object_manager = ports
         cmd = [RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
                "--object-store-memory=100000000", "--num-gpus=0", "--disable-usage-stats",
                f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
@@ -163,7 +171,8 @@ class LocalCluster:
         return node
 
     def start_head(self, num_cpus: float = 1) -> Node:
-        self.gcs_port, self.dashboard_port, client = free_ports(3)
+        self.gcs_port, self.dashboard_port, client = head_ports = free_ports(3, avoid=self.ports)
+        self.ports += head_ports
         head = self._start("head", ["--head", f"--port={self.gcs_port}", f"--num-cpus={num_cpus}",
                                     "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                                     f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={client}"])
