@@ -14,15 +14,13 @@ model being pruned, its BatchNorm statistics and its gradients stay untouched.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from pruning import masks as masks_lib
-from pruning.pruners.common import current_keep, order_from_scores
+from pruning.pruners.common import current_keep, order_from_scores, scoring_copy
 from pruning.pruners.plan import Layout, Plan
 from pruning.pruners.quota import quota_plan
 
@@ -30,13 +28,9 @@ Scores = Callable[..., Sequence[torch.Tensor]]
 
 
 def scoring_model(model: nn.Module) -> nn.Module:
-    """A copy for a plugin's score function: masks baked in, train mode, dropout off, grads on."""
-    clone = copy.deepcopy(model)
-    masks_lib.remove_masks(clone)
-    clone.train()
-    for m in clone.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.eval()
+    """A copy for a plugin's score function: the built-ins' scoring copy (masks baked in, train mode,
+    dropout off) with gradients on, since a plugin's score may differentiate."""
+    clone = scoring_copy(model)
     for p in clone.parameters():
         p.requires_grad_(True)
         p.grad = None
